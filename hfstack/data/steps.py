@@ -1,0 +1,144 @@
+"""The data stage's own datatrove steps: offline URL filtering, offline language ID, a fast extractor,
+an offline word tokenizer for the quality filters, and a meter that counts documents and bytes.
+
+Each is a regular datatrove PipelineStep, so it runs under any datatrove executor and reports its
+stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.extractors.base import BaseExtractor
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.url_filter import URLFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+
+class OfflineURLFilter(URLFilter):
+    """datatrove's URLFilter (bundled UT1 blocklists + user lists) that never touches the network.
+
+    The stock filter's `tldextract` fetches the public suffix list on first use; this one reads the
+    snapshot bundled inside tldextract. Documents without a URL (text input) pass and are counted.
+    """
+
+    name = "😈 URL filter"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        from tldextract import TLDExtract
+
+        self.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    def filter(self, document: Document):
+        if not document.metadata.get("url"):
+            self.stat_update("no_url")
+            return True
+        return super().filter(document)
+
+
+class Py3LangidFilter(BaseFilter):
+    """Offline language ID with py3langid, whose model ships inside its wheel.
+
+    Sets `language` and `language_score` (a normalised probability) on every document, and keeps
+    those whose language is in `languages` (all when empty) with a score of at least `threshold`.
+    Drop reasons are `lang_<code>` for other languages and `low_confidence`.
+    """
+
+    name = "🌐 Language ID (py3langid)"
+    _requires_dependencies = ["py3langid"]
+
+    def __init__(self, languages: list[str] | None = None, threshold: float = 0.65, max_chars: int = 20_000,
+                 exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.languages = set(languages or [])
+        self.threshold = threshold
+        self.max_chars = max_chars  # a page's head is enough to know its language, and keeps long pages cheap
+        self._identifier = None
+
+    def classify(self, text: str) -> tuple[str, float]:
+        if self._identifier is None:
+            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+            self._identifier = LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
+        lang, score = self._identifier.classify(text[: self.max_chars])
+        return lang, float(score)
+
+    def filter(self, doc: Document):
+        lang, score = self.classify(doc.text)
+        doc.metadata["language"] = lang
+        doc.metadata["language_score"] = round(score, 4)
+        if score < self.threshold:  # the guess itself means little, e.g. a page that is only a title
+            return False, "low_confidence"
+        if self.languages and lang not in self.languages:
+            return False, f"lang_{lang}"
+        return True
+
+
+class ResiliparseExtractor(BaseExtractor):
+    """Main-content extraction with resiliparse: much faster than trafilatura, slightly less precise."""
+
+    name = "⚡ Resiliparse"
+    _requires_dependencies = ["resiliparse"]
+
+    def __init__(self, timeout: float = 1, main_content: bool = True):
+        super().__init__(timeout)
+        self.main_content = main_content
+
+    def extract(self, text: str) -> str:
+        from resiliparse.extract.html2text import extract_plain_text
+
+        return extract_plain_text(text, main_content=self.main_content, alt_texts=False, links=False,
+                                  form_fields=False, noscript=False, list_bullets=True).strip()
+
+
+class OfflineWordTokenizer(WordTokenizer):
+    """A regex word and sentence splitter for the quality filters.
+
+    datatrove's default English tokenizer needs NLTK's punkt data, which is a download; this needs
+    nothing. Words are runs of letters/digits (with inner apostrophes) or single punctuation marks,
+    close to what the Gopher and FineWeb heuristics were tuned with.
+    """
+
+    _word = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
+    _sentence_end = re.compile(r"(?<=[.!?。！？])\s+")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return self._word.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in self._sentence_end.split(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for sentence in self.sent_tokenize(text):
+            begin = text.index(sentence, start)
+            spans.append((begin, begin + len(sentence)))
+            start = begin + len(sentence)
+        return spans
+
+
+class Metered(PipelineStep):
+    """Wraps a step to count documents and UTF-8 bytes going in and out, for the funnel report.
+
+    The wrapper shares the inner step's Stats object, so datatrove's own stats and these counters
+    land in one entry of the executor's stats.json.
+    """
+
+    def __init__(self, step: PipelineStep):
+        super().__init__()
+        self.step = step
+        self.stats = step.stats
+        self.name, self.type = step.name, step.type
+
+    def _count(self, docs, prefix: str):
+        for doc in docs:
+            self.stats[f"{prefix}_docs"].update(1)
+            self.stats[f"{prefix}_bytes"].update(len(doc.text.encode("utf-8", "replace")))
+            yield doc
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        incoming = self._count(data, "in") if data is not None else None
+        yield from self._count(self.step.run(incoming, rank, world_size), "out")

@@ -1,0 +1,170 @@
+"""WARC input for the data stage: a reader that never stops on bad input, and the HTTP status/type filter.
+
+The reader yields one document per WARC `response` record, whatever it holds, with the HTTP facts in
+metadata (`http_status`, `content_type`, `fetch_problem`), so that the next step can count every drop
+by reason instead of losing records silently. Damaged input (a truncated or corrupt `.warc.gz`, a
+record with broken HTTP headers, non-UTF-8 or huge pages, empty files) is counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+
+import fsspec
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.readers.base import BaseReader
+from datatrove.utils.logging import logger
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+_STATUS = re.compile(r"^\d{3}$")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
+
+
+def decode_html(body: bytes, content_type: str) -> str | None:
+    """Decode with the declared charset, then UTF-8, then a detected charset; None when nothing fits."""
+    declared = _CHARSET.search(content_type or "")
+    candidates = [declared.group(1)] if declared else []
+    candidates.append("utf-8")
+    for charset in candidates:
+        try:
+            return body.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    import cchardet
+
+    detected = cchardet.detect(body).get("encoding")
+    if detected:
+        try:
+            return body.decode(detected)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return None
+
+
+def _read_capped(stream, cap: int) -> bytes | None:
+    """Read a stream to its end, or return None as soon as it exceeds `cap` bytes."""
+    chunks, size = [], 0
+    while chunk := stream.read(1 << 16):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class WarcResponseReader(BaseReader):
+    """Reads WARC files (local, s3://, https:// through fsspec; plain or per-record gzip) into documents.
+
+    `files` is the full, ordered list of input files. With at least as many files as tasks, task
+    `rank` reads files[rank::world_size]; with fewer (one big WARC, say), every task reads every file
+    and keeps the response records whose index is `rank` modulo `world_size`, so all tasks have work.
+    """
+
+    name = "🕷 WARC responses"
+    _requires_dependencies = ["warcio", ("cchardet", "faust-cchardet")]
+
+    def __init__(self, files: list[str], max_page_bytes: int = 5_000_000, limit: int = -1, progress: bool = False):
+        super().__init__(limit=limit)
+        self.files = list(files)
+        self.max_page_bytes = max_page_bytes
+        self.progress = progress
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        from tqdm import tqdm
+
+        split_records = len(self.files) < world_size
+        files = self.files if split_records else self.files[rank::world_size]
+        count = 0
+        with tqdm(desc=f"task {rank} records", unit="rec", disable=not self.progress, mininterval=2) as bar:
+            for path in files:
+                self.stat_update("input_files")
+                records = 0
+                for doc in self.read_file(path, (rank, world_size) if split_records else (0, 1)):
+                    if 0 <= self.limit <= count:
+                        return
+                    count += 1
+                    records += 1
+                    bar.update()
+                    self.update_doc_stats(doc)
+                    yield doc
+                if records == 0 and not split_records:
+                    self.stat_update("files_without_responses")
+
+    def read_file(self, path: str, shard: tuple[int, int] = (0, 1)):
+        from warcio.archiveiterator import ArchiveIterator
+
+        rank, world_size = shard
+        responses = 0
+        try:
+            with fsspec.open(path, "rb") as f:  # warcio inflates gzip member by member
+                for index, record in enumerate(ArchiveIterator(f)):
+                    if record.rec_type != "response":
+                        continue
+                    responses += 1
+                    if (responses - 1) % world_size != rank:
+                        continue
+                    with self.track_time():
+                        doc = self._record_to_document(record, path, index)
+                    yield doc
+        except Exception as e:  # a damaged file ends here; the records read before it are kept
+            self.stat_update("corrupt_files")
+            logger.warning(f"{path}: stopped reading a damaged WARC file ({type(e).__name__}: {e})")
+
+    def _record_to_document(self, record, path: str, index: int) -> Document:
+        headers = record.rec_headers
+        http = record.http_headers
+        meta = {
+            "url": headers.get_header("WARC-Target-URI") or "",
+            "date": headers.get_header("WARC-Date") or "",
+            "file_path": path,
+            "http_status": None,
+            "content_type": "",
+            "fetch_problem": None,
+        }
+        doc_id = headers.get_header("WARC-Record-ID") or f"{path}/{index}"
+        status = http.get_statuscode() if http is not None else None
+        if http is None or not (http.protocol or "").upper().startswith("HTTP/") or not _STATUS.match(status or ""):
+            meta["fetch_problem"] = "broken_http_headers"
+            return Document(text="", id=doc_id, metadata=meta)
+        meta["http_status"] = int(status)
+        content_type = http.get_header("Content-Type") or headers.get_header("WARC-Identified-Payload-Type") or ""
+        meta["content_type"] = content_type
+        if not content_type.split(";")[0].strip().lower() in HTML_TYPES:
+            return Document(text="", id=doc_id, metadata=meta)  # binary payloads are never decoded
+        body = _read_capped(record.content_stream(), self.max_page_bytes)
+        if body is None:
+            meta["fetch_problem"] = "too_large"
+            return Document(text="", id=doc_id, metadata=meta)
+        if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended before the declared length
+            meta["fetch_problem"] = "truncated"
+            return Document(text="", id=doc_id, metadata=meta)
+        text = decode_html(body, content_type)
+        if text is None:
+            meta["fetch_problem"] = "undecodable"
+            return Document(text="", id=doc_id, metadata=meta)
+        return Document(text=text, id=doc_id, metadata=meta)
+
+
+class HttpResponseFilter(BaseFilter):
+    """Keeps only well-formed, complete HTTP 200 HTML responses; every other record is dropped by reason.
+
+    Reasons: broken_http_headers, truncated, too_large, undecodable, not_200 (redirects, errors),
+    not_html (images, CSS, JS, ...). Documents without HTTP metadata (jsonl/parquet input) pass.
+    """
+
+    name = "🚦 HTTP status/type"
+
+    def filter(self, doc: Document):
+        meta = doc.metadata
+        if "http_status" not in meta:
+            return True
+        if meta.get("fetch_problem"):
+            return False, meta["fetch_problem"]
+        if meta["http_status"] != 200:
+            return False, "not_200"
+        if meta.get("content_type", "").split(";")[0].strip().lower() not in HTML_TYPES:
+            return False, "not_html"
+        return True

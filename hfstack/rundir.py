@@ -1,0 +1,22 @@
+"""Completion markers: a stage that finished leaves DIR/.hfstack-done, so a rerun can skip it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+MARKER = ".hfstack-done"
+
+
+def is_done(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / MARKER).is_file()
+
+
+def mark_done(output_dir: str | Path, stage: str, **info) -> None:
+    path = Path(output_dir) / MARKER
+    path.write_text(json.dumps({"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")} | info))
+
+
+def clear_done(output_dir: str | Path) -> None:
+    (Path(output_dir) / MARKER).unlink(missing_ok=True)
