@@ -98,11 +98,12 @@ class OfflineWordTokenizer(WordTokenizer):
     """A regex word and sentence splitter for the quality filters.
 
     datatrove's default English tokenizer needs NLTK's punkt data, which is a download; this needs
-    nothing. Words are runs of letters/digits (with inner apostrophes) or single punctuation marks,
-    close to what the Gopher and FineWeb heuristics were tuned with.
+    nothing. Like NLTK's Treebank rules, punctuation at a word's edges is split off ("(x)," gives
+    "(", "x", "),") while inner punctuation stays ("don't", "e-mail", "3.14", "os.path"), which is
+    what the Gopher and FineWeb thresholds were tuned with.
     """
 
-    _word = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
+    _word = re.compile(r"\w+(?:[^\w\s]+\w+)*|[^\w\s]+", re.UNICODE)
     _sentence_end = re.compile(r"(?<=[.!?。！？])\s+")
 
     def word_tokenize(self, text: str) -> list[str]:

@@ -80,7 +80,8 @@ class WarcResponseReader(BaseReader):
         count = 0
         with tqdm(desc=f"task {rank} records", unit="rec", disable=not self.progress, mininterval=2) as bar:
             for path in files:
-                self.stat_update("input_files")
+                if rank == 0 or not split_records:  # count each file once, not once per task
+                    self.stat_update("input_files")
                 records = 0
                 for doc in self.read_file(path, (rank, world_size) if split_records else (0, 1)):
                     if 0 <= self.limit <= count:

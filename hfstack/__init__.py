@@ -1,0 +1,34 @@
+"""hfstack: build your own ChatGPT, from a raw web crawl onwards, on the Hugging Face stack.
+
+Every stage is a plain function taking its config dataclass:
+
+    import hfstack
+    hfstack.data(hfstack.DataConfig(input=["crawl/*.warc.gz"], output_dir="runs/me/data"))
+    hfstack.speedrun(hfstack.SpeedrunConfig(preset="tiny"))
+
+Names are resolved lazily, so `import hfstack` stays instant.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DataConfig": ("hfstack.data.config", "DataConfig"),
+    "data": ("hfstack.data.pipeline", "run_data"),
+    "SpeedrunConfig": ("hfstack.speedrun", "SpeedrunConfig"),
+    "speedrun": ("hfstack.speedrun", "speedrun"),
+    "SynthCrawlConfig": ("hfstack.data.synthetic", "SynthCrawlConfig"),
+    "synth_crawl": ("hfstack.data.synthetic", "synth_crawl"),
+    "ConfigError": ("hfstack.config", "ConfigError"),
+    "load_config": ("hfstack.config", "load_config"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hfstack' has no attribute '{name}'")
+    import importlib
+
+    module, attr = _EXPORTS[name]
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,85 @@
+"""The `hfstack` command: one subcommand per stage, plus the speedrun.
+
+    hfstack <stage> [--config recipe.yaml] [--any_field value ...]
+
+Flags override the YAML, which overrides the stage's defaults. Heavy libraries are imported only
+when a stage runs, so `hfstack --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: hfstack <command> [--config recipe.yaml] [--field value ...]
+
+Build your own ChatGPT, from a raw web crawl onwards, on the Hugging Face stack.
+
+commands:
+  speedrun      run every stage in order on a preset (--preset tiny, --output_dir RUN)
+  data          web data pipeline: URL/HTTP/language/quality filters, dedup, parquet (datatrove)
+  synth-crawl   write the offline synthetic crawl (--output FILE.warc.gz --pages N --seed S)
+
+Run `hfstack <command> --help` to list a command's fields and defaults.
+"""
+
+
+def _commands() -> dict:
+    """name -> (config class loader, runner loader); imports happen only for the chosen command."""
+
+    def data():
+        from hfstack.data import DataConfig, run_data
+
+        return DataConfig, run_data
+
+    def speedrun():
+        from hfstack.speedrun import SpeedrunConfig, speedrun
+
+        return SpeedrunConfig, speedrun
+
+    def synth_crawl():
+        from hfstack.data.synthetic import SynthCrawlConfig, synth_crawl
+
+        return SynthCrawlConfig, synth_crawl
+
+    return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl}
+
+
+def _field_help(config_cls) -> str:
+    import dataclasses
+
+    lines = [f"fields of {config_cls.__name__} (set in YAML or as --field value):"]
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        lines.append(f"  --{f.name:<22} default: {default!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    commands = _commands()
+    if command not in commands:
+        print(f"hfstack: unknown command '{command}'; choose from: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    config_cls, runner = commands[command]()
+    if "-h" in args or "--help" in args:
+        print(f"usage: hfstack {command} [--config recipe.yaml] [--field value ...]\n")
+        print(_field_help(config_cls))
+        return 0
+    from hfstack.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config_cls, cli_args=args)
+        runner(cfg)
+    except ConfigError as e:
+        print(f"hfstack {command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

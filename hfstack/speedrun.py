@@ -1,0 +1,86 @@
+"""Speedrun: every stage that exists, in order, on one preset, each in RUN/<stage>/.
+
+    hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
+
+The tiny preset runs offline on CPU. A stage that left a completion marker is skipped, so rerunning
+after an interruption continues where it stopped (and each stage resumes its own unfinished work).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hfstack.config import ConfigError, load_config, save_config
+from hfstack.rundir import is_done, mark_done
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipes_dir() -> Path:
+    """Recipes ship inside the package (hfstack/recipes) when installed, next to it in a checkout."""
+    packaged = Path(__file__).resolve().parent / "recipes"
+    return packaged if packaged.is_dir() else RECIPES
+
+
+@dataclass
+class SpeedrunConfig:
+    preset: str = "tiny"
+    output_dir: str | None = None  # default: runs/<preset>
+    crawl_pages: int = 300  # size of the synthetic crawl used when the preset has no data input
+    force: bool = False  # rerun stages even if they left a completion marker
+
+    def __post_init__(self):
+        if not (recipes_dir() / self.preset).is_dir():
+            presets = sorted(p.name for p in recipes_dir().iterdir() if (p / "data.yaml").is_file())
+            raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{self.preset}"
+
+
+def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.data.synthetic import write_crawl
+
+    summary = write_crawl(run / "crawl" / "crawl.warc.gz", pages=cfg.crawl_pages)
+    print(f"[crawl] synthetic crawl: {summary.counts}")
+
+
+def _data(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.data import DataConfig, run_data
+
+    data_cfg = load_config(DataConfig, recipes_dir() / cfg.preset / "data.yaml",
+                           ["--output_dir", str(run / "data")] + _default_input(cfg, run))
+    run_data(data_cfg)
+
+
+def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
+    from hfstack.config import read_yaml
+
+    recipe = read_yaml(recipes_dir() / cfg.preset / "data.yaml")
+    if recipe.get("input") or recipe.get("hub_dataset"):
+        return []
+    return ["--input", str(run / "crawl" / "*.warc.gz")]
+
+
+STAGES = [("crawl", _crawl), ("data", _data)]
+
+
+def speedrun(cfg: SpeedrunConfig) -> Path:
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run, "speedrun.yaml")
+    for name, stage in STAGES:
+        if name == "crawl" and _default_input(cfg, run) == []:
+            continue
+        if is_done(run / name) and not cfg.force:
+            print(f"[speedrun] {name}: already done, skipping ({run / name})")
+            continue
+        print(f"[speedrun] {name}: starting", flush=True)
+        started = time.time()
+        (run / name).mkdir(parents=True, exist_ok=True)
+        stage(cfg, run)
+        mark_done(run / name, name, seconds=round(time.time() - started, 1))
+        print(f"[speedrun] {name}: done in {time.time() - started:.1f}s", flush=True)
+    print(f"[speedrun] finished: {run}")
+    return run
