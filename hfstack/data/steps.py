@@ -8,6 +8,7 @@ stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`).
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -33,10 +34,19 @@ class OfflineURLFilter(URLFilter):
         self.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
 
     def filter(self, document: Document):
-        if not document.metadata.get("url"):
+        url = document.metadata.get("url")
+        if not url:
             self.stat_update("no_url")
             return True
-        return super().filter(document)
+        verdict = super().filter(document)
+        if verdict is not True:
+            return verdict
+        # hosts under suffixes the public suffix list lacks (intranet names, .example) match by host too
+        host = (urlsplit(url).hostname or "").lower()
+        parts = host.split(".")
+        if any(".".join(parts[i:]) in self.block_listed_domains for i in range(len(parts) - 1)):
+            return False, "host"
+        return True
 
 
 class Py3LangidFilter(BaseFilter):

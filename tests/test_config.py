@@ -1,0 +1,90 @@
+"""Config parsing: YAML, CLI overrides, type coercion, unknown keys, saved resolved config, recipes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfstack.config import ConfigError, load_config, parse_cli_args, save_config
+from hfstack.data import DataConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("input: [a.warc.gz]\ntasks: 3\nlanguages: [en, fr]\nquality: false\n")
+    cfg = load_config(DataConfig, recipe, ["--tasks", "5", "--languages", "de", "es", "--url_filter", "false"])
+    assert cfg.input == ["a.warc.gz"]
+    assert cfg.tasks == 5  # CLI beats YAML
+    assert cfg.languages == ["de", "es"]
+    assert cfg.url_filter is False and cfg.quality is False
+    assert cfg.extractor == "trafilatura"  # default kept
+
+
+def test_config_flag_inside_cli_args(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("input: [x.jsonl]\nextractor: resiliparse\n")
+    cfg = load_config(DataConfig, cli_args=["--config", str(recipe), "--tasks=4"])
+    assert (cfg.extractor, cfg.tasks) == ("resiliparse", 4)
+
+
+def test_unknown_key_in_yaml_names_key_file_and_valid_keys(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("input: [a.warc.gz]\nlangauges: [en]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(DataConfig, recipe)
+    message = str(err.value)
+    assert "langauges" in message and "bad.yaml" in message and "languages" in message
+    assert "\n" not in message
+
+
+def test_unknown_cli_flag():
+    with pytest.raises(ConfigError, match="unknown key 'taks'"):
+        load_config(DataConfig, cli_args=["--input", "a.warc.gz", "--taks", "2"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "a.warc.gz", "--tasks", "two"], "field 'tasks': expected int"),
+    (["--input", "a.warc.gz", "--url_filter", "maybe"], "field 'url_filter': expected bool"),
+    (["--input", "a.warc.gz", "--extractor", "magic"], "field 'extractor'"),
+    (["--input", "a.warc.gz", "--tasks", "0"], "'tasks' must be >= 1"),
+    ([], "set 'input'"),
+])
+def test_bad_values_are_clear_errors(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DataConfig, cli_args=args)
+
+
+def test_quality_filter_options_are_validated():
+    with pytest.raises(ConfigError, match="unknown quality filter 'gopher'"):
+        DataConfig(input=["a"], quality_filters={"gopher": {}})
+    with pytest.raises(ConfigError, match="quality_filters.c4.min_sentences"):
+        DataConfig(input=["a"], quality_filters={"c4": {"min_sentences": 3}})
+    cfg = DataConfig(input=["a"], quality_filters={"c4": {"min_num_sentences": 2}, "fineweb": False})
+    assert cfg.enabled_quality_filters() == {"c4": {"min_num_sentences": 2}}
+    assert DataConfig(input=["a"], quality=False).enabled_quality_filters() == {}
+
+
+def test_cli_parser_shapes():
+    fields = {"input": list[str], "progress": bool, "tasks": int}
+    assert parse_cli_args(["--input", "a", "b", "--progress", "--tasks=3"], fields) == \
+        {"input": ["a", "b"], "progress": True, "tasks": "3"}
+    with pytest.raises(ConfigError, match="--tasks needs a value"):
+        parse_cli_args(["--tasks"], fields)
+
+
+def test_resolved_config_is_saved_and_reloads(tmp_path):
+    cfg = DataConfig(input=["a.warc.gz"], tasks=7, block_domains=["x.example"])
+    path = save_config(cfg, tmp_path)
+    saved = yaml.safe_load(path.read_text())
+    assert saved["tasks"] == 7 and saved["quality_filters"]["gopher_quality"] == {}
+    assert load_config(DataConfig, path) == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("**/data.yaml"))
+                         + sorted((REPO / "recipes" / "data").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_data_recipe_parses(recipe):
+    cfg = load_config(DataConfig, recipe, ["--input", "placeholder.warc.gz"] if "hub_dataset" not in
+                      recipe.read_text() else [])
+    assert cfg.tasks >= 1

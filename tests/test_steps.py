@@ -1,0 +1,83 @@
+"""Unit tests of the data stage's own datatrove steps."""
+
+from datatrove.data import Document
+from datatrove.pipeline.filters import GopherQualityFilter
+
+from hfstack.data.steps import (
+    Metered,
+    OfflineURLFilter,
+    OfflineWordTokenizer,
+    Py3LangidFilter,
+    ResiliparseExtractor,
+)
+from hfstack.data.synthetic import _blocklisted_domains
+
+
+def doc(text="", url=None, **meta):
+    return Document(text=text, id="x", metadata=({"url": url} if url else {}) | meta)
+
+
+def test_url_filter_blocks_bundled_and_user_lists_offline():
+    import random
+
+    blocked = _blocklisted_domains(random.Random(0), 1)[0]  # a domain from datatrove's bundled blocklist
+    url_filter = OfflineURLFilter(extra_domains=["spam.example"], banned_words=["forbiddenword"])
+    docs = [doc("a", f"https://{blocked}/page"), doc("b", "https://spam.example/x"),
+            doc("c", "https://ok.example/forbiddenword/1"), doc("d", "https://docs.python.org/3/"), doc("e")]
+    kept = [d.text for d in url_filter(docs)]
+    assert kept == ["d", "e"]  # `e` has no URL (text input) and passes
+    stats = url_filter.stats.to_dict()["stats"]
+    assert stats["dropped"] == 3 and stats["no_url"] == 1
+
+
+def test_language_filter_labels_and_drops():
+    lang = Py3LangidFilter(["en"], threshold=0.65)
+    docs = [doc("The weather today is lovely and we are going for a long walk in the park."),
+            doc("Le marché du village ouvre chaque samedi matin sur la place de l'église."),
+            doc("Der Wochenmarkt findet jeden Samstag auf dem Platz vor dem Rathaus statt.")]
+    kept = list(lang(docs))
+    assert [d.metadata["language"] for d in kept] == ["en"]
+    assert kept[0].metadata["language_score"] >= 0.65
+    assert docs[1].metadata["language"] == "fr" and docs[2].metadata["language"] == "de"
+    stats = lang.stats.to_dict()["stats"]
+    assert stats["dropped_lang_fr"] == 1 and stats["dropped_lang_de"] == 1
+
+
+def test_language_filter_keeps_all_languages_when_list_empty():
+    kept = list(Py3LangidFilter([], threshold=0.5)([doc("Los vecinos compran allí verduras frescas y pan.")]))
+    assert kept[0].metadata["language"] == "es"
+
+
+def test_resiliparse_extracts_main_text_without_boilerplate():
+    html = ("<html><body><nav>Home About Contact</nav><article><h1>Title</h1><p>" + "Real content here. " * 20
+            + "</p></article><footer>Copyright 2024</footer></body></html>")
+    text = ResiliparseExtractor().extract(html)
+    assert "Real content here." in text
+    assert "Copyright 2024" not in text
+
+
+def test_offline_word_tokenizer_matches_treebank_style():
+    tok = OfflineWordTokenizer("en")
+    assert tok.word_tokenize("Don't split e-mail or 3.14, (but split this).") == \
+        ["Don't", "split", "e-mail", "or", "3.14", ",", "(", "but", "split", "this", ")."]
+    assert tok.sent_tokenize("One. Two! Three?") == ["One.", "Two!", "Three?"]
+    text = "First sentence. Second one."
+    assert [text[a:b] for a, b in tok.span_tokenize(text)] == ["First sentence.", "Second one."]
+
+
+def test_gopher_quality_runs_offline_with_our_tokenizer():
+    gopher = GopherQualityFilter(language=OfflineWordTokenizer("en"))
+    prose = "The children walked to the school with their friends and the dog followed them all the way. " * 6
+    kept = list(gopher([doc(prose), doc("buy now " * 3)]))
+    assert len(kept) == 1
+    assert gopher.stats.to_dict()["stats"]["dropped_gopher_short_doc"] == 1
+
+
+def test_metered_counts_docs_and_utf8_bytes_in_and_out():
+    lang = Metered(Py3LangidFilter(["en"]))
+    docs = [doc("The weather today is lovely and we are going for a walk in the park."), doc("Café au lait, s'il vous plaît, merci beaucoup.")]
+    kept = list(lang.run(iter(docs)))
+    stats = lang.stats.to_dict()["stats"]
+    assert stats["in_docs"] == 2 and stats["out_docs"] == len(kept) == 1
+    assert stats["in_bytes"]["total"] == sum(len(d.text.encode()) for d in docs)
+    assert stats["out_bytes"]["total"] == len(kept[0].text.encode())
