@@ -160,3 +160,12 @@ def test_slurm_and_ray_executors_are_constructed(tmp_path):
 
     with pytest.raises(ConfigError, match="partition, time"):
         build_executors(DataConfig(input=[crawl], executor="slurm"), stages[:1])
+
+
+def test_a_run_that_keeps_nothing_finishes_with_an_empty_funnel(tmp_path):
+    data = tmp_path / "fr.jsonl"
+    data.write_text(json.dumps({"text": "Le marché du village ouvre chaque samedi matin sur la place de l'église."}))
+    funnel = run_data(DataConfig(input=[str(data)], output_dir=str(tmp_path / "out"), progress=False,
+                                 minhash={"num_buckets": 2}))
+    assert funnel["steps"][-1]["docs_out"] == 0
+    assert funnel["steps"][2]["dropped"] == {"lang_fr": 1}

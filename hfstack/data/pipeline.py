@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from datatrove.pipeline.readers import JsonlReader
+
 from hfstack.config import save_config
 from hfstack.data.config import DataConfig, quality_filter_classes
 from hfstack.data.steps import Metered, OfflineURLFilter, OfflineWordTokenizer, Py3LangidFilter, ResiliparseExtractor
@@ -34,6 +36,14 @@ def output_row(writer, doc) -> dict:
     return {"text": doc.text, "id": str(doc.id), "url": str(meta.get("url") or ""),
             "language": str(meta.get("language") or ""), "language_score": float(score) if score is not None else None,
             "date": str(meta.get("date") or "")}
+
+
+class IntermediateReader(JsonlReader):
+    """Reads a previous stage's output; an empty output (every document dropped) reads as no documents."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if self.data_folder.list_files():
+            yield from super().run(data, rank, world_size)
 
 
 @dataclass
@@ -67,11 +77,12 @@ class DataPipeline:
         return ParquetWriter(str(self.out), output_filename="${rank}.parquet", adapter=output_row)
 
     def _intermediate(self, name: str):
-        from datatrove.pipeline.readers import JsonlReader
         from datatrove.pipeline.writers import JsonlWriter
 
-        folder = str(self.work / name)
-        return JsonlWriter(folder), lambda: JsonlReader(folder, doc_progress=self.cfg.progress)
+        folder = self.work / name
+        folder.mkdir(parents=True, exist_ok=True)  # an empty result must read as empty, not as missing
+        folder = str(folder)
+        return JsonlWriter(folder), lambda: IntermediateReader(folder, doc_progress=self.cfg.progress)
 
     def readers(self) -> list[tuple[str, object]]:
         from hfstack.data.sources import hub_reader, resolve_inputs, text_reader
