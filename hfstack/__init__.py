@@ -12,12 +12,12 @@ Names are resolved lazily, so `import hfstack` stays instant.
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataConfig": ("hfstack.data.config", "DataConfig"),
-    "data": ("hfstack.data.pipeline", "run_data"),
+    "DataConfig": ("hfstack.web.config", "DataConfig"),
+    "data": ("hfstack.web.pipeline", "run_data"),
     "SpeedrunConfig": ("hfstack.speedrun", "SpeedrunConfig"),
     "speedrun": ("hfstack.speedrun", "speedrun"),
-    "SynthCrawlConfig": ("hfstack.data.synthetic", "SynthCrawlConfig"),
-    "synth_crawl": ("hfstack.data.synthetic", "synth_crawl"),
+    "SynthCrawlConfig": ("hfstack.web.synthetic", "SynthCrawlConfig"),
+    "synth_crawl": ("hfstack.web.synthetic", "synth_crawl"),
     "ConfigError": ("hfstack.config", "ConfigError"),
     "load_config": ("hfstack.config", "load_config"),
 }

@@ -27,7 +27,7 @@ def _commands() -> dict:
     """name -> (config class loader, runner loader); imports happen only for the chosen command."""
 
     def data():
-        from hfstack.data import DataConfig, run_data
+        from hfstack.web import DataConfig, run_data
 
         return DataConfig, run_data
 
@@ -37,7 +37,7 @@ def _commands() -> dict:
         return SpeedrunConfig, speedrun
 
     def synth_crawl():
-        from hfstack.data.synthetic import SynthCrawlConfig, synth_crawl
+        from hfstack.web.synthetic import SynthCrawlConfig, synth_crawl
 
         return SynthCrawlConfig, synth_crawl
 

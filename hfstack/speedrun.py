@@ -40,14 +40,14 @@ class SpeedrunConfig:
 
 
 def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.data.synthetic import write_crawl
+    from hfstack.web.synthetic import write_crawl
 
     summary = write_crawl(run / "crawl" / "crawl.warc.gz", pages=cfg.crawl_pages)
     print(f"[crawl] synthetic crawl: {summary.counts}")
 
 
 def _data(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.data import DataConfig, run_data
+    from hfstack.web import DataConfig, run_data
 
     data_cfg = load_config(DataConfig, recipes_dir() / cfg.preset / "data.yaml",
                            ["--output_dir", str(run / "data")] + _default_input(cfg, run))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from hfstack.config import ConfigError, load_config, parse_cli_args, save_config
-from hfstack.data import DataConfig
+from hfstack.web import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from hfstack.data import DataConfig, run_data
-from hfstack.data.pipeline import DataPipeline, build_executors
-from hfstack.data.synthetic import write_crawl
+from hfstack.web import DataConfig, run_data
+from hfstack.web.pipeline import DataPipeline, build_executors
+from hfstack.web.synthetic import write_crawl
 from hfstack.rundir import is_done
 
 

@@ -3,14 +3,14 @@
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter
 
-from hfstack.data.steps import (
+from hfstack.web.steps import (
     Metered,
     OfflineURLFilter,
     OfflineWordTokenizer,
     Py3LangidFilter,
     ResiliparseExtractor,
 )
-from hfstack.data.synthetic import _blocklisted_domains
+from hfstack.web.synthetic import _blocklisted_domains
 
 
 def doc(text="", url=None, **meta):

@@ -4,8 +4,8 @@ import pytest
 from conftest import html_page, http_response, warc_record
 
 from hfstack.config import ConfigError
-from hfstack.data.sources import resolve_inputs
-from hfstack.data.warc import HttpResponseFilter, WarcResponseReader, decode_html
+from hfstack.web.sources import resolve_inputs
+from hfstack.web.warc import HttpResponseFilter, WarcResponseReader, decode_html
 
 
 def read_all(paths, **kwargs):

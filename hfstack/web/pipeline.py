@@ -19,8 +19,8 @@ from pathlib import Path
 from datatrove.pipeline.readers import JsonlReader
 
 from hfstack.config import save_config
-from hfstack.data.config import DataConfig, quality_filter_classes
-from hfstack.data.steps import Metered, OfflineURLFilter, OfflineWordTokenizer, Py3LangidFilter, ResiliparseExtractor
+from hfstack.web.config import DataConfig, quality_filter_classes
+from hfstack.web.steps import Metered, OfflineURLFilter, OfflineWordTokenizer, Py3LangidFilter, ResiliparseExtractor
 
 OUTPUT_COLUMNS = ("text", "id", "url", "language", "language_score", "date")
 
@@ -85,8 +85,8 @@ class DataPipeline:
         return JsonlWriter(folder), lambda: IntermediateReader(folder, doc_progress=self.cfg.progress)
 
     def readers(self) -> list[tuple[str, object]]:
-        from hfstack.data.sources import hub_reader, resolve_inputs, text_reader
-        from hfstack.data.warc import WarcResponseReader
+        from hfstack.web.sources import hub_reader, resolve_inputs, text_reader
+        from hfstack.web.warc import WarcResponseReader
 
         cfg = self.cfg
         files = resolve_inputs(cfg.input) if cfg.input else {}
@@ -107,7 +107,7 @@ class DataPipeline:
         from datatrove.pipeline.extractors import Trafilatura
         from datatrove.pipeline.filters import LanguageFilter
 
-        from hfstack.data.warc import HttpResponseFilter
+        from hfstack.web.warc import HttpResponseFilter
 
         cfg, steps = self.cfg, []
         if cfg.url_filter:
@@ -225,7 +225,7 @@ def build_executors(cfg: DataConfig, stages: list[Stage]) -> list:
 
 def run_data(cfg: DataConfig) -> dict:
     """Run the data stage and return the funnel (also in DIR/stats.json)."""
-    from hfstack.data.funnel import build_funnel, format_funnel, write_funnel
+    from hfstack.web.funnel import build_funnel, format_funnel, write_funnel
     from hfstack.rundir import clear_done, mark_done
 
     out = Path(cfg.output_dir).absolute()
@@ -234,7 +234,7 @@ def run_data(cfg: DataConfig) -> dict:
     save_config(cfg, out)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if cfg.hub_dataset:
-        from hfstack.data.sources import check_hub_dataset
+        from hfstack.web.sources import check_hub_dataset
 
         check_hub_dataset(cfg.hub_dataset)
     stages = DataPipeline(cfg).stages()
