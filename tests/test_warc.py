@@ -94,3 +94,10 @@ def test_inputs_are_grouped_by_kind_in_order(tmp_path):
     grouped = resolve_inputs([str(tmp_path / "*.warc*"), str(tmp_path / "t.jsonl"), str(tmp_path)])
     assert [p.rsplit("/", 1)[1] for p in grouped["warc"]] == ["a.warc", "b.warc.gz"]
     assert len(grouped["jsonl"]) == 1 and len(grouped["parquet"]) == 1
+
+
+def test_hub_dataset_fails_fast_when_offline(tmp_path):
+    from hfstack.web import DataConfig, run_data
+
+    with pytest.raises(ConfigError, match="hub_dataset 'someone/web': HF_HUB_OFFLINE is set"):
+        run_data(DataConfig(hub_dataset="someone/web", output_dir=str(tmp_path / "o")))
