@@ -14,8 +14,10 @@ def is_done(output_dir: str | Path) -> bool:
 
 
 def mark_done(output_dir: str | Path, stage: str, **info) -> None:
+    """Write the marker; facts a stage already recorded there (e.g. its document count) are kept."""
     path = Path(output_dir) / MARKER
-    path.write_text(json.dumps({"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")} | info))
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(previous | {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")} | info))
 
 
 def clear_done(output_dir: str | Path) -> None:

@@ -53,6 +53,11 @@ def _read_capped(stream, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _unusable(doc_id: str, meta: dict, problem: str) -> Document:
+    """A record the HTTP filter will drop, carrying the reason so the drop is counted."""
+    return Document(text="", id=doc_id, metadata=meta | {"fetch_problem": problem})
+
+
 class WarcResponseReader(BaseReader):
     """Reads WARC files (local, s3://, https:// through fsspec; plain or per-record gzip) into documents.
 
@@ -128,8 +133,7 @@ class WarcResponseReader(BaseReader):
         doc_id = headers.get_header("WARC-Record-ID") or f"{path}/{index}"
         status = http.get_statuscode() if http is not None else None
         if http is None or not (http.protocol or "").upper().startswith("HTTP/") or not _STATUS.match(status or ""):
-            meta["fetch_problem"] = "broken_http_headers"
-            return Document(text="", id=doc_id, metadata=meta)
+            return _unusable(doc_id, meta, "broken_http_headers")
         meta["http_status"] = int(status)
         content_type = http.get_header("Content-Type") or headers.get_header("WARC-Identified-Payload-Type") or ""
         meta["content_type"] = content_type
@@ -137,15 +141,12 @@ class WarcResponseReader(BaseReader):
             return Document(text="", id=doc_id, metadata=meta)  # binary payloads are never decoded
         body = _read_capped(record.content_stream(), self.max_page_bytes)
         if body is None:
-            meta["fetch_problem"] = "too_large"
-            return Document(text="", id=doc_id, metadata=meta)
+            return _unusable(doc_id, meta, "too_large")
         if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended before the declared length
-            meta["fetch_problem"] = "truncated"
-            return Document(text="", id=doc_id, metadata=meta)
+            return _unusable(doc_id, meta, "truncated")
         text = decode_html(body, content_type)
         if text is None:
-            meta["fetch_problem"] = "undecodable"
-            return Document(text="", id=doc_id, metadata=meta)
+            return _unusable(doc_id, meta, "undecodable")
         return Document(text=text, id=doc_id, metadata=meta)
 
 
