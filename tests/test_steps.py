@@ -9,6 +9,7 @@ from hfstack.web.steps import (
     OfflineWordTokenizer,
     Py3LangidFilter,
     ResiliparseExtractor,
+    TrafilaturaExtractor,
 )
 from hfstack.web.synthetic import _blocklisted_domains
 
@@ -54,6 +55,43 @@ def test_resiliparse_extracts_main_text_without_boilerplate():
     text = ResiliparseExtractor().extract(html)
     assert "Real content here." in text
     assert "Copyright 2024" not in text
+
+
+ARTICLE = ("<html><body><nav>Home About Contact</nav><article><h1>Title</h1><p>" + "Real content here. " * 20
+           + "</p></article><footer>Copyright 2024</footer></body></html>")
+
+
+class SlowOnMarker(ResiliparseExtractor):
+    """Hangs on pages that contain 'HANG', like a pathological page would."""
+
+    def extract(self, text):
+        if "HANG" in text:
+            import time
+
+            time.sleep(5)
+        if "CRASH" in text:
+            raise ValueError("cannot parse")
+        return super().extract(text)
+
+
+def test_in_process_extraction_times_out_and_counts_bad_pages_then_goes_on():
+    step = SlowOnMarker(timeout=0.2)
+    pages = [ARTICLE, ARTICLE.replace("Title", "HANG"), ARTICLE.replace("Title", "CRASH"), "<html></html>", ARTICLE]
+    out = list(step.run(iter(Document(text=p, id=str(i)) for i, p in enumerate(pages))))
+    assert [d.id for d in out] == ["0", "4"]
+    assert all("Real content here." in d.text for d in out)
+    stats = step.stats
+    assert stats["timeout"].total == 1 and stats["clean_error"].total == 1
+    assert stats["dropped"].total == 1 and stats["forwarded"].total == 2
+
+
+def test_in_process_trafilatura_matches_datatrove_sandboxed_step():
+    pages = [ARTICLE, ARTICLE.replace("Real content", "Other words"), "<html><body></body></html>"]
+    in_process = list(TrafilaturaExtractor().run(iter(Document(text=p, id=str(i)) for i, p in enumerate(pages))))
+    sandboxed = list(TrafilaturaExtractor(sandbox=True).run(iter(Document(text=p, id=str(i))
+                                                                 for i, p in enumerate(pages))))
+    assert [(d.id, d.text) for d in in_process] == [(d.id, d.text) for d in sandboxed]
+    assert len(in_process) == 2
 
 
 def test_offline_word_tokenizer_matches_treebank_style():

@@ -61,6 +61,7 @@ class DataConfig:
     max_page_bytes: int = 5_000_000
     extractor: Literal["trafilatura", "resiliparse", "none"] = "trafilatura"
     extract_timeout: float = 10.0  # seconds per page
+    extract_sandbox: bool = False  # extract in a subprocess (survives extractor crashes; ~25% slower)
     language_filter: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])  # empty: keep all, still label
     language_threshold: float = 0.65

@@ -20,7 +20,14 @@ from datatrove.pipeline.readers import JsonlReader
 
 from hfstack.config import save_config
 from hfstack.web.config import DataConfig, quality_filter_classes
-from hfstack.web.steps import Metered, OfflineURLFilter, OfflineWordTokenizer, Py3LangidFilter, ResiliparseExtractor
+from hfstack.web.steps import (
+    Metered,
+    OfflineURLFilter,
+    OfflineWordTokenizer,
+    Py3LangidFilter,
+    ResiliparseExtractor,
+    TrafilaturaExtractor,
+)
 
 OUTPUT_COLUMNS = ("text", "id", "url", "language", "language_score", "date")
 
@@ -104,7 +111,6 @@ class DataPipeline:
         return readers
 
     def filter_steps(self, has_html: bool) -> list[tuple[str, object]]:
-        from datatrove.pipeline.extractors import Trafilatura
         from datatrove.pipeline.filters import LanguageFilter
 
         from hfstack.web.warc import HttpResponseFilter
@@ -118,9 +124,10 @@ class DataPipeline:
         if has_html and cfg.http_filter:
             steps.append(("http status/type", HttpResponseFilter(exclusion_writer=self._excluded("http"))))
         if has_html and cfg.extractor == "trafilatura":
-            steps.append(("extract (trafilatura)", Trafilatura(timeout=cfg.extract_timeout, favour_precision=True)))
+            steps.append(("extract (trafilatura)", TrafilaturaExtractor(cfg.extract_timeout, cfg.extract_sandbox)))
         elif has_html and cfg.extractor == "resiliparse":
-            steps.append(("extract (resiliparse)", ResiliparseExtractor(timeout=cfg.extract_timeout)))
+            steps.append(("extract (resiliparse)", ResiliparseExtractor(cfg.extract_timeout,
+                                                                             sandbox=cfg.extract_sandbox)))
         if cfg.language_filter:
             if cfg.language_backend == "py3langid":
                 lang = Py3LangidFilter(cfg.languages, cfg.language_threshold, exclusion_writer=self._excluded("language"))
