@@ -4,9 +4,12 @@ Every stage is a plain function taking its config dataclass:
 
     import hfstack
     hfstack.data(hfstack.DataConfig(input=["crawl/*.warc.gz"], output_dir="runs/me/data"))
+    hfstack.tokenizer(hfstack.TokenizerConfig(input=["runs/me/data"], output_dir="runs/me/tokenizer"))
     hfstack.speedrun(hfstack.SpeedrunConfig(preset="tiny"))
 
-Names are resolved lazily, so `import hfstack` stays instant.
+Names are resolved lazily, so `import hfstack` stays instant. Stage modules are named apart from
+these functions (hfstack/tokenization.py, hfstack/speedrunner.py), so importing one never hides a
+function.
 """
 
 __version__ = "0.1.0"
@@ -14,8 +17,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DataConfig": ("hfstack.web.config", "DataConfig"),
     "data": ("hfstack.web.pipeline", "run_data"),
-    "SpeedrunConfig": ("hfstack.speedrun", "SpeedrunConfig"),
-    "speedrun": ("hfstack.speedrun", "speedrun"),
+    "TokenizerConfig": ("hfstack.tokenization", "TokenizerConfig"),
+    "tokenizer": ("hfstack.tokenization", "run_tokenizer"),
+    "TokenizeConfig": ("hfstack.tokenview", "TokenizeConfig"),
+    "tokenize": ("hfstack.tokenview", "tokenize"),
+    "SpeedrunConfig": ("hfstack.speedrunner", "SpeedrunConfig"),
+    "speedrun": ("hfstack.speedrunner", "speedrun"),
     "SynthCrawlConfig": ("hfstack.web.synthetic", "SynthCrawlConfig"),
     "synth_crawl": ("hfstack.web.synthetic", "synth_crawl"),
     "ConfigError": ("hfstack.config", "ConfigError"),

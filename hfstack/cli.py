@@ -18,6 +18,8 @@ commands:
   speedrun      run every stage in order on a preset (--preset tiny, --output_dir RUN)
   data          web data pipeline: URL/HTTP/language/quality filters, dedup, parquet (datatrove)
   synth-crawl   write the offline synthetic crawl (--output FILE.warc.gz --pages N --seed S)
+  tokenizer     train a byte-level BPE tokenizer with the chat protocol; compare it with GPT-4's
+  tokenize      show text as tokens: hfstack tokenize [--tokenizer DIR] "text" | --file F | --chat C.json
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -32,7 +34,7 @@ def _commands() -> dict:
         return DataConfig, run_data
 
     def speedrun():
-        from hfstack.speedrun import SpeedrunConfig, speedrun
+        from hfstack.speedrunner import SpeedrunConfig, speedrun
 
         return SpeedrunConfig, speedrun
 
@@ -41,7 +43,33 @@ def _commands() -> dict:
 
         return SynthCrawlConfig, synth_crawl
 
-    return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl}
+    def tokenizer():
+        from hfstack.tokenization import TokenizerConfig, run_tokenizer
+
+        return TokenizerConfig, run_tokenizer
+
+    def tokenize():
+        from hfstack.tokenview import TokenizeConfig, tokenize
+
+        return TokenizeConfig, tokenize
+
+    return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
+            "tokenize": tokenize}
+
+
+POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field
+
+
+def _with_positional(command: str, args: list[str]) -> list[str]:
+    """Turn the one bare argument into `--<field> value`; these commands' flags each take one value."""
+    if command not in POSITIONAL:
+        return args
+    i = 0
+    while i < len(args):
+        if not args[i].startswith("--"):
+            return ["--" + POSITIONAL[command], args[i], *args[:i], *args[i + 1:]]
+        i += 1 if "=" in args[i] or i + 1 >= len(args) or args[i + 1].startswith("--") else 2
+    return args
 
 
 def _field_help(config_cls) -> str:
@@ -61,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, args = argv[0], argv[1:]
+    args = _with_positional(command, args)
     commands = _commands()
     if command not in commands:
         print(f"hfstack: unknown command '{command}'; choose from: {', '.join(commands)}", file=sys.stderr)

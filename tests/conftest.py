@@ -39,6 +39,23 @@ def crawl_sample() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def sample_run(crawl_sample, tmp_path_factory):
+    """The English data pipeline on the shared sample, quality filters off (trafilatura, 2 tasks).
+
+    Session-scoped: the data tests check its funnel and the tokenizer tests train on its text.
+    """
+    import json
+
+    from hfstack.web import DataConfig, run_data
+
+    out = tmp_path_factory.mktemp("sample") / "data"
+    funnel = run_data(DataConfig(input=[str(crawl_sample)], output_dir=str(out), tasks=2, quality=False,
+                                 progress=False))
+    labels = [json.loads(line) for line in (crawl_sample.parent / "crawl-sample.labels.jsonl").open()]
+    return out, funnel, {label["url"]: label for label in labels}
+
+
 def warc_record(url: str, http_block: bytes, record_id: int = 0) -> bytes:
     """One gzip member holding one WARC response record, written by hand so it can be broken on purpose."""
     head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{record_id:08d}>\r\n"

@@ -49,9 +49,18 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert stats["documents_kept"] > 10
     assert (run / "data" / "config.yaml").is_file() and (run / "data" / MARKER).is_file()
     assert list((run / "data").glob("*.parquet"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")  # the next stage trained on the data stage's text
+    assert json.loads((run / "tokenizer" / "eval.json").read_text())["train_docs"] == stats["documents_kept"] - \
+        json.loads((run / "tokenizer" / "eval.json").read_text())["heldout_docs"]
+    assert tokenizer.chat_template and (run / "tokenizer" / MARKER).is_file()
+    view = hfstack("tokenize", "--tokenizer", str(run / "tokenizer"), "Hello <|user_start|> 12345")
+    assert view.returncode == 0 and "bytes/token" in view.stdout
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60")
     assert second.returncode == 0
     assert "data: already done, skipping" in second.stdout and "crawl: already done, skipping" in second.stdout
+    assert "tokenizer: already done, skipping" in second.stdout
 
 
 def test_python_api_matches_cli(tmp_path):
@@ -63,3 +72,37 @@ def test_python_api_matches_cli(tmp_path):
                                              exact_dedup=False, minhash_dedup=False, progress=False))
     assert result["steps"][-1]["docs_out"] == 1
     assert Path(tmp_path / "o" / "config.yaml").is_file()
+
+
+def test_tokenize_views_text_and_chat_in_terminal_and_html(tmp_path, capsys):
+    from hfstack.cli import main
+    from hfstack.tokenization import to_transformers, train_bpe
+
+    tokenizer_dir = tmp_path / "tok"
+    to_transformers(train_bpe(["the cat sat on the mat, and the dog sat on the log. "] * 50, 300)) \
+        .save_pretrained(tokenizer_dir)
+    assert main(["tokenize", "--tokenizer", str(tokenizer_dir), "--color", "never", "the cat <|pad|>"]) == 0
+    out = capsys.readouterr().out
+    assert "|the| cat| |<|||p|a|d|||>" in out  # a typed special token is plain characters
+    assert "tokens, 15 bytes" in out
+    conversation = tmp_path / "chat.json"
+    conversation.write_text(json.dumps({"messages": [{"role": "user", "content": "the cat?"},
+                                                     {"role": "assistant", "content": "the mat."}]}))
+    page = tmp_path / "view.html"
+    assert main(["tokenize", "--tokenizer", str(tokenizer_dir), "--chat", str(conversation), "--html", str(page),
+                 "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "[the][ mat][.][<|assistant_end|>]" in out and "4 trained on (assistant)" in out
+    assert "trained on" in page.read_text() and "&lt;|assistant_end|&gt;" in page.read_text()
+    assert main(["tokenize", "--tokenizer", str(tmp_path / "none"), "hi"]) == 2
+    assert "no tokenizer at" in capsys.readouterr().err
+
+
+def test_every_public_name_stays_what_it_is_after_its_module_is_imported():
+    import importlib
+
+    import hfstack
+
+    for name, (module, attr) in hfstack._EXPORTS.items():
+        importlib.import_module(module)
+        assert getattr(hfstack, name) is getattr(importlib.import_module(module), attr), name

@@ -19,16 +19,6 @@ def kept_urls(out: Path) -> list[str]:
     return rows["url"]
 
 
-@pytest.fixture(scope="module")
-def sample_run(crawl_sample, tmp_path_factory):
-    """The English pipeline on the shared sample, quality filters off (trafilatura, 2 tasks)."""
-    out = tmp_path_factory.mktemp("sample") / "data"
-    funnel = run_data(DataConfig(input=[str(crawl_sample)], output_dir=str(out), tasks=2, quality=False,
-                                 progress=False))
-    labels = [json.loads(line) for line in (crawl_sample.parent / "crawl-sample.labels.jsonl").open()]
-    return out, funnel, {label["url"]: label for label in labels}
-
-
 @pytest.mark.slow
 def test_sample_drops_every_url_html_and_status_record(sample_run):
     out, _, labels = sample_run

@@ -63,7 +63,15 @@ def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
     return ["--input", str(run / "crawl" / "*.warc.gz")]
 
 
-STAGES = [("crawl", _crawl), ("data", _data)]
+def _tokenizer(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.tokenization import TokenizerConfig, run_tokenizer
+
+    tok_cfg = load_config(TokenizerConfig, recipes_dir() / cfg.preset / "tokenizer.yaml",
+                          ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
+    run_tokenizer(tok_cfg)
+
+
+STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:

