@@ -82,9 +82,35 @@ def test_resolved_config_is_saved_and_reloads(tmp_path):
     assert load_config(DataConfig, path) == cfg
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("**/data.yaml"))
-                         + sorted((REPO / "recipes" / "data").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
-def test_every_data_recipe_parses(recipe):
-    cfg = load_config(DataConfig, recipe, ["--input", "placeholder.warc.gz"] if "hub_dataset" not in
-                      recipe.read_text() else [])
-    assert cfg.tasks >= 1
+def _stage_of(recipe):
+    """recipes/<preset>/<stage>.yaml or recipes/<stage>/<name>.yaml"""
+    return recipe.stem if recipe.parent.name not in STAGE_CONFIGS else recipe.parent.name
+
+
+STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig"}
+REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
+
+
+@pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("**/*.yaml")
+                                          if p.parent.name != "accelerate"), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_recipe_parses_with_its_stage_config(recipe):
+    import importlib
+
+    stage = _stage_of(recipe)
+    assert stage in STAGE_CONFIGS, f"{recipe}: no stage named '{stage}'"
+    module, name = STAGE_CONFIGS[stage].split(":")
+    config_cls = getattr(importlib.import_module(module), name)
+    text = recipe.read_text()
+    cfg = load_config(config_cls, recipe, [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED[stage])
+    assert isinstance(cfg, config_cls)
+
+
+def test_every_command_in_the_readme_exists():
+    import re
+
+    from hfstack.cli import _commands
+
+    shell_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
+    used = set(re.findall(r"(?m)(?:^|&& )hfstack ([a-z-]+)", shell_blocks))
+    assert {"speedrun", "data", "tokenizer", "tokenize"} <= used
+    assert used <= set(_commands()), used - set(_commands())
