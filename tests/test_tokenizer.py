@@ -231,3 +231,8 @@ def test_bigger_vocab_compresses_real_web_text_better(sample_run):
         tokenizer = to_transformers(train_bpe(train, vocab))
         per_token[vocab] = n_bytes / sum(len(ids) for ids in encode_ordinary(tokenizer, heldout))
     assert per_token[8192] > per_token[1024] * 1.1, per_token
+
+
+def test_hub_input_fails_fast_when_offline(tmp_path):
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        run_tokenizer(TokenizerConfig(hub_dataset="HuggingFaceFW/fineweb", output_dir=str(tmp_path), progress=False))
