@@ -20,6 +20,9 @@ commands:
   synth-crawl   write the offline synthetic crawl (--output FILE.warc.gz --pages N --seed S)
   tokenizer     train a byte-level BPE tokenizer with the chat protocol; compare it with GPT-4's
   tokenize      show text as tokens: hfstack tokenize [--tokenizer DIR] "text" | --file F | --chat C.json
+  pretrain      train a causal LM from scratch (Trainer + Accelerate); works under `accelerate launch`
+  generate      sample from a model: --prompt "..." or --as_assistant "question"; streams
+  regurgitation measure how much of its training documents a model recites verbatim
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -53,8 +56,23 @@ def _commands() -> dict:
 
         return TokenizeConfig, tokenize
 
+    def pretrain():
+        from hfstack.pretraining import PretrainConfig, run_pretrain
+
+        return PretrainConfig, run_pretrain
+
+    def generate():
+        from hfstack.generation import GenerateConfig, generate
+
+        return GenerateConfig, generate
+
+    def regurgitation():
+        from hfstack.generation import RegurgitationConfig, regurgitation
+
+        return RegurgitationConfig, regurgitation
+
     return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
-            "tokenize": tokenize}
+            "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field

@@ -71,7 +71,41 @@ def _tokenizer(cfg: SpeedrunConfig, run: Path) -> None:
     run_tokenizer(tok_cfg)
 
 
-STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer)]
+def _pretrain(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.pretraining import PretrainConfig, run_pretrain
+
+    pre_cfg = load_config(PretrainConfig, recipes_dir() / cfg.preset / "pretrain.yaml",
+                          ["--data", str(run / "data"), "--tokenizer", str(run / "tokenizer"),
+                           "--output_dir", str(run / "base")])
+    run_pretrain(pre_cfg)
+
+
+def _generate(cfg: SpeedrunConfig, run: Path) -> None:
+    """The base model dreams documents from a few openings, and is asked a question the few-shot way."""
+    import json
+
+    from hfstack.generation import GenerateConfig, generate
+
+    samples = []
+    for prompt in ("The", "In this module,", "Python is"):
+        text = generate(GenerateConfig(model=str(run / "base"), prompt=prompt, max_new_tokens=48, seed=0,
+                                       temperature=0.8, stream=False))[0]
+        samples.append({"prompt": prompt, "sample": text})
+    answer = generate(GenerateConfig(model=str(run / "base"), as_assistant="What does the os module do?",
+                                     max_new_tokens=48, temperature=0, stream=False))[0]
+    samples.append({"as_assistant": "What does the os module do?", "answer": answer})
+    (run / "generate" / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
+
+
+def _regurgitation(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.generation import RegurgitationConfig, regurgitation
+
+    regurgitation(RegurgitationConfig(model=str(run / "base"), data=[str(run / "data")], val_fraction=0.05,
+                                      output=str(run / "regurgitation" / "report.json")))
+
+
+STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
+          ("generate", _generate), ("regurgitation", _regurgitation)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
