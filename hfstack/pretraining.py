@@ -133,18 +133,15 @@ def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_
 
     from hfstack.telemetry import available_trackers
 
-    schedule = {"wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps)),
-                                                "num_stable_steps": None}),
+    # wsd: the stable phase is whatever warmup and decay leave of max_steps
+    schedule = {"wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps))}),
                 "cosine": ("cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}),
                 "constant": ("constant_with_warmup", {})}[cfg.schedule]
-    kwargs = schedule[1]
-    if cfg.schedule == "wsd":
-        kwargs["num_stable_steps"] = max(0, cfg.max_steps - cfg.warmup_steps - kwargs["num_decay_steps"])
     return TrainingArguments(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.micro_batch_size, per_device_eval_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.accumulation_steps(world_size),
-        learning_rate=cfg.learning_rate, lr_scheduler_type=schedule[0], lr_scheduler_kwargs=kwargs,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=schedule[0], lr_scheduler_kwargs=schedule[1],
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, adam_beta1=0.9, adam_beta2=cfg.adam_beta2,
         max_grad_norm=cfg.max_grad_norm, bf16=use_bf16, use_cpu=on_cpu, torch_compile=cfg.compile,
         logging_steps=cfg.log_every, eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
@@ -214,7 +211,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     from hfstack.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
     from hfstack.tokenization import resolve_text_files
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # on CPU, 2 launched processes are 2 gloo ranks
     out = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.tokenizer)
     files = resolve_text_files(cfg.data)
@@ -264,6 +261,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     trainer.save_model(str(out))  # safetensors + tokenizer + generation config
     if state.is_main_process:
         summary = {"steps": trainer.state.global_step, "seconds": round(time.time() - started, 1),
+                   "world_size": state.num_processes,
                    "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
                    "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -30,6 +30,7 @@ class SpeedrunConfig:
     output_dir: str | None = None  # default: runs/<preset>
     crawl_pages: int = 300  # size of the synthetic crawl used when the preset has no data input
     force: bool = False  # rerun stages even if they left a completion marker
+    pretrain_steps: int | None = None  # override the preset's pretraining steps, for quick trials
 
     def __post_init__(self):
         if not (recipes_dir() / self.preset).is_dir():
@@ -76,7 +77,8 @@ def _pretrain(cfg: SpeedrunConfig, run: Path) -> None:
 
     pre_cfg = load_config(PretrainConfig, recipes_dir() / cfg.preset / "pretrain.yaml",
                           ["--data", str(run / "data"), "--tokenizer", str(run / "tokenizer"),
-                           "--output_dir", str(run / "base")])
+                           "--output_dir", str(run / "base")]
+                          + (["--max_steps", str(cfg.pretrain_steps)] if cfg.pretrain_steps else []))
     run_pretrain(pre_cfg)
 
 

@@ -43,7 +43,8 @@ def test_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     run = tmp_path / "run"
-    first = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60")
+    first = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
+                    "--pretrain_steps", "20")
     assert first.returncode == 0, first.stderr[-3000:]
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert stats["documents_kept"] > 10
@@ -57,10 +58,14 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert tokenizer.chat_template and (run / "tokenizer" / MARKER).is_file()
     view = hfstack("tokenize", "--tokenizer", str(run / "tokenizer"), "Hello <|user_start|> 12345")
     assert view.returncode == 0 and "bytes/token" in view.stdout
-    second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60")
+    assert json.loads((run / "base" / "summary.json").read_text())["steps"] == 20
+    assert (run / "generate" / "samples.json").is_file()
+    assert json.loads((run / "regurgitation" / "report.json").read_text())["train"]["docs"] > 0
+    second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
+                     "--pretrain_steps", "20")
     assert second.returncode == 0
     assert "data: already done, skipping" in second.stdout and "crawl: already done, skipping" in second.stdout
-    assert "tokenizer: already done, skipping" in second.stdout
+    assert "tokenizer: already done, skipping" in second.stdout and "pretrain: already done" in second.stdout
 
 
 def test_python_api_matches_cli(tmp_path):

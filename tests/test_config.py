@@ -87,8 +87,9 @@ def _stage_of(recipe):
     return recipe.stem if recipe.parent.name not in STAGE_CONFIGS else recipe.parent.name
 
 
-STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig"}
-REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
+STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig",
+                 "pretrain": "hfstack.pretraining:PretrainConfig"}
+REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"], "pretrain": []}
 
 
 @pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("**/*.yaml")

@@ -1,0 +1,238 @@
+"""Pretraining and sampling on tiny models: learning, saving, resuming, launching, bad input,
+seeded sampling, the few-shot assistant and the regurgitation probe."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from hfstack.config import ConfigError
+from hfstack.generation import GenerateConfig, RegurgitationConfig, generate, regurgitation
+from hfstack.model import model_dims
+from hfstack.pretraining import PretrainConfig, run_pretrain
+from hfstack.tokenization import TokenizerConfig, is_heldout, run_tokenizer
+from hfstack.web.synthetic import stdlib_articles
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Standard-library prose: a jsonl corpus and a 512-token tokenizer trained on it."""
+    root = tmp_path_factory.mktemp("pretrain")
+    data = root / "docs.jsonl"
+    with data.open("w") as handle:
+        for title, paragraphs in stdlib_articles()[:60]:
+            handle.write(json.dumps({"text": title + "\n\n" + "\n\n".join(paragraphs)}) + "\n")
+    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=512,
+                                  compare_cl100k=False, progress=False))
+    return root, data, root / "tok"
+
+
+def tiny(corpus, out, **overrides) -> PretrainConfig:
+    root, data, tok = corpus
+    options = dict(data=[str(data)], tokenizer=str(tok), output_dir=str(out), depth=1, seq_len=64,
+                   micro_batch_size=4, batch_tokens=256, max_steps=12, warmup_steps=2, learning_rate=1e-2,
+                   eval_every=6, save_every=6, log_every=1, val_fraction=0.1, sample_tokens=4,
+                   sample_prompts=["The"], progress=False)
+    return PretrainConfig(**(options | overrides))
+
+
+class Snapshot(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "log.jsonl").open()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "base"
+    snapshot = Snapshot()
+    run_pretrain(tiny(corpus, out, max_steps=30), callbacks=[snapshot])
+    return out, snapshot.before
+
+
+def test_depth_dial_and_explicit_sizes():
+    assert model_dims(2) == {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
+                             "num_key_value_heads": 2, "intermediate_size": 320}
+    assert model_dims(12)["hidden_size"] == 768 and model_dims(12)["num_attention_heads"] == 12
+    assert model_dims(4, hidden_size=192, num_heads=3, num_kv_heads=1)["num_key_value_heads"] == 1
+    with pytest.raises(ConfigError, match="not divisible"):
+        model_dims(2, hidden_size=100, num_heads=3)
+
+
+def test_loss_goes_down_and_every_parameter_changes(trained):
+    out, before = trained
+    steps = losses(out)
+    assert steps[30] < steps[1] - 0.5, steps
+    from transformers import AutoModelForCausalLM
+
+    after = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    unchanged = [name for name, p in before.items() if torch.equal(p, after[name].detach())]
+    assert not unchanged
+    records = [json.loads(line) for line in (out / "log.jsonl").open()]
+    evals = [r for r in records if "eval_bpb" in r]
+    assert evals and all(r["eval_bpb"] > 0 for r in evals) and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert any("samples" in r for r in records) and any("mfu" in r and "tokens_per_s" in r for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["world_size"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-24", "checkpoint-30"]
+
+
+def test_saved_model_loads_in_a_fresh_offline_process_and_generates(trained):
+    out, _ = trained
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+            "ids = torch.tensor([[t.bos_token_id] + t('The')['input_ids']]);"
+            "print(m.generate(ids, max_new_tokens=5, do_sample=False).shape[1] - ids.shape[1])")
+    result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "5"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_resume_continues_with_identical_losses(corpus, tmp_path):
+    straight = run_pretrain(tiny(corpus, tmp_path / "straight", max_steps=10, save_every=5))
+    interrupted = tmp_path / "interrupted"
+    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_every=5), callbacks=[StopAt(7)])
+    assert not (interrupted / "model.safetensors").exists()  # killed: only checkpoint-5 survives the steps
+    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_every=5))  # resume: auto
+    reference, resumed = losses(straight), losses(interrupted)
+    for step in range(6, 11):  # after checkpoint-5 the resumed run retraces the uninterrupted one
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_two_process_cpu_launch_through_accelerate(corpus, tmp_path):
+    root, data, tok = corpus
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "recipes/accelerate/cpu.yaml"), "-m", "hfstack", "pretrain", "--data", str(data),
+               "--tokenizer", str(tok), "--output_dir", str(tmp_path / "ddp"), "--depth", "1", "--seq_len", "64",
+               "--micro_batch_size", "2", "--batch_tokens", "256", "--max_steps", "6", "--eval_every", "3",
+               "--save_every", "3", "--log_every", "1", "--val_fraction", "0.1", "--progress", "false"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    assert "1×2×2 sequences per step" in result.stdout
+
+
+def test_accelerate_gpu_configs_construct():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def launch_args(name):
+        parsed = launch_command_parser().parse_args(
+            ["--config_file", str(REPO / f"recipes/accelerate/{name}.yaml"), "-m", "hfstack", "pretrain"])
+        return _validate_launch_command(parsed)[0]
+
+    ddp = launch_args("multi_gpu")
+    assert ddp.multi_gpu and ddp.mixed_precision == "bf16" and not ddp.use_fsdp
+    fsdp = launch_args("fsdp2")
+    env = prepare_multi_gpu_env(fsdp)
+    old = dict(os.environ)
+    try:
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("FSDP", "ACCELERATE"))})
+        plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2))
+        plugin.set_auto_wrap_policy(model)  # fails if the layer class named in the config is not in the model
+        assert plugin.auto_wrap_policy is not None
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    import yaml
+
+    for name, stage in (("zero2", 2), ("zero3", 3)):
+        args = launch_args(name)
+        assert args.use_deepspeed and args.zero_stage == stage
+        options = yaml.safe_load((REPO / f"recipes/accelerate/{name}.yaml").read_text())["deepspeed_config"]
+        plugin = DeepSpeedPlugin(zero_stage=options["zero_stage"], zero3_init_flag=options["zero3_init_flag"],
+                                 zero3_save_16bit_model=options.get("zero3_save_16bit_model", False))
+        assert plugin.deepspeed_config["zero_optimization"]["stage"] == stage
+
+
+def test_bad_input_is_a_clear_error_before_training(corpus, trained, tmp_path):
+    root, data, tok = corpus
+    other_tok = tmp_path / "tok1k"
+    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(other_tok), vocab_size=300,
+                                  compare_cl100k=False, progress=False))
+    out, _ = trained
+    with pytest.raises(ConfigError, match="vocab_size 512 but the tokenizer .* has 300 tokens"):
+        run_pretrain(tiny(corpus, tmp_path / "a", init_from=str(out), tokenizer=str(other_tok)))
+    with pytest.raises(ConfigError, match="seq_len 128 is above the model's maximum"):
+        run_pretrain(tiny(corpus, tmp_path / "b", init_from=str(out), seq_len=128))
+    no_text = tmp_path / "notext.jsonl"
+    no_text.write_text(json.dumps({"body": "hello"}) + "\n")
+    with pytest.raises(ConfigError, match="no field 'text'"):
+        run_pretrain(tiny(corpus, tmp_path / "c", data=[str(no_text)]))
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps({"text": "just a few words"}) + "\n")
+    with pytest.raises(ConfigError, match="too little data for one batch"):
+        run_pretrain(tiny(corpus, tmp_path / "d", data=[str(small)]))
+    with pytest.raises(ConfigError, match="no tokenizer at"):
+        run_pretrain(tiny(corpus, tmp_path / "e", tokenizer=str(tmp_path / "nothing")))
+
+
+def test_sampling_seeds_and_greedy(trained, capsys):
+    out, _ = trained
+    sample = lambda **kw: generate(GenerateConfig(model=str(out), prompt="The", max_new_tokens=12,  # noqa: E731
+                                                  stream=False, **kw))[0]
+    assert sample(seed=1) == sample(seed=1)
+    assert len({sample(seed=s) for s in range(4)}) > 1
+    assert len({sample() for _ in range(4)}) > 1  # no seed: fresh randomness each time
+    assert sample(temperature=0) == sample(temperature=0, seed=5)
+    three = generate(GenerateConfig(model=str(out), prompt="The", max_new_tokens=6, num_samples=3, seed=2,
+                                    stream=True))
+    assert len(three) == 3 and "--- sample 3" in capsys.readouterr().out
+
+
+def test_as_assistant_stops_at_the_end_of_the_turn(trained):
+    out, _ = trained
+    answer = generate(GenerateConfig(model=str(out), as_assistant="What is a module?", max_new_tokens=40,
+                                     temperature=0, stream=False))[0]
+    assert "Human:" not in answer
+
+
+def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
+    """A model trained hard on a few documents recites them; documents it never saw it cannot."""
+    texts = [" ".join(paragraphs)[:600] for _, paragraphs in stdlib_articles()[:40]]
+    seen = [t for t in texts if not is_heldout(t, 0.5)][:6]
+    unseen = [t for t in texts if is_heldout(t, 0.5)][:6]
+    assert len(seen) == 6 and len(unseen) == 6
+    train_file, all_file = tmp_path / "train.jsonl", tmp_path / "all.jsonl"
+    train_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in seen * 4))
+    all_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in seen + unseen))
+    run_tokenizer(TokenizerConfig(input=[str(all_file)], output_dir=str(tmp_path / "tok"), vocab_size=400,
+                                  heldout_fraction=0, compare_cl100k=False, progress=False))
+    run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "m"),
+                                depth=2, seq_len=64, micro_batch_size=8, batch_tokens=512, max_steps=400,
+                                warmup_steps=5, learning_rate=1e-2, val_fraction=0.01, eval_every=1000,
+                                save_every=1000, log_every=20, sample_prompts=[], progress=False))
+    report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
+                                               continuation_tokens=16, val_fraction=0.5))
+    assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == 6
+    assert report["train"]["mean_matched_tokens"] > report["heldout"]["mean_matched_tokens"] + 4, report
