@@ -100,9 +100,11 @@ def _generate(cfg: SpeedrunConfig, run: Path) -> None:
 
 
 def _regurgitation(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.config import read_yaml
     from hfstack.generation import RegurgitationConfig, regurgitation
 
-    regurgitation(RegurgitationConfig(model=str(run / "base"), data=[str(run / "data")], val_fraction=0.05,
+    held_out = read_yaml(run / "base" / "config.yaml")["val_fraction"]  # the documents pretraining never saw
+    regurgitation(RegurgitationConfig(model=str(run / "base"), data=[str(run / "data")], val_fraction=held_out,
                                       output=str(run / "regurgitation" / "report.json")))
 
 
