@@ -205,6 +205,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the output directory. `callbacks` are extra TrainerCallbacks."""
     import torch
     from accelerate import PartialState
+    from transformers import set_seed
 
     from hfstack.model import count_parameters, flops_per_token
     from hfstack.packing import encode_corpus, load_splits, token_byte_lengths
@@ -215,6 +216,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     out = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.tokenizer)
     files = resolve_text_files(cfg.data)
+    set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = build_model(cfg, tokenizer)
     with state.main_process_first():  # rank 0 tokenizes, the others then read its cache
         meta = encode_corpus(files, cfg.text_column, tokenizer, cfg.tokenizer, out / "cache", cfg.val_fraction,

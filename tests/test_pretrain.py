@@ -231,7 +231,7 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "m"),
                                 depth=2, seq_len=64, micro_batch_size=8, batch_tokens=512, max_steps=400,
                                 warmup_steps=5, learning_rate=1e-2, val_fraction=0.01, eval_every=1000,
-                                save_every=1000, log_every=20, sample_prompts=[], progress=False))
+                                save_every=1000, log_every=20, sample_prompts=[], progress=False, seed=0))
     report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
                                                continuation_tokens=16, val_fraction=0.5))
     assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == 6
