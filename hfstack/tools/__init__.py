@@ -1,0 +1,1 @@
+"""Tools the assistant can call: a sandboxed Python interpreter and a local search index."""
