@@ -63,12 +63,23 @@ def _tool_call_branches() -> str:
     return "".join(branches)
 
 
-def chat_template() -> str:
-    """The Jinja chat template, built from the tokens above so the two can never disagree."""
+def chat_template(default_system: str | None = None) -> str:
+    """The Jinja chat template, built from the tokens above so the two can never disagree.
+
+    With `default_system`, a conversation without a system message gets that one (the assistant's
+    identity travels with its template, so training and chatting see the same first turn).
+    """
+    import json
+
     (sys_start, sys_end), (user_start, user_end), (asst_start, asst_end) = ROLE_TOKENS.values()
     out_start, out_end = TOOL_OUTPUT
+    default = ""
+    if default_system:
+        default = ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                   f"{sys_start}{{{{- {json.dumps(default_system)} -}}}}{sys_end}"
+                   "{%- endif -%}")
     return (
-        "{{- bos_token -}}"
+        "{{- bos_token -}}" + default +
         "{%- for message in messages -%}"
         "{%- if message['role'] == 'system' -%}"
         f"{sys_start}{{{{- message['content'] -}}}}{sys_end}"

@@ -1,0 +1,1 @@
+"""Conversations for supervised finetuning: generators and the mixture."""

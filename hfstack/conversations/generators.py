@@ -1,0 +1,194 @@
+"""Synthetic conversations that teach the assistant who it is and how to think in tokens.
+
+- identity: questions about itself, many phrasings, multi-turn, answered from an identity card;
+- arithmetic: sums, products, differences and word problems, computed with a Python tool call
+  ("models need tokens to think": the computation goes to the tool, the model copies the result);
+- counting and spelling: letters in a word, solved by spelling the word out letter by letter or
+  with the Python tool ("models can't count, and spelling is hard": they see tokens, not letters).
+
+Every generator is seeded and returns a `train` and an `eval` split that never overlap: items
+(operand pairs, words, question phrasings) are assigned to a split by a stable hash, and the eval
+split of identity uses phrasings the training split never contains, so it measures paraphrases.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+
+from hfstack.protocol import TOOL_ARGUMENT
+
+
+def in_eval_split(key: str, eval_fraction: float) -> bool:
+    return zlib.crc32(key.encode()) % 1000 < eval_fraction * 1000
+
+
+def message(role: str, content: str = "", tool_calls: list | None = None, name: str | None = None) -> dict:
+    """One message with every field present, so a whole dataset shares one Arrow schema."""
+    return {"role": role, "content": content, "tool_calls": tool_calls, "name": name}
+
+
+def tool_call(tool: str, argument: str) -> dict:
+    arguments = {key: (argument if key == TOOL_ARGUMENT[tool] else None) for key in TOOL_ARGUMENT.values()}
+    return {"type": "function", "function": {"name": tool, "arguments": arguments}}
+
+
+def python_turns(lead: str, code: str, output: str, answer: str) -> list[dict]:
+    """Assistant calls Python, the tool answers, the assistant finishes: one turn in the protocol."""
+    return [message("assistant", lead, [tool_call("python", code)]), message("tool", output, name="python"),
+            message("assistant", answer)]
+
+
+# --------------------------------------------------------------------------------------------- identity
+
+
+@dataclass
+class IdentityCard:
+    name: str = "hfstack-assistant"
+    creator: str = "the hfstack project"
+    purpose: str = "answer questions and help with tasks, using a Python interpreter and a search tool when useful"
+    knowledge_cutoff: str = "its pretraining corpus"
+    can: list[str] = field(default_factory=lambda: ["answer questions", "do arithmetic with Python",
+                                                    "count letters", "search its documents"])
+    cannot: list[str] = field(default_factory=lambda: ["browse the internet", "remember past conversations"])
+
+    def system_message(self) -> str:
+        return f"You are {self.name}, an AI assistant made by {self.creator}."
+
+
+IDENTITY_QUESTIONS = {  # topic → phrasings; the eval split gets phrasings training never sees
+    "name": ["What is your name?", "Who are you?", "What should I call you?", "Tell me your name.",
+             "what's your name", "Do you have a name?", "Introduce yourself.", "Who am I talking to?",
+             "Hi! Who is this?", "What are you called?", "Your name, please?", "May I know your name?"],
+    "creator": ["Who made you?", "Who created you?", "Who built you?", "Who trained you?", "Who is your creator?",
+                "Where do you come from?", "Which company or project made you?", "Who developed you?",
+                "who built this assistant", "Who is responsible for you?", "Who programmed you?",
+                "Are you made by OpenAI?"],
+    "purpose": ["What can you do?", "What are you for?", "How can you help me?", "What is your purpose?",
+                "What are you good at?", "What kind of help do you offer?", "What do you do?",
+                "Why do you exist?", "what are your abilities", "What tasks can you help with?",
+                "What is your job?", "How are you useful?"],
+    "cutoff": ["What is your knowledge cutoff?", "How recent is your knowledge?", "Until when do you know things?",
+               "What data were you trained on?", "Is your knowledge up to date?", "Where does your knowledge end?",
+               "what do you know about", "Do you know today's news?", "How current is your information?",
+               "What was your training data?", "When does your knowledge stop?", "Are you aware of recent events?"],
+    "limits": ["What can't you do?", "Can you browse the internet?", "What are your limitations?",
+               "Do you remember our past chats?", "Are there things you cannot do?", "Can you access the web?",
+               "What are you unable to do?", "Any limits I should know about?", "can you look things up online",
+               "What are your weaknesses?", "Do you have memory of earlier conversations?", "Can you go online?"],
+}
+
+
+def identity_answer(card: IdentityCard, topic: str) -> str:
+    return {
+        "name": f"I am {card.name}, an AI assistant made by {card.creator}.",
+        "creator": f"I was made by {card.creator}. I am {card.name}.",
+        "purpose": f"I am {card.name}. I can {card.purpose}.",
+        "cutoff": f"My knowledge comes from {card.knowledge_cutoff}; I do not know about anything after it.",
+        "limits": f"I cannot {' or '.join(card.cannot)}. I can {', '.join(card.can)}.",
+    }[topic]
+
+
+def identity(card: IdentityCard, n: int, seed: int, eval_fraction: float = 0.25) -> dict[str, list]:
+    """Single- and multi-turn questions about the assistant, answered consistently from the card."""
+    rng = random.Random(seed)
+    pools = {split: [(t, q) for t, qs in IDENTITY_QUESTIONS.items() for q in qs
+                     if in_eval_split(q, eval_fraction) == (split == "eval")] for split in ("train", "eval")}
+    out: dict[str, list] = {"train": [], "eval": []}
+    for split, pool in pools.items():
+        count = n if split == "train" else max(1, int(n * eval_fraction))
+        for _ in range(count):
+            turns = []
+            for topic, question in rng.sample(pool, k=1 if rng.random() < 0.7 else 2):
+                turns += [message("user", question), message("assistant", identity_answer(card, topic))]
+            system = [message("system", card.system_message())] if rng.random() < 0.5 else []
+            out[split].append({"messages": system + turns, "task": "identity", "topic": topic})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ arithmetic
+
+OPERATIONS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b),
+              "*": ("times", lambda a, b: a * b)}
+ARITHMETIC_PHRASINGS = ["What is {a} {word} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
+                        "Calculate {a} {word} {b}.", "what's {a} {op} {b}", "Please work out {a} {op} {b}."]
+WORD_PROBLEMS = ["A shop sells {a} apples in the morning and {b} in the afternoon. How many apples does it sell?",
+                 "A train has {a} seats in each of {b} cars. How many seats are there?",
+                 "Sam had {a} marbles and gave away {b}. How many are left?"]
+WORD_OPS = ["+", "*", "-"]
+
+
+def arithmetic(n: int, seed: int, max_operand: int = 999, eval_fraction: float = 0.2) -> dict[str, list]:
+    rng = random.Random(seed)
+    out: dict[str, list] = {"train": [], "eval": []}
+    while len(out["train"]) < n or len(out["eval"]) < int(n * eval_fraction):
+        a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
+        if rng.random() < 0.25:
+            index = rng.randrange(len(WORD_PROBLEMS))
+            op = WORD_OPS[index]
+            a, b = (max(a, b), min(a, b)) if op == "-" else (a, b)
+            question = WORD_PROBLEMS[index].format(a=a, b=b)
+        else:
+            op = rng.choice(list(OPERATIONS))
+            question = rng.choice(ARITHMETIC_PHRASINGS).format(a=a, b=b, op=op, word=OPERATIONS[op][0])
+        split = "eval" if in_eval_split(f"{a}{op}{b}", eval_fraction) else "train"
+        if len(out[split]) >= (n if split == "train" else int(n * eval_fraction)):
+            continue
+        answer = OPERATIONS[op][1](a, b)
+        turns = python_turns("Let me compute it with Python.", f"print({a} {op} {b})", str(answer),
+                             f"The answer is {answer}.")
+        out[split].append({"messages": [message("user", question), *turns], "task": "arithmetic",
+                           "answer": str(answer)})
+    return out
+
+
+# -------------------------------------------------------------------------------------------- counting
+
+COUNTING_PHRASINGS = ["How many '{c}' are in '{w}'?", "Count the letter {c} in the word {w}.",
+                      "How many times does '{c}' appear in \"{w}\"?", "how many {c}s in {w}",
+                      "In the word '{w}', how many {c}'s are there?"]
+SPELLING_PHRASINGS = ["Spell the word '{w}'.", "How do you spell {w}?", "Spell out \"{w}\" letter by letter."]
+
+
+def word_list(min_len: int = 4, max_len: int = 12, limit: int = 4000) -> list[str]:
+    """Lower-case words from the standard library's docstrings: real English, available offline."""
+    import re
+
+    from hfstack.web.synthetic import stdlib_articles
+
+    words = {w.lower() for _, paragraphs in stdlib_articles() for p in paragraphs
+             for w in re.findall(r"[A-Za-z]+", p) if min_len <= len(w) <= max_len}
+    return sorted(words)[:limit] if len(words) > limit else sorted(words)
+
+
+def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float = 0.5) -> dict[str, list]:
+    """Letter counting solved by spelling the word out (a running count) or with Python; and spelling."""
+    rng = random.Random(seed)
+    words = word_list()
+    splits = {s: [w for w in words if in_eval_split(w, eval_fraction) == (s == "eval")] for s in ("train", "eval")}
+    out: dict[str, list] = {"train": [], "eval": []}
+    for split, pool in splits.items():
+        for _ in range(n if split == "train" else int(n * eval_fraction)):
+            word = rng.choice(pool)
+            if split == "train" and rng.random() < 0.15:
+                question = rng.choice(SPELLING_PHRASINGS).format(w=word)
+                conversation = [message("user", question), message("assistant", "-".join(word))]
+                out[split].append({"messages": conversation, "task": "spelling", "answer": "-".join(word)})
+                continue
+            letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+            answer = word.count(letter)
+            question = rng.choice(COUNTING_PHRASINGS).format(c=letter, w=word)
+            if rng.random() < tool_fraction:
+                turns = python_turns("Let me count with Python.", f"print('{word}'.count('{letter}'))", str(answer),
+                                     f"There {'is' if answer == 1 else 'are'} {answer} '{letter}' in '{word}'.")
+            else:  # spell it out, keeping a running count where the letter appears
+                seen, steps = 0, []
+                for char in word:
+                    seen += char == letter
+                    steps.append(f"{char}" + (f" ({seen})" if char == letter else ""))
+                turns = [message("assistant", f"Spelling it out: {', '.join(steps)}. "
+                                              f"So '{word}' has {answer} '{letter}'.")]
+            out[split].append({"messages": [message("user", question), *turns], "task": "counting",
+                               "answer": str(answer)})
+    return out

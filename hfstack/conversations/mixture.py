@@ -1,0 +1,110 @@
+"""The SFT conversation mixture: generated sources with a count each, plus chat datasets from files
+or the Hub, all as TRL `messages` rows with one shared schema.
+
+Chat files (jsonl) may hold `messages`, or a common layout that is mapped to it: `prompt`/`response`,
+`instruction`/`output`, `question`/`answer`, or ShareGPT `conversations` with `from`/`value`.
+A row that cannot be read is an error naming the file and line; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hfstack.config import ConfigError
+from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity, message
+from hfstack.protocol import contains_protocol_token
+
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+PAIR_LAYOUTS = [("prompt", "response"), ("instruction", "output"), ("question", "answer"), ("prompt", "completion")]
+
+
+def _normalise(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{where}: 'messages' must be a non-empty list")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ConfigError(f"{where}: every message needs a role in {sorted(ROLES)}, got {m!r:.80}")
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            raise ConfigError(f"{where}: message content must be a string")
+        token = contains_protocol_token(content)
+        if token:
+            raise ConfigError(f"{where}: the text contains the protocol token {token}; it would be read as "
+                              "a real one. Remove or escape it")
+        out.append(message(m["role"], content, m.get("tool_calls"), m.get("name")))
+    return out
+
+
+def row_to_messages(row: dict, where: str) -> list[dict]:
+    if "messages" in row:
+        return _normalise(row["messages"], where)
+    if "conversations" in row:
+        turns = [{"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
+                 for t in row["conversations"]]
+        return _normalise(turns, where)
+    for prompt, answer in PAIR_LAYOUTS:
+        if prompt in row and answer in row:
+            return _normalise([{"role": "user", "content": row[prompt]},
+                               {"role": "assistant", "content": row[answer]}], where)
+    raise ConfigError(f"{where}: no 'messages' and no known layout "
+                      f"({', '.join('/'.join(p) for p in PAIR_LAYOUTS)}, conversations); keys: {sorted(row)}")
+
+
+def load_chat_file(path: str, limit: int = -1) -> list[dict]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"chat file '{path}' does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise ConfigError(f"chat file '{path}' line {number}: not a JSON object") from None
+            rows.append({"messages": row_to_messages(row, f"chat file '{path}' line {number}"), "task": "chat"})
+            if 0 <= limit <= len(rows):
+                break
+    return rows
+
+
+def load_chat_hub(name: str, split: str = "train", limit: int = 1000) -> list[dict]:
+    """A Hub chat dataset, streamed; skipped with a note when the Hub cannot be reached."""
+    from hfstack.web.sources import check_hub_dataset
+
+    try:
+        check_hub_dataset(name)
+    except ConfigError as e:
+        print(f"[sft] skipping chat dataset: {e}")
+        return []
+    from datasets import load_dataset
+
+    rows = []
+    for index, row in enumerate(load_dataset(name, split=split, streaming=True)):
+        if index >= limit:
+            break
+        rows.append({"messages": row_to_messages(row, f"hub dataset '{name}' row {index}"), "task": "chat"})
+    return rows
+
+
+def build_mixture(counts: dict, card: IdentityCard, chat_files: list[str], chat_hub: list[str], chat_limit: int,
+                  seed: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training rows, held-out rows per task). Training rows are shuffled with the seed."""
+    import random
+
+    generated = {
+        "identity": identity(card, counts.get("identity", 0), seed),
+        "arithmetic": arithmetic(counts.get("arithmetic", 0), seed + 1),
+        "counting": counting(counts.get("counting", 0), seed + 2),
+    }
+    train = [row for name, splits in generated.items() if counts.get(name, 0) for row in splits["train"]]
+    held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0)}
+    for path in chat_files:
+        train += load_chat_file(path, chat_limit)
+    for name in chat_hub:
+        train += load_chat_hub(name, limit=chat_limit if chat_limit > 0 else 1000)
+    random.Random(seed).shuffle(train)
+    return [{"messages": row["messages"]} for row in train], held_out

@@ -1,0 +1,162 @@
+"""SFT stage: turn the base model into an assistant by training on conversations (TRL SFTTrainer).
+
+    hfstack sft --config recipes/tiny/sft.yaml [--max_steps 300 ...]
+
+The mixture (hfstack.conversations) holds identity conversations from an identity card, arithmetic
+with Python tool calls, letter counting and spelling, and any chat datasets given. The loss covers
+only the assistant's tokens, tool calls included, through the chat template's generation markers;
+tool outputs and user turns are context. The identity card's system message is built into the saved
+chat template as the default. `peft:` in the recipe trains LoRA adapters instead of all weights
+(`quantize_4bit: true` for QLoRA on a GPU); the adapters are merged into the saved model.
+
+Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
+the held-out conversations `hfstack eval` scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hfstack.config import ConfigError, save_config
+from hfstack.conversations.generators import IdentityCard
+
+
+@dataclass
+class SFTStageConfig:
+    """Base model, conversation mixture, training and optional LoRA."""
+
+    model: str = "runs/tiny/base"
+    output_dir: str = "runs/tiny/sft"
+    # --- mixture: generated conversations per source, plus chat data
+    identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
+    counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800})
+    chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
+    chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
+    chat_limit: int = -1
+    seed: int = 0
+    # --- training
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256
+    packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
+    assistant_only_loss: bool = True
+    precision: str = "auto"  # auto: bf16 on GPUs that have it
+    log_every: int = 10
+    save_every: int = 500
+    report_to: list[str] = field(default_factory=list)
+    # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
+    peft: dict | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.identity) - set(asdict(IdentityCard()))
+        if unknown:
+            raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; valid: {sorted(asdict(IdentityCard()))}")
+        unknown = set(self.counts) - {"identity", "arithmetic", "counting"}
+        if unknown:
+            raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: identity, "
+                              "arithmetic, counting (chat data goes in chat_files / chat_hub)")
+        if self.peft is not None and not isinstance(self.peft, dict):
+            raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
+
+    def card(self) -> IdentityCard:
+        return IdentityCard(**self.identity)
+
+
+def lora_config(options: dict):
+    from peft import LoraConfig
+
+    options = dict(options)
+    options.pop("quantize_4bit", None)
+    options.setdefault("target_modules", "all-linear")
+    options.setdefault("task_type", "CAUSAL_LM")
+    try:
+        return LoraConfig(**options)
+    except TypeError as e:
+        raise ConfigError(f"sft: bad 'peft' option: {e}") from None
+
+
+def load_base(cfg: SFTStageConfig, on_gpu: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"sft: no model at '{cfg.model}' (expected config.json); run `hfstack pretrain` first")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    options = {}
+    if cfg.peft and cfg.peft.get("quantize_4bit"):
+        if not on_gpu:
+            raise ConfigError("sft: QLoRA (peft.quantize_4bit) needs a GPU and bitsandbytes")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, **options)
+    if model.config.vocab_size != len(tokenizer):
+        raise ConfigError(f"sft: model vocab_size {model.config.vocab_size} != tokenizer's {len(tokenizer)}")
+    return model, tokenizer
+
+
+def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from hfstack.conversations.mixture import build_mixture
+    from hfstack.protocol import END_OF_TURN, chat_template
+    from hfstack.telemetry import available_trackers
+
+    out = Path(cfg.output_dir)
+    on_gpu = torch.cuda.is_available()
+    set_seed(cfg.seed)
+    model, tokenizer = load_base(cfg, on_gpu)
+    card = cfg.card()
+    tokenizer.chat_template = chat_template(default_system=card.system_message())
+    train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed)
+    if not train_rows:
+        raise ConfigError("sft: the mixture is empty; set counts or chat_files")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    with (out / "eval_sets.jsonl").open("w") as handle:
+        for rows in held_out.values():
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
+        pad_token=tokenizer.pad_token, bf16=use_bf16, use_cpu=not on_gpu, gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, report_to=available_trackers(
+            cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         processing_class=tokenizer, peft_config=lora_config(cfg.peft) if cfg.peft else None,
+                         callbacks=callbacks or [])
+    checkpoint = _newest_checkpoint(out / "checkpoints")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    model = trainer.model
+    if cfg.peft:
+        model = model.merge_and_unload()  # a plain model again: loadable without peft
+    model.generation_config.update(eos_token_id=[tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id],
+                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    summary = {"steps": trainer.state.global_step, "train_conversations": len(train_rows),
+               "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1], "last_loss": losses[-1:],
+               "lora": bool(cfg.peft)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[sft] done: {json.dumps(summary)}", flush=True)
+    return out
+
+
+def _newest_checkpoint(folder: Path) -> str | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
