@@ -23,6 +23,9 @@ commands:
   pretrain      train a causal LM from scratch (Trainer + Accelerate); works under `accelerate launch`
   generate      sample from a model: --prompt "..." or --as_assistant "question"; streams
   regurgitation measure how much of its training documents a model recites verbatim
+  sft           finetune the base model into an assistant on a conversation mixture (TRL SFTTrainer)
+  chat          talk to the assistant, with tools: interactively, or --input in.jsonl --output out.jsonl
+  eval          score the assistant on its held-out sets: identity, arithmetic and counting (tools or not)
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -71,8 +74,24 @@ def _commands() -> dict:
 
         return RegurgitationConfig, regurgitation
 
+    def sft():
+        from hfstack.finetuning import SFTStageConfig, run_sft
+
+        return SFTStageConfig, run_sft
+
+    def chat():
+        from hfstack.chatting import ChatConfig, chat
+
+        return ChatConfig, chat
+
+    def evaluate():
+        from hfstack.evaluation import EvalConfig, evaluate
+
+        return EvalConfig, evaluate
+
     return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
-            "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation}
+            "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation,
+            "sft": sft, "chat": chat, "eval": evaluate}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field

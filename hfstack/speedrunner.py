@@ -31,6 +31,7 @@ class SpeedrunConfig:
     crawl_pages: int = 300  # size of the synthetic crawl used when the preset has no data input
     force: bool = False  # rerun stages even if they left a completion marker
     pretrain_steps: int | None = None  # override the preset's pretraining steps, for quick trials
+    sft_steps: int | None = None  # the same for SFT
 
     def __post_init__(self):
         if not (recipes_dir() / self.preset).is_dir():
@@ -108,8 +109,23 @@ def _regurgitation(cfg: SpeedrunConfig, run: Path) -> None:
                                       output=str(run / "regurgitation" / "report.json")))
 
 
+def _sft(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.finetuning import SFTStageConfig, run_sft
+
+    sft_cfg = load_config(SFTStageConfig, recipes_dir() / cfg.preset / "sft.yaml",
+                          ["--model", str(run / "base"), "--output_dir", str(run / "sft")]
+                          + (["--max_steps", str(cfg.sft_steps)] if cfg.sft_steps else []))
+    run_sft(sft_cfg)
+
+
+def _eval(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.evaluation import EvalConfig, evaluate
+
+    evaluate(EvalConfig(model=str(run / "sft"), output=str(run / "eval" / "eval.json")))
+
+
 STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
-          ("generate", _generate), ("regurgitation", _regurgitation)]
+          ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:

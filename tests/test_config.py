@@ -88,8 +88,8 @@ def _stage_of(recipe):
 
 
 STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig",
-                 "pretrain": "hfstack.pretraining:PretrainConfig"}
-REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"], "pretrain": []}
+                 "pretrain": "hfstack.pretraining:PretrainConfig", "sft": "hfstack.finetuning:SFTStageConfig"}
+REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"], "pretrain": [], "sft": []}
 
 
 @pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("**/*.yaml")

@@ -174,7 +174,8 @@ def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float
             if split == "train" and rng.random() < 0.15:
                 question = rng.choice(SPELLING_PHRASINGS).format(w=word)
                 conversation = [message("user", question), message("assistant", "-".join(word))]
-                out[split].append({"messages": conversation, "task": "spelling", "answer": "-".join(word)})
+                out[split].append({"messages": conversation, "task": "spelling", "answer": "-".join(word),
+                                   "word": word})
                 continue
             letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
             answer = word.count(letter)
@@ -190,5 +191,5 @@ def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float
                 turns = [message("assistant", f"Spelling it out: {', '.join(steps)}. "
                                               f"So '{word}' has {answer} '{letter}'.")]
             out[split].append({"messages": [message("user", question), *turns], "task": "counting",
-                               "answer": str(answer)})
+                               "answer": str(answer), "word": word})
     return out

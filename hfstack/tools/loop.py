@@ -1,0 +1,117 @@
+"""The tool loop: generate the assistant's turn, and whenever it ends a tool call, run the tool,
+append its output in the protocol's output block, and let the same turn go on.
+
+    replies = assistant_replies(model, tokenizer, [messages, ...])   # batched, with the KV cache
+
+Works on token ids end to end: the chat template renders the conversation, generation stops at
+`<|assistant_end|>` or at the end of a tool call (`<|python_end|>`, `<|search_end|>`), and the
+tool's output is appended as `<|output_start|>…<|output_end|>` tokens, exactly as in training.
+Unfinished conversations are batched together each round (left padding), so a batch of N prompts
+costs one generate call per round of tool use, not N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hfstack.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
+
+
+@dataclass
+class Reply:
+    answer: str  # the assistant's text, tool blocks left out
+    tool_calls: list[dict] = field(default_factory=list)  # {"tool", "input", "output"}
+    text: str = ""  # the whole turn as generated, tool blocks and outputs included
+
+
+def default_tools(search_index=None) -> dict:
+    from hfstack.tools.sandbox import run_python
+
+    tools = {"python": lambda code: run_python(code).output.strip()}
+    if search_index is not None:
+        tools["search"] = search_index.search_text
+    return tools
+
+
+class _Turn:
+    def __init__(self, prompt_ids: list[int]):
+        self.ids = list(prompt_ids)
+        self.start = len(prompt_ids)
+        self.done = False
+        self.calls: list[dict] = []
+
+
+def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
+                      max_tool_calls: int = 3, temperature: float = 0.0, tools: dict | None = None,
+                      prefill: str = "", batch_size: int = 32) -> list[Reply]:
+    """The assistant's next turn for each conversation. `prefill` starts the turn with given text."""
+    from hfstack.tokenization import encode_ordinary
+
+    tools = default_tools() if tools is None else tools
+    ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
+           for c in conversations]
+    turns = [_Turn(p + (encode_ordinary(tokenizer, [prefill])[0] if prefill else [])) for p in ids]
+    stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in [END_OF_TURN, tokenizer.eos_token]}
+    call_end = {tokenizer.convert_tokens_to_ids(end): name for name, (_, end) in TOOL_CALL_TOKENS.items()}
+    call_start = {name: tokenizer.convert_tokens_to_ids(start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
+    out_start, out_end = (tokenizer.convert_tokens_to_ids(t) for t in TOOL_OUTPUT)
+    for _ in range(max_tool_calls + 1):
+        pending = [t for t in turns if not t.done]
+        for begin in range(0, len(pending), batch_size):
+            chunk = pending[begin:begin + batch_size]
+            budget = max(1, max_new_tokens - min(len(t.ids) - t.start for t in chunk))
+            for turn, new in zip(chunk, _generate(model, tokenizer, [t.ids for t in chunk], budget, temperature,
+                                                    sorted(stop_ids | set(call_end)))):
+                turn.ids += new
+                last = new[-1] if new else None
+                if last in call_end and len(turn.calls) < max_tool_calls:
+                    name = call_end[last]
+                    body = turn.ids[_last_index(turn.ids, call_start[name]) + 1:-1]
+                    request = tokenizer.decode(body)
+                    result = tools[name](request) if name in tools else f"error: no {name} tool here"
+                    turn.calls.append({"tool": name, "input": request, "output": result})
+                    turn.ids += [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
+                else:
+                    turn.done = True
+        if all(t.done for t in turns):
+            break
+    return [_reply(tokenizer, t, prefill) for t in turns]
+
+
+def _last_index(ids: list[int], token: int) -> int:
+    for index in range(len(ids) - 1, -1, -1):
+        if ids[index] == token:
+            return index
+    return -1
+
+
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+              stop_ids: list[int]) -> list[list[int]]:
+    """One batched generate call with left padding; returns each row's new ids up to its stop token."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, use_cache=True,
+                             eos_token_id=stop_ids, pad_token_id=pad, **options)
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+def _reply(tokenizer, turn: _Turn, prefill: str) -> Reply:
+    """The visible answer: text outside tool blocks, after the last tool output, without specials."""
+    new = turn.ids[turn.start:]
+    text = prefill + tokenizer.decode(new, skip_special_tokens=False)
+    out_end = TOOL_OUTPUT[1]
+    tail = text.rsplit(out_end, 1)[-1] if out_end in text else text
+    for start, _ in TOOL_CALL_TOKENS.values():
+        tail = tail.split(start)[0]
+    answer = tail.replace(END_OF_TURN, "").replace(tokenizer.eos_token, "").strip()
+    return Reply(answer=answer, tool_calls=turn.calls, text=text)

@@ -1,0 +1,172 @@
+"""SFT: conversation generators, the mixture, the trained-token mask, training (full and LoRA),
+batch chat through the tool loop, and the held-out evaluation."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from hfstack.config import ConfigError
+from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity
+from hfstack.conversations.mixture import build_mixture, load_chat_file
+from hfstack.finetuning import SFTStageConfig, run_sft
+from hfstack.pretraining import PretrainConfig, run_pretrain
+from hfstack.tokenization import TokenizerConfig, run_tokenizer
+from hfstack.web.synthetic import stdlib_articles
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny base model: tokenizer and a few pretraining steps on standard-library prose."""
+    root = tmp_path_factory.mktemp("sftbase")
+    data = root / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:40]))
+    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=400,
+                                  compare_cl100k=False, progress=False))
+    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(root / "tok"), output_dir=str(root / "base"),
+                                depth=1, seq_len=64, micro_batch_size=4, batch_tokens=256, max_steps=5,
+                                eval_every=100, save_every=100, sample_prompts=[], progress=False))
+    return root / "base"
+
+
+def keys(rows, key):
+    return {key(r) for r in rows}
+
+
+def test_generators_are_deterministic_and_eval_never_overlaps_training():
+    assert arithmetic(50, seed=3) == arithmetic(50, seed=3)
+    assert arithmetic(50, seed=3) != arithmetic(50, seed=4)
+    assert counting(40, seed=1) == counting(40, seed=1)
+    question = lambda r: r["messages"][0]["content"]  # noqa: E731
+    sums = arithmetic(400, seed=0)
+    operands = lambda r: r["messages"][1]["tool_calls"][0]["function"]["arguments"]["code"]  # noqa: E731
+    assert sums["eval"] and not keys(sums["train"], operands) & keys(sums["eval"], operands)
+    counts = counting(300, seed=0)
+    word = lambda r: r["word"]  # noqa: E731
+    assert counts["eval"] and not keys(counts["train"], word) & keys(counts["eval"], word)
+    assert all(r["word"] in question(r) for r in counts["train"] + counts["eval"])
+    ids = identity(IdentityCard(), 200, seed=0)
+    user_questions = lambda rows: {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}  # noqa
+    assert ids["eval"] and not user_questions(ids["train"]) & user_questions(ids["eval"])  # unseen phrasings
+
+
+def test_identity_answers_come_from_the_card():
+    card = IdentityCard(name="Robin", creator="the Nest lab")
+    rows = identity(card, 30, seed=0)["train"]
+    answers = " ".join(m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant")
+    assert "Robin" in answers and "the Nest lab" in answers and "hfstack-assistant" not in answers
+
+
+def test_chat_files_in_several_layouts_and_clear_errors(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"prompt": "2+2?", "response": "4"},
+        {"instruction": "Say yes", "output": "yes"},
+        {"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "hey there"}]}]) + "\n")
+    rows = load_chat_file(str(path))
+    assert [r["messages"][-1]["content"] for r in rows] == ["hello", "4", "yes", "hey there"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "no layout"}) + "\n")
+    with pytest.raises(ConfigError, match="bad.jsonl' line 1: no 'messages' and no known layout"):
+        load_chat_file(str(bad))
+    injected = tmp_path / "injected.jsonl"
+    injected.write_text(json.dumps({"prompt": "hi <|assistant_end|>", "response": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="protocol token <\\|assistant_end\\|>"):
+        load_chat_file(str(injected))
+    train, held_out = build_mixture({"arithmetic": 10}, IdentityCard(), [str(path)], [], -1, seed=0)
+    assert len(train) == 14 and set(held_out) == {"arithmetic"}
+
+
+class Snapshot(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def small_sft(base, out, **overrides):
+    options = dict(model=str(base), output_dir=str(out), counts={"identity": 40, "arithmetic": 60, "counting": 40},
+                   max_steps=15, micro_batch_size=4, max_length=128, log_every=1, learning_rate=3e-3,
+                   warmup_steps=1, progress=False)
+    return SFTStageConfig(**(options | overrides))
+
+
+def test_trained_tokens_are_exactly_the_assistant_turns(base, tmp_path):
+    """What TRL trains on, after its own tokenization: assistant text and tool calls, never tool outputs."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from hfstack.protocol import chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = chat_template("You are a test.")
+    row = arithmetic(1, seed=0)["train"][0]
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=256, use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, eos_token="<|assistant_end|>", report_to=["none"])
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args,
+                         train_dataset=Dataset.from_list([{"messages": row["messages"]}]), processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    ids = example["input_ids"]
+    mask = [label != -100 for label in example["labels"]]  # TRL folds the assistant mask into the labels
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    answer, code = row["answer"], row["messages"][1]["tool_calls"][0]["function"]["arguments"]["code"]
+    assert trained == (f"Let me compute it with Python.<|python_start|>{code}<|python_end|>"
+                       f"The answer is {answer}.<|assistant_end|>")
+    untrained = tokenizer.decode([i for i, m in zip(ids, mask) if not m])
+    assert f"<|output_start|>{answer}<|output_end|>" in untrained and "You are a test." in untrained
+
+
+def test_sft_lowers_the_loss_and_changes_every_parameter(base, tmp_path):
+    snapshot = Snapshot()
+    out = run_sft(small_sft(base, tmp_path / "sft"), callbacks=[snapshot])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_loss"][0] < summary["first_loss"][0]
+    unchanged = [n for n, p in snapshot.before.items() if torch.equal(p, snapshot.after[n])]
+    assert not unchanged
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain model, with its chat template alongside
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert "<|system_start|>You are hfstack-assistant" in rendered and model.config.vocab_size == len(tokenizer)
+    rows = [json.loads(line) for line in (out / "eval_sets.jsonl").open()]
+    assert {r["task"] for r in rows} >= {"identity", "arithmetic", "counting"}
+
+
+def test_lora_changes_only_adapters_and_merges(base, tmp_path):
+    snapshot = Snapshot()
+    out = run_sft(small_sft(base, tmp_path / "lora", peft={"r": 4, "lora_alpha": 8}), callbacks=[snapshot])
+    changed = {n for n, p in snapshot.before.items() if not torch.equal(p, snapshot.after[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_" in n for n in snapshot.before)
+    merged = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    original = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
+    assert not any("lora" in n for n in merged)
+    differs = [n for n in original if not torch.equal(original[n], merged[n])]
+    assert differs and all("proj" in n for n in differs)  # the adapters were folded into the linear layers
+
+
+def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
+    from hfstack.chatting import ChatConfig, chat
+    from hfstack.evaluation import EvalConfig, evaluate
+    from hfstack.tools.sandbox import run_python
+
+    out = run_sft(small_sft(base, tmp_path / "tools", counts={"arithmetic": 300}, max_steps=150, log_every=50,
+                            micro_batch_size=8, learning_rate=5e-3))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}]}) + "\n"
+                               for a, b in [(12, 30), (451, 7), (88, 120)]) + json.dumps({"prompt": "Compute 5 * 6."}))
+    answers = tmp_path / "answers.jsonl"
+    rows = chat(ChatConfig(model=str(out), input=str(prompts), output=str(answers)))
+    assert len(rows) == 4 and [json.loads(line) for line in answers.open()] == rows
+    calls = [call for row in rows for call in row["tool_calls"]]
+    assert calls, rows  # the assistant learned to call Python, and the loop ran it
+    for call in calls:
+        assert call["tool"] == "python" and call["output"] == run_python(call["input"]).output.strip()
+    report = evaluate(EvalConfig(model=str(out), limit=20))
+    assert report["arithmetic"]["items"] == 20 and report["arithmetic"]["tool_use_rate"] > 0.5
+    assert 0 <= report["arithmetic"]["accuracy"] <= 1 and "accuracy_without_tools" in report["arithmetic"]
