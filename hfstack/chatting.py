@@ -52,14 +52,16 @@ def _read_batch(path: str) -> list[list[dict]]:
 
 def chat(cfg: ChatConfig) -> list[dict] | None:
     from hfstack.generation import load_model
-    from hfstack.tools.loop import assistant_replies
+    from hfstack.tools.loop import assistant_replies, default_tools
+    from hfstack.tools.search import index_of_model
 
     model, tokenizer = load_model(cfg.model)
+    tools = default_tools(index_of_model(cfg.model))
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.input is not None:
         conversations = [system + c if system and c[0]["role"] != "system" else c for c in _read_batch(cfg.input)]
         replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, cfg.max_tool_calls,
-                                    cfg.temperature, batch_size=cfg.batch_size)
+                                    cfg.temperature, tools=tools, batch_size=cfg.batch_size)
         rows = [{"answer": r.answer, "tool_calls": r.tool_calls} for r in replies]
         text = "".join(json.dumps(row) + "\n" for row in rows)
         if cfg.output:
@@ -79,7 +81,7 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
             break
         history.append({"role": "user", "content": question})
         reply = assistant_replies(model, tokenizer, [history], cfg.max_new_tokens, cfg.max_tool_calls,
-                                  cfg.temperature)[0]
+                                  cfg.temperature, tools=tools)[0]
         for call in reply.tool_calls:
             print(f"  [{call['tool']}] {call['input']!r} → {call['output']!r}")
         print(f"assistant> {reply.answer}")

@@ -7,7 +7,11 @@ saw) and measures, with greedy decoding:
 - identity: the answer matches the identity card's answer for that question's topic;
 - arithmetic and counting with tools: the tool loop runs, and the final answer holds the right number;
 - arithmetic and counting without tools: the turn is pre-filled ("The answer is" / "Spelling it out:")
-  so the model must produce the number itself, as in the notes' mental-arithmetic failure.
+  so the model must produce the number itself, as in the notes' mental-arithmetic failure;
+- knowledge: the refusal rate on facts the base model did not know, against the accuracy on facts it
+  knew; and "vague recollection vs working memory": accuracy with the source passage pasted into
+  the question against without it;
+- search: accuracy when the assistant can search the run's index.
 Prints a table and writes `MODEL/eval.json` (or `--output`).
 """
 
@@ -51,6 +55,33 @@ def score(task: str, row: dict, answer: str, no_tools: bool = False) -> bool:
     return number_in(answer, row["answer"])
 
 
+def is_refusal(answer: str) -> bool:
+    return bool(re.search(r"don't know|do not know|not sure|won't make", answer.lower()))
+
+
+def knowledge_entry(model, tokenizer, rows: list[dict], tools: dict, max_new_tokens: int) -> dict:
+    from hfstack.conversations.knowledge import word_overlap_judge
+    from hfstack.tools.loop import assistant_replies
+
+    prompts = [prompt_of(r) for r in rows]
+    replies = assistant_replies(model, tokenizer, prompts, max_new_tokens, tools=tools)
+    known = [(r, a.answer) for r, a in zip(rows, replies) if r["known"]]
+    unknown = [(r, a.answer) for r, a in zip(rows, replies) if not r["known"]]
+    with_passage = assistant_replies(model, tokenizer, [[{"role": "user", "content": f"{r['passage']}\n\n"
+                                                          f"{p[-1]['content']}"}] for r, p in zip(rows, prompts)],
+                                     max_new_tokens, tools=tools)
+    rate = lambda hits, total: round(hits / total, 4) if total else None  # noqa: E731
+    return {"items": len(rows), "known_items": len(known), "unknown_items": len(unknown),
+            "refusal_rate_on_unknown": rate(sum(is_refusal(a) for _, a in unknown), len(unknown)),
+            "accuracy_on_known": rate(sum(word_overlap_judge(a, r["answer"]) for r, a in known), len(known)),
+            "accuracy_without_passage": rate(sum(word_overlap_judge(a.answer, r["answer"])
+                                                 for r, a in zip(rows, replies)), len(rows)),
+            "accuracy_with_passage": rate(sum(word_overlap_judge(a.answer, r["answer"])
+                                              for r, a in zip(rows, with_passage)), len(rows)),
+            "examples": [{"question": p[-1]["content"], "answer": a.answer, "known": r["known"]}
+                         for r, p, a in list(zip(rows, prompts, replies))[:3]]}
+
+
 def prompt_of(row: dict) -> list[dict]:
     """The conversation up to the last user turn (the question being asked)."""
     messages = row["messages"]
@@ -59,8 +90,10 @@ def prompt_of(row: dict) -> list[dict]:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
+    from hfstack.conversations.knowledge import word_overlap_judge
     from hfstack.generation import load_model
-    from hfstack.tools.loop import assistant_replies
+    from hfstack.tools.loop import assistant_replies, default_tools
+    from hfstack.tools.search import index_of_model
 
     path = Path(cfg.eval_sets or Path(cfg.model) / "eval_sets.jsonl")
     if not path.is_file():
@@ -72,16 +105,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         if len(by_task[task]) < cfg.limit:
             by_task[task].append(row)
     model, tokenizer = load_model(cfg.model)
+    tools = default_tools(index_of_model(cfg.model))
     results: dict[str, dict] = {}
     for task, rows in by_task.items():
+        if task == "knowledge":
+            results[task] = knowledge_entry(model, tokenizer, rows, tools, cfg.max_new_tokens)
+            continue
         prompts = [prompt_of(r) for r in rows]
-        replies = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens)
-        correct = [score(task, r, reply.answer) for r, reply in zip(rows, replies)]
+        replies = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens, tools=tools)
+        if task == "search":
+            correct = [word_overlap_judge(reply.answer, r["answer"]) for r, reply in zip(rows, replies)]
+        else:
+            correct = [score(task, r, reply.answer) for r, reply in zip(rows, replies)]
         entry = {"items": len(rows), "accuracy": round(sum(correct) / len(rows), 4)}
         if task in NO_TOOL_PREFILL:
             entry["tool_use_rate"] = round(sum(bool(r.tool_calls) for r in replies) / len(rows), 4)
             bare = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens, max_tool_calls=0,
-                                     prefill=NO_TOOL_PREFILL[task])
+                                     tools=tools, prefill=NO_TOOL_PREFILL[task])
             entry["accuracy_without_tools"] = round(
                 sum(score(task, r, b.answer, True) for r, b in zip(rows, bare))
                 / len(rows), 4)
@@ -92,6 +132,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9}")
     for task, entry in results.items():
+        if task == "knowledge":
+            pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+            print(f"{task:<12} {entry['items']:>6}  refuses {pct(entry['refusal_rate_on_unknown'])} of "
+                  f"{entry['unknown_items']} unknown, right on {pct(entry['accuracy_on_known'])} of "
+                  f"{entry['known_items']} known; with the passage in context {pct(entry['accuracy_with_passage'])}"
+                  f" vs {pct(entry['accuracy_without_passage'])} without")
+            continue
         no_tools = f"{entry['accuracy_without_tools']:.1%}" if "accuracy_without_tools" in entry else "-"
         tool_use = f"{entry['tool_use_rate']:.1%}" if "tool_use_rate" in entry else "-"
         print(f"{task:<12} {entry['items']:>6} {entry['accuracy']:>9.1%} {no_tools:>9} {tool_use:>9}")

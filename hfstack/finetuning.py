@@ -31,7 +31,14 @@ class SFTStageConfig:
     output_dir: str = "runs/tiny/sft"
     # --- mixture: generated conversations per source, plus chat data
     identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
-    counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800})
+    counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
+                                                   "knowledge": 300, "search": 300})
+    # --- knowledge: facts from the corpus (or a file), the model interrogated on each, refusals where it
+    #     does not know; search traces over a BM25 index of the same corpus
+    facts_from: list[str] = field(default_factory=list)  # corpus: data-stage dir(s) or text files
+    facts_file: str | None = None  # jsonl with question, answer (and passage)
+    interrogation_samples: int = 3
+    judge: str = "hfstack.conversations.knowledge:word_overlap_judge"
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
     chat_limit: int = -1
@@ -57,10 +64,10 @@ class SFTStageConfig:
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
             raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; valid: {sorted(asdict(IdentityCard()))}")
-        unknown = set(self.counts) - {"identity", "arithmetic", "counting"}
+        unknown = set(self.counts) - {"identity", "arithmetic", "counting", "knowledge", "search"}
         if unknown:
             raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: identity, "
-                              "arithmetic, counting (chat data goes in chat_files / chat_hub)")
+                              "arithmetic, counting, knowledge, search (chat data goes in chat_files / chat_hub)")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
@@ -118,10 +125,12 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     model, tokenizer = load_base(cfg, on_gpu)
     card = cfg.card()
     tokenizer.chat_template = chat_template(default_system=card.system_message())
-    train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out)
+    train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
+                                         extra)
     if not train_rows:
         raise ConfigError("sft: the mixture is empty; set counts or chat_files")
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     with (out / "eval_sets.jsonl").open("w") as handle:
         for rows in held_out.values():
@@ -151,10 +160,44 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     summary = {"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1], "last_loss": losses[-1:],
-               "lora": bool(cfg.peft)}
+               "lora": bool(cfg.peft)} | knowledge_report
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[sft] done: {json.dumps(summary)}", flush=True)
     return out
+
+
+def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple[dict, dict]:
+    """Interrogate the base model on the fact set (refusals where it does not know) and build the
+    search index and its traces. Skipped when neither source is asked for or no corpus is given."""
+    from hfstack.conversations import knowledge
+
+    wanted = {k: cfg.counts.get(k, 0) for k in ("knowledge", "search")}
+    if not any(wanted.values()):
+        return {}, {}
+    if not cfg.facts_from and not cfg.facts_file:
+        print("[sft] knowledge and search sources skipped: set facts_from (the corpus) or facts_file")
+        return {}, {}
+    from hfstack.tokenization import _read_file, resolve_text_files
+
+    texts = [t for path in resolve_text_files(cfg.facts_from) for t in _read_file(path, "text")]
+    facts = knowledge.load_facts(cfg.facts_file) if cfg.facts_file else knowledge.derive_facts(texts)
+    extra, report = {}, {"facts": len(facts)}
+    if wanted["knowledge"] and facts:
+        asked = facts[:wanted["knowledge"]]
+        results = knowledge.interrogate(model, tokenizer, asked, cfg.interrogation_samples, knowledge.load_judge(cfg.judge))
+        report |= {"known_facts": sum(r["known"] for r in results), "unknown_facts": sum(not r["known"] for r in results)}
+        print(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
+              f"does not know {report['unknown_facts']} (those get refusals)", flush=True)
+        extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed)
+    if wanted["search"] and texts:
+        from hfstack.tools.search import SearchIndex
+
+        index = SearchIndex.build(texts)
+        index.save(out / "search_index")
+        extra["search"] = knowledge.search_conversations(facts[:wanted["search"]], index, cfg.seed)
+        report["search_traces"] = len(extra["search"]["train"])
+    model.train()
+    return extra, report
 
 
 def _newest_checkpoint(folder: Path) -> str | None:

@@ -113,7 +113,8 @@ def _sft(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.finetuning import SFTStageConfig, run_sft
 
     sft_cfg = load_config(SFTStageConfig, recipes_dir() / cfg.preset / "sft.yaml",
-                          ["--model", str(run / "base"), "--output_dir", str(run / "sft")]
+                          ["--model", str(run / "base"), "--output_dir", str(run / "sft"),
+                           "--facts_from", str(run / "data")]
                           + (["--max_steps", str(cfg.sft_steps)] if cfg.sft_steps else []))
     run_sft(sft_cfg)
 

@@ -44,7 +44,7 @@ def test_errors_are_one_line(tmp_path):
 def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     run = tmp_path / "run"
     first = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
-                    "--pretrain_steps", "20")
+                    "--pretrain_steps", "20", "--sft_steps", "10")
     assert first.returncode == 0, first.stderr[-3000:]
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert stats["documents_kept"] > 10
@@ -61,8 +61,10 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert json.loads((run / "base" / "summary.json").read_text())["steps"] == 20
     assert (run / "generate" / "samples.json").is_file()
     assert json.loads((run / "regurgitation" / "report.json").read_text())["train"]["docs"] > 0
+    assert json.loads((run / "sft" / "summary.json").read_text())["steps"] == 10
+    assert set(json.loads((run / "eval" / "eval.json").read_text())) == {"identity", "arithmetic", "counting"}
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
-                     "--pretrain_steps", "20")
+                     "--pretrain_steps", "20", "--sft_steps", "10")
     assert second.returncode == 0
     assert "data: already done, skipping" in second.stdout and "crawl: already done, skipping" in second.stdout
     assert "tokenizer: already done, skipping" in second.stdout and "pretrain: already done" in second.stdout

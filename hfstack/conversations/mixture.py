@@ -91,17 +91,18 @@ def load_chat_hub(name: str, split: str = "train", limit: int = 1000) -> list[di
 
 
 def build_mixture(counts: dict, card: IdentityCard, chat_files: list[str], chat_hub: list[str], chat_limit: int,
-                  seed: int) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(training rows, held-out rows per task). Training rows are shuffled with the seed."""
+                  seed: int, extra: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training rows, held-out rows per task). Training rows are shuffled with the seed. `extra`
+    holds already generated sources ({name: {"train": rows, "eval": rows}}), e.g. knowledge."""
     import random
 
-    generated = {
+    generated = (extra or {}) | {
         "identity": identity(card, counts.get("identity", 0), seed),
         "arithmetic": arithmetic(counts.get("arithmetic", 0), seed + 1),
         "counting": counting(counts.get("counting", 0), seed + 2),
     }
     train = [row for name, splits in generated.items() if counts.get(name, 0) for row in splits["train"]]
-    held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0)}
+    held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0) and splits["eval"]}
     for path in chat_files:
         train += load_chat_file(path, chat_limit)
     for name in chat_hub:

@@ -1,0 +1,124 @@
+"""Knowledge: facts from the corpus, interrogating the model to find what it does not know, refusals
+there (hallucination mitigation #1), and search traces that answer from retrieved text (#2).
+
+- `derive_facts` turns definitional sentences of the pretraining corpus ("X is Y.", "X returns Y.")
+  into question/answer pairs with their source passage; `load_facts` reads a jsonl fact file.
+- `interrogate` asks the model each question several times (sampled, through the few-shot
+  conversation document a base model understands) and judges every answer against the reference;
+  the judge is a function `judge(answer, reference) -> bool`, by default word overlap, or any
+  function by import path (a scripted judge for tests, an LLM judge in production).
+- `knowledge_conversations` keeps the correct answer where the model knows the fact and trains an
+  "I don't know" where it does not; `search_conversations` has the assistant search, read and answer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import re
+from pathlib import Path
+
+from hfstack.config import ConfigError
+from hfstack.conversations.generators import in_eval_split, message, tool_call
+
+REFUSALS = ["I'm sorry, I don't know the answer to that.", "I don't know. I'd rather not guess.",
+            "I am not sure about that, so I won't make something up.", "I don't know that one."]
+_DEFINITION = re.compile(r"^(?:The |A |An )?([A-Z][\w.()]*(?: [\w.()]+){0,3}) (is|are|returns|provides) (.{12,160}?)\.$")
+_WORD = re.compile(r"[a-z0-9]{4,}")
+_NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those", "then", "otherwise", "each", "any",
+                  "all", "only", "also", "however", "note", "see", "both", "some", "what", "which", "here", "so"}
+
+
+def derive_facts(texts, limit: int = 500) -> list[dict]:
+    """Question/answer pairs from definitional sentences, each with the passage it came from."""
+    facts, seen = [], set()
+    for text in texts:
+        for line in text.splitlines():
+            for sentence in re.split(r"(?<=\.)\s+", line.strip()):
+                match = _DEFINITION.match(sentence)
+                if not match or match.group(1).lower() in seen or \
+                        match.group(1).split()[0].lower() in _NOT_A_SUBJECT:
+                    continue
+                subject, verb, rest = match.groups()
+                seen.add(subject.lower())
+                question = {"is": f"What is {subject}?", "are": f"What are {subject}?",
+                            "returns": f"What does {subject} return?", "provides": f"What does {subject} provide?"}[verb]
+                facts.append({"question": question, "answer": sentence, "passage": line.strip()[:600]})
+                if len(facts) >= limit:
+                    return facts
+    return facts
+
+
+def load_facts(path: str) -> list[dict]:
+    facts = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row, dict) or not {"question", "answer"} <= set(row):
+            raise ConfigError(f"facts file '{path}' line {number}: needs 'question' and 'answer'")
+        facts.append({"question": row["question"], "answer": row["answer"], "passage": row.get("passage", "")})
+    return facts
+
+
+def word_overlap_judge(answer: str, reference: str) -> bool:
+    """Correct when most of the reference's content words appear in the answer."""
+    wanted = set(_WORD.findall(reference.lower()))
+    return bool(wanted) and len(wanted & set(_WORD.findall(answer.lower()))) / len(wanted) >= 0.6
+
+
+def load_judge(path: str):
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"judge '{path}': cannot import it ({e}); expected 'package.module:function'") from None
+
+
+def interrogate(model, tokenizer, facts: list[dict], samples: int = 3, judge=word_overlap_judge,
+                temperature: float = 0.8, max_new_tokens: int = 48, min_correct: int = 2) -> list[dict]:
+    """Each fact with how many of `samples` sampled answers the judge accepted, and `known`."""
+    from hfstack.generation import FEW_SHOT, TURN_END, prompt_ids
+    from hfstack.tools.loop import _generate
+
+    prompts = [prompt_ids(tokenizer, FEW_SHOT.format(question=f["question"])) for f in facts]
+    correct = [0] * len(facts)
+    stop = [tokenizer.eos_token_id]
+    for _ in range(samples):
+        for begin in range(0, len(prompts), 32):
+            rows = _generate(model, tokenizer, prompts[begin:begin + 32], max_new_tokens, temperature, stop)
+            for offset, row in enumerate(rows):
+                answer = tokenizer.decode(row, skip_special_tokens=True).split(TURN_END)[0].strip()
+                correct[begin + offset] += bool(judge(answer, facts[begin + offset]["answer"]))
+    return [f | {"correct": c, "samples": samples, "known": c >= min(min_correct, samples)}
+            for f, c in zip(facts, correct)]
+
+
+def knowledge_conversations(results: list[dict], seed: int, eval_fraction: float = 0.2) -> dict[str, list]:
+    """Known facts keep their answer; unknown ones get a refusal. Split by question, stably."""
+    rng = random.Random(seed)
+    out: dict[str, list] = {"train": [], "eval": []}
+    for fact in results:
+        answer = fact["answer"] if fact["known"] else rng.choice(REFUSALS)
+        split = "eval" if in_eval_split(fact["question"], eval_fraction) else "train"
+        out[split].append({"messages": [message("user", fact["question"]), message("assistant", answer)],
+                           "task": "knowledge", "known": fact["known"], "answer": fact["answer"],
+                           "passage": fact.get("passage", "")})
+    return out
+
+
+def search_conversations(facts: list[dict], index, seed: int, eval_fraction: float = 0.2) -> dict[str, list]:
+    """The assistant searches the local index for the question, reads the results, answers from them."""
+    out: dict[str, list] = {"train": [], "eval": []}
+    for fact in facts:
+        results = index.search_text(fact["question"])
+        if fact["answer"][:40] not in results:  # only traces where the search finds the answer
+            continue
+        split = "eval" if in_eval_split("search:" + fact["question"], eval_fraction) else "train"
+        out[split].append({"messages": [
+            message("user", fact["question"]),
+            message("assistant", "Let me search for that.", [tool_call("search", fact["question"])]),
+            message("tool", results, name="search"),
+            message("assistant", fact["answer"])], "task": "search", "answer": fact["answer"]})
+    return out
