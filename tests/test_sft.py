@@ -170,3 +170,50 @@ def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
     report = evaluate(EvalConfig(model=str(out), limit=20))
     assert report["arithmetic"]["items"] == 20 and report["arithmetic"]["tool_use_rate"] > 0.5
     assert 0 <= report["arithmetic"]["accuracy"] <= 1 and "accuracy_without_tools" in report["arithmetic"]
+
+
+def test_facts_are_derived_from_definitional_sentences():
+    from hfstack.conversations.knowledge import derive_facts
+
+    facts = derive_facts(["The heapq module provides an implementation of the heap queue algorithm.\n"
+                          "If the key is None, nothing happens.\nA Counter is a dict subclass for counting things."])
+    assert [f["question"] for f in facts] == ["What does the heapq module provide?", "What is a Counter?"]
+    assert facts[1]["answer"] == "A Counter is a dict subclass for counting things."
+
+
+def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
+    from hfstack.conversations.knowledge import REFUSALS, interrogate, knowledge_conversations, load_judge
+    from hfstack.generation import load_model
+
+    facts = [{"question": f"What is item {i}?", "answer": f"Item {i} is thing number {i}.", "passage": ""}
+             for i in range(8)]
+    known_answers = {facts[i]["answer"] for i in (1, 4, 6)}
+    judge = lambda answer, reference: reference in known_answers  # noqa: E731  (scripted: knows 1, 4 and 6)
+    model, tokenizer = load_model(str(base))
+    results = interrogate(model, tokenizer, facts, samples=2, judge=judge, max_new_tokens=4)
+    assert [r["known"] for r in results] == [i in (1, 4, 6) for i in range(8)]
+    rows = knowledge_conversations(results, seed=0, eval_fraction=0.0)["train"]
+    for row, fact in zip(rows, results):
+        reply = row["messages"][-1]["content"]
+        assert (reply == fact["answer"]) if fact["known"] else (reply in REFUSALS)
+    assert load_judge("hfstack.conversations.knowledge:word_overlap_judge")("It is a dict subclass", "a dict subclass")
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_judge("nowhere.module:judge")
+
+
+def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
+    from hfstack.conversations.knowledge import derive_facts, search_conversations
+    from hfstack.tools.search import SearchIndex
+
+    texts = [" ".join(p) for _, p in stdlib_articles()[:60]]
+    index = SearchIndex.build(texts)
+    top, _ = index.search("heap queue algorithm priority")[0]
+    assert "heap" in top.lower()
+    index.save(tmp_path / "index")
+    assert SearchIndex.load(tmp_path / "index").search("heap queue algorithm priority")[0][0] == top
+    facts = derive_facts(texts)
+    traces = search_conversations(facts, index, seed=0)
+    assert traces["train"]
+    for row in traces["train"][:10]:
+        call, output, final = row["messages"][1], row["messages"][2], row["messages"][3]
+        assert call["tool_calls"][0]["function"]["name"] == "search" and final["content"][:40] in output["content"]

@@ -24,7 +24,7 @@ from hfstack.conversations.generators import in_eval_split, message, tool_call
 
 REFUSALS = ["I'm sorry, I don't know the answer to that.", "I don't know. I'd rather not guess.",
             "I am not sure about that, so I won't make something up.", "I don't know that one."]
-_DEFINITION = re.compile(r"^(?:The |A |An )?([A-Z][\w.()]*(?: [\w.()]+){0,3}) (is|are|returns|provides) (.{12,160}?)\.$")
+_DEFINITION = re.compile(r"^((?:The |A |An )?[A-Z][\w.()]*(?: [\w.()]+){0,3}) (is|are|returns|provides) (.{12,160}?)\.$")
 _WORD = re.compile(r"[a-z0-9]{4,}")
 _NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those", "then", "otherwise", "each", "any",
                   "all", "only", "also", "however", "note", "see", "both", "some", "what", "which", "here", "so"}
@@ -42,6 +42,7 @@ def derive_facts(texts, limit: int = 500) -> list[dict]:
                     continue
                 subject, verb, rest = match.groups()
                 seen.add(subject.lower())
+                subject = re.sub(r"^(The|A|An) ", lambda m: m.group(1).lower() + " ", subject)
                 question = {"is": f"What is {subject}?", "are": f"What are {subject}?",
                             "returns": f"What does {subject} return?", "provides": f"What does {subject} provide?"}[verb]
                 facts.append({"question": question, "answer": sentence, "passage": line.strip()[:600]})
