@@ -70,6 +70,8 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
         else:
             print(text, end="")
         return rows
+    from transformers import TextStreamer
+
     print("hfstack chat — empty line or Ctrl-D to quit")
     history = list(system)
     while True:
@@ -80,10 +82,10 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
         if not question:
             break
         history.append({"role": "user", "content": question})
+        print("assistant> ", end="", flush=True)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)  # tool calls stay visible
         reply = assistant_replies(model, tokenizer, [history], cfg.max_new_tokens, cfg.max_tool_calls,
-                                  cfg.temperature, tools=tools)[0]
-        for call in reply.tool_calls:
-            print(f"  [{call['tool']}] {call['input']!r} → {call['output']!r}")
-        print(f"assistant> {reply.answer}")
+                                  cfg.temperature, tools=tools, streamer=streamer)[0]
+        print()
         history.append({"role": "assistant", "content": reply.answer})
     return None

@@ -26,6 +26,7 @@ commands:
   sft           finetune the base model into an assistant on a conversation mixture (TRL SFTTrainer)
   chat          talk to the assistant, with tools: interactively, or --input in.jsonl --output out.jsonl
   eval          score the assistant on its held-out sets: identity, arithmetic and counting (tools or not)
+  teach         have a teacher model answer prompts into a conversation file for review and SFT
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -84,6 +85,11 @@ def _commands() -> dict:
 
         return ChatConfig, chat
 
+    def teach():
+        from hfstack.conversations.teacher import TeachConfig, teach
+
+        return TeachConfig, teach
+
     def evaluate():
         from hfstack.evaluation import EvalConfig, evaluate
 
@@ -91,7 +97,7 @@ def _commands() -> dict:
 
     return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
             "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation,
-            "sft": sft, "chat": chat, "eval": evaluate}
+            "sft": sft, "chat": chat, "eval": evaluate, "teach": teach}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field

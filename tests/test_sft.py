@@ -217,3 +217,19 @@ def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
     for row in traces["train"][:10]:
         call, output, final = row["messages"][1], row["messages"][2], row["messages"][3]
         assert call["tool_calls"][0]["function"]["name"] == "search" and final["content"][:40] in output["content"]
+
+
+def test_teacher_answers_prompts_into_a_reviewable_chat_file(base, tmp_path):
+    from hfstack.conversations.teacher import TeachConfig, teach
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "What is a list?", "instructions": "Answer in one sentence."}) + "\n"
+                       + json.dumps({"prompt": "Name a prime."}) + "\n")
+    out = tmp_path / "teacher.jsonl"
+    rows = teach(TeachConfig(teacher=str(base), prompts=str(prompts), output=str(out), max_new_tokens=8))
+    assert len(rows) == 2 and all(r["reviewed"] is False for r in rows)
+    assert rows[0]["messages"][0] == {"role": "user", "content": "What is a list?"}
+    assert rows[0]["messages"][-1]["role"] == "assistant"
+    assert [r["messages"][0]["content"] for r in load_chat_file(str(out))] == ["What is a list?", "Name a prime."]
+    with pytest.raises(ConfigError, match="does not exist"):
+        TeachConfig(teacher=str(base), prompts=str(tmp_path / "none.jsonl"))

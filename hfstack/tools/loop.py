@@ -43,8 +43,9 @@ class _Turn:
 
 def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
                       max_tool_calls: int = 3, temperature: float = 0.0, tools: dict | None = None,
-                      prefill: str = "", batch_size: int = 32) -> list[Reply]:
-    """The assistant's next turn for each conversation. `prefill` starts the turn with given text."""
+                      prefill: str = "", batch_size: int = 32, streamer=None) -> list[Reply]:
+    """The assistant's next turn for each conversation. `prefill` starts the turn with given text;
+    `streamer` (a transformers streamer, one conversation) shows the tokens as they come."""
     from hfstack.tokenization import encode_ordinary
 
     tools = default_tools() if tools is None else tools
@@ -61,7 +62,7 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
             chunk = pending[begin:begin + batch_size]
             budget = max(1, max_new_tokens - min(len(t.ids) - t.start for t in chunk))
             for turn, new in zip(chunk, _generate(model, tokenizer, [t.ids for t in chunk], budget, temperature,
-                                                    sorted(stop_ids | set(call_end)))):
+                                                    sorted(stop_ids | set(call_end)), streamer)):
                 turn.ids += new
                 last = new[-1] if new else None
                 if last in call_end and len(turn.calls) < max_tool_calls:
@@ -71,6 +72,8 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                     result = tools[name](request) if name in tools else f"error: no {name} tool here"
                     turn.calls.append({"tool": name, "input": request, "output": result})
                     turn.ids += [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
+                    if streamer is not None:
+                        print(f"\n  [{name}] → {result}", flush=True)
                 else:
                     turn.done = True
         if all(t.done for t in turns):
@@ -86,7 +89,7 @@ def _last_index(ids: list[int], token: int) -> int:
 
 
 def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-              stop_ids: list[int]) -> list[list[int]]:
+              stop_ids: list[int], streamer=None) -> list[list[int]]:
     """One batched generate call with left padding; returns each row's new ids up to its stop token."""
     import torch
 
@@ -97,7 +100,7 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, t
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
     with torch.no_grad():
         out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, use_cache=True,
-                             eos_token_id=stop_ids, pad_token_id=pad, **options)
+                             eos_token_id=stop_ids, pad_token_id=pad, streamer=streamer, **options)
     rows = []
     for row in out[:, width:].tolist():
         cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
