@@ -9,7 +9,7 @@ after an interruption continues where it stopped (and each stage resumes its own
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hfstack.config import ConfigError, load_config, save_config
@@ -30,8 +30,9 @@ class SpeedrunConfig:
     output_dir: str | None = None  # default: runs/<preset>
     crawl_pages: int = 300  # size of the synthetic crawl used when the preset has no data input
     force: bool = False  # rerun stages even if they left a completion marker
-    pretrain_steps: int | None = None  # override the preset's pretraining steps, for quick trials
-    sft_steps: int | None = None  # the same for SFT
+    # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
+    #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
+    overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not (recipes_dir() / self.preset).is_dir():
@@ -39,6 +40,19 @@ class SpeedrunConfig:
             raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
         if self.output_dir is None:
             self.output_dir = f"runs/{self.preset}"
+        unknown = set(self.overrides) - {name for name, _ in STAGES}
+        if unknown or not all(isinstance(v, dict) for v in self.overrides.values()):
+            raise ConfigError(f"speedrun: 'overrides' maps a stage ({', '.join(n for n, _ in STAGES)}) to its "
+                              f"fields; got {self.overrides}")
+
+
+def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], recipe: str | None = None):
+    """The preset's recipe for a stage, the run's paths, then the speedrun's overrides for that stage."""
+    from hfstack.config import from_dict
+
+    path = recipes_dir() / cfg.preset / f"{recipe or stage}.yaml"
+    loaded = load_config(cls, path if path.is_file() else None, run_args)
+    return from_dict(cls, asdict(loaded) | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
 
 
 def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
@@ -51,8 +65,7 @@ def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
 def _data(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.web import DataConfig, run_data
 
-    data_cfg = load_config(DataConfig, recipes_dir() / cfg.preset / "data.yaml",
-                           ["--output_dir", str(run / "data")] + _default_input(cfg, run))
+    data_cfg = stage_config(DataConfig, cfg, "data", ["--output_dir", str(run / "data")] + _default_input(cfg, run))
     run_data(data_cfg)
 
 
@@ -68,18 +81,16 @@ def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
 def _tokenizer(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.tokenization import TokenizerConfig, run_tokenizer
 
-    tok_cfg = load_config(TokenizerConfig, recipes_dir() / cfg.preset / "tokenizer.yaml",
-                          ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
+    tok_cfg = stage_config(TokenizerConfig, cfg, "tokenizer",
+                           ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
     run_tokenizer(tok_cfg)
 
 
 def _pretrain(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.pretraining import PretrainConfig, run_pretrain
 
-    pre_cfg = load_config(PretrainConfig, recipes_dir() / cfg.preset / "pretrain.yaml",
-                          ["--data", str(run / "data"), "--tokenizer", str(run / "tokenizer"),
-                           "--output_dir", str(run / "base")]
-                          + (["--max_steps", str(cfg.pretrain_steps)] if cfg.pretrain_steps else []))
+    pre_cfg = stage_config(PretrainConfig, cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
+                                                             str(run / "tokenizer"), "--output_dir", str(run / "base")])
     run_pretrain(pre_cfg)
 
 
@@ -105,24 +116,24 @@ def _regurgitation(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.generation import RegurgitationConfig, regurgitation
 
     held_out = read_yaml(run / "base" / "config.yaml")["val_fraction"]  # the documents pretraining never saw
-    regurgitation(RegurgitationConfig(model=str(run / "base"), data=[str(run / "data")], val_fraction=held_out,
-                                      output=str(run / "regurgitation" / "report.json")))
+    regurgitation(stage_config(RegurgitationConfig, cfg, "regurgitation", [
+        "--model", str(run / "base"), "--data", str(run / "data"), "--val_fraction", str(held_out),
+        "--output", str(run / "regurgitation" / "report.json")]))
 
 
 def _sft(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.finetuning import SFTStageConfig, run_sft
 
-    sft_cfg = load_config(SFTStageConfig, recipes_dir() / cfg.preset / "sft.yaml",
-                          ["--model", str(run / "base"), "--output_dir", str(run / "sft"),
-                           "--facts_from", str(run / "data")]
-                          + (["--max_steps", str(cfg.sft_steps)] if cfg.sft_steps else []))
+    sft_cfg = stage_config(SFTStageConfig, cfg, "sft", ["--model", str(run / "base"), "--output_dir",
+                                                        str(run / "sft"), "--facts_from", str(run / "data")])
     run_sft(sft_cfg)
 
 
 def _eval(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.evaluation import EvalConfig, evaluate
 
-    evaluate(EvalConfig(model=str(run / "sft"), output=str(run / "eval" / "eval.json")))
+    evaluate(stage_config(EvalConfig, cfg, "eval", ["--model", str(run / "sft"),
+                                                    "--output", str(run / "eval" / "eval.json")]))
 
 
 STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),

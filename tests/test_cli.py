@@ -40,11 +40,15 @@ def test_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and "unknown command" in out.stderr
 
 
+QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20, arithmetic: 20, counting: 20, "
+         "knowledge: 20, search: 20}, interrogation_samples: 1}, eval: {limit: 8, max_new_tokens: 16}}")
+
+
 @pytest.mark.slow
 def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     run = tmp_path / "run"
     first = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
-                    "--pretrain_steps", "20", "--sft_steps", "10")
+                    "--overrides", QUICK)
     assert first.returncode == 0, first.stderr[-3000:]
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert stats["documents_kept"] > 10
@@ -62,9 +66,9 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert (run / "generate" / "samples.json").is_file()
     assert json.loads((run / "regurgitation" / "report.json").read_text())["train"]["docs"] > 0
     assert json.loads((run / "sft" / "summary.json").read_text())["steps"] == 10
-    assert set(json.loads((run / "eval" / "eval.json").read_text())) == {"identity", "arithmetic", "counting"}
+    assert {"identity", "arithmetic", "counting"} <= set(json.loads((run / "eval" / "eval.json").read_text()))
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
-                     "--pretrain_steps", "20", "--sft_steps", "10")
+                     "--overrides", QUICK)
     assert second.returncode == 0
     assert "data: already done, skipping" in second.stdout and "crawl: already done, skipping" in second.stdout
     assert "tokenizer: already done, skipping" in second.stdout and "pretrain: already done" in second.stdout

@@ -113,5 +113,5 @@ def test_every_command_in_the_readme_exists():
 
     shell_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
     used = set(re.findall(r"(?m)(?:^|&& )hfstack ([a-z-]+)", shell_blocks))
-    assert {"speedrun", "data", "tokenizer", "tokenize"} <= used
+    assert {"speedrun", "data", "tokenizer", "tokenize", "pretrain", "generate", "sft", "chat", "eval"} <= used
     assert used <= set(_commands()), used - set(_commands())
