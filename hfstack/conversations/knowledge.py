@@ -109,8 +109,16 @@ def knowledge_conversations(results: list[dict], seed: int, eval_fraction: float
     return out
 
 
+SEARCH_REQUESTS = ["Search your documents: {q}", "Look it up: {q}", "Can you search for this? {q}",
+                   "Use search to answer: {q}", "{q} Please search for it."]
+
+
 def search_conversations(facts: list[dict], index, seed: int, eval_fraction: float = 0.2) -> dict[str, list]:
-    """The assistant searches the local index for the question, reads the results, answers from them."""
+    """The assistant searches the local index for the question, reads the results, answers from them.
+
+    The user asks for a search in so many words, so these never contradict the refusal conversations,
+    where the same kind of question without a request to search gets "I don't know"."""
+    rng = random.Random(seed)
     out: dict[str, list] = {"train": [], "eval": []}
     for fact in facts:
         results = index.search_text(fact["question"])
@@ -118,7 +126,7 @@ def search_conversations(facts: list[dict], index, seed: int, eval_fraction: flo
             continue
         split = "eval" if in_eval_split("search:" + fact["question"], eval_fraction) else "train"
         out[split].append({"messages": [
-            message("user", fact["question"]),
+            message("user", rng.choice(SEARCH_REQUESTS).format(q=fact["question"])),
             message("assistant", "Let me search for that.", [tool_call("search", fact["question"])]),
             message("tool", results, name="search"),
             message("assistant", fact["answer"])], "task": "search", "answer": fact["answer"]})
