@@ -233,3 +233,14 @@ def test_teacher_answers_prompts_into_a_reviewable_chat_file(base, tmp_path):
     assert [r["messages"][0]["content"] for r in load_chat_file(str(out))] == ["What is a list?", "Name a prime."]
     with pytest.raises(ConfigError, match="does not exist"):
         TeachConfig(teacher=str(base), prompts=str(tmp_path / "none.jsonl"))
+
+
+def test_tool_request_is_only_the_call_that_just_ended():
+    from hfstack.tools.loop import request_ids
+
+    START, END, OUT_START, OUT_END = 90, 91, 92, 93
+    first = [1, 2, START, 5, 6, END]
+    assert request_ids(first, 2, START, OUT_END) == [5, 6]
+    second = first + [OUT_START, 7, OUT_END, 8, 9, END]  # the model forgot the start token this time
+    assert request_ids(second, 2, START, OUT_END) == [8, 9]
+    assert request_ids([1, 2, 3, 4, END], 2, START, OUT_END) == [3, 4]

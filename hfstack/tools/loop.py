@@ -67,8 +67,7 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                 last = new[-1] if new else None
                 if last in call_end and len(turn.calls) < max_tool_calls:
                     name = call_end[last]
-                    body = turn.ids[_last_index(turn.ids, call_start[name]) + 1:-1]
-                    request = tokenizer.decode(body)
+                    request = tokenizer.decode(request_ids(turn.ids, turn.start, call_start[name], out_end))
                     result = tools[name](request) if name in tools else f"error: no {name} tool here"
                     turn.calls.append({"tool": name, "input": request, "output": result})
                     turn.ids += [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
@@ -81,11 +80,16 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     return [_reply(tokenizer, t, prefill) for t in turns]
 
 
-def _last_index(ids: list[int], token: int) -> int:
-    for index in range(len(ids) - 1, -1, -1):
-        if ids[index] == token:
-            return index
-    return -1
+def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: int) -> list[int]:
+    """The tool request just ended (the last token is its end marker): the ids after its start token,
+    or, when the model left the start token out, after the last tool output (or the turn's start);
+    never text from an earlier call."""
+    begin = turn_start
+    for index in range(len(ids) - 2, turn_start - 1, -1):
+        if ids[index] in (call_start, output_end):
+            begin = index + 1
+            break
+    return ids[begin:-1]
 
 
 def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,

@@ -53,8 +53,9 @@ class SearchIndex:
         ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
         return [(self.corpus[i], float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
 
-    def search_text(self, query: str, k: int = 2, max_chars: int = 600) -> str:
-        """What the assistant reads back: numbered passages, or a note that nothing matched."""
+    def search_text(self, query: str, k: int = 1, max_chars: int = 400) -> str:
+        """What the assistant reads back: numbered passages, or a note that nothing matched. Short by
+        default, so a conversation with a search still fits a small model's context."""
         results = self.search(query, k)
         if not results:
             return "No results."
