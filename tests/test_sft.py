@@ -46,6 +46,13 @@ def test_generators_are_deterministic_and_eval_never_overlaps_training():
     word = lambda r: r["word"]  # noqa: E731
     assert counts["eval"] and not keys(counts["train"], word) & keys(counts["eval"], word)
     assert all(r["word"] in question(r) for r in counts["train"] + counts["eval"])
+    from hfstack.conversations.generators import ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS, phrasings
+
+    for templates in (ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS):  # held-out questions are paraphrases
+        assert not set(phrasings(templates, "train")) & set(phrasings(templates, "eval"))
+    eval_templates = phrasings(COUNTING_PHRASINGS, "eval")
+    assert all(any(question(r) == t.format(c=c, w=r["word"]) for t in eval_templates
+                   for c in "abcdefghijklmnopqrstuvwxyz") for r in counts["eval"])
     ids = identity(IdentityCard(), 200, seed=0)
     user_questions = lambda rows: {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}  # noqa
     assert ids["eval"] and not user_questions(ids["train"]) & user_questions(ids["eval"])  # unseen phrasings

@@ -112,7 +112,9 @@ def identity(card: IdentityCard, n: int, seed: int, eval_fraction: float = 0.25)
 OPERATIONS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b),
               "*": ("times", lambda a, b: a * b)}
 ARITHMETIC_PHRASINGS = ["What is {a} {word} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
-                        "Calculate {a} {word} {b}.", "what's {a} {op} {b}", "Please work out {a} {op} {b}."]
+                        "Calculate {a} {word} {b}.", "what's {a} {op} {b}", "Please work out {a} {op} {b}.",
+                        "Can you tell me {a} {op} {b}?", "I need {a} {word} {b}.", "Evaluate {a} {op} {b}",
+                        "How much is {a} {word} {b}?"]
 WORD_PROBLEMS = ["A shop sells {a} apples in the morning and {b} in the afternoon. How many apples does it sell?",
                  "A train has {a} seats in each of {b} cars. How many seats are there?",
                  "Sam had {a} marbles and gave away {b}. How many are left?"]
@@ -131,8 +133,11 @@ def arithmetic(n: int, seed: int, max_operand: int = 999, eval_fraction: float =
             question = WORD_PROBLEMS[index].format(a=a, b=b)
         else:
             op = rng.choice(list(OPERATIONS))
-            question = rng.choice(ARITHMETIC_PHRASINGS).format(a=a, b=b, op=op, word=OPERATIONS[op][0])
+            question = None
         split = "eval" if in_eval_split(f"{a}{op}{b}", eval_fraction) else "train"
+        if question is None:
+            question = rng.choice(phrasings(ARITHMETIC_PHRASINGS, split)).format(a=a, b=b, op=op,
+                                                                                  word=OPERATIONS[op][0])
         if len(out[split]) >= (n if split == "train" else int(n * eval_fraction)):
             continue
         answer = OPERATIONS[op][1](a, b)
@@ -147,7 +152,14 @@ def arithmetic(n: int, seed: int, max_operand: int = 999, eval_fraction: float =
 
 COUNTING_PHRASINGS = ["How many '{c}' are in '{w}'?", "Count the letter {c} in the word {w}.",
                       "How many times does '{c}' appear in \"{w}\"?", "how many {c}s in {w}",
-                      "In the word '{w}', how many {c}'s are there?"]
+                      "In the word '{w}', how many {c}'s are there?", "Number of '{c}' letters in '{w}'?",
+                      "Tell me how often {c} occurs in {w}.", "'{w}': how many '{c}'?"]
+
+
+def phrasings(templates: list[str], split: str, eval_fraction: float = 0.3) -> list[str]:
+    """The templates a split may use: the eval split's are never trained on, so it measures paraphrases."""
+    chosen = [t for t in templates if in_eval_split(t, eval_fraction) == (split == "eval")]
+    return chosen or templates
 SPELLING_PHRASINGS = ["Spell the word '{w}'.", "How do you spell {w}?", "Spell out \"{w}\" letter by letter."]
 
 
@@ -179,7 +191,7 @@ def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float
                 continue
             letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
             answer = word.count(letter)
-            question = rng.choice(COUNTING_PHRASINGS).format(c=letter, w=word)
+            question = rng.choice(phrasings(COUNTING_PHRASINGS, split)).format(c=letter, w=word)
             if rng.random() < tool_fraction:
                 turns = python_turns("Let me count with Python.", f"print('{word}'.count('{letter}'))", str(answer),
                                      f"There {'is' if answer == 1 else 'are'} {answer} '{letter}' in '{word}'.")
