@@ -108,14 +108,13 @@ class PackedBlocks:
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """UTF-8 bytes each token stands for (special tokens: 0), to turn loss into bits per byte."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from hfstack.tokenization import token_bytes
 
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     lengths = np.zeros(len(tokenizer), dtype=np.int64)
     special = set(tokenizer.all_special_ids)
     for token, index in tokenizer.get_vocab().items():
         if index not in special and index < len(lengths):
-            lengths[index] = sum(1 for c in token if c in byte_of)
+            lengths[index] = len(token_bytes(token))
     return lengths
 
 

@@ -19,6 +19,7 @@ Writes a Hugging Face tokenizer (loadable offline with `AutoTokenizer.from_pretr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import zlib
@@ -245,6 +246,19 @@ def encode_ordinary(tokenizer, texts: list[str]) -> list[list[int]]:
 # -------------------------------------------------------------------------------------- fast encoding
 
 
+@functools.lru_cache(maxsize=1)
+def _byte_of() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_bytes(token: str) -> bytes:
+    """The bytes a byte-level token string (as in the vocab, e.g. 'Ġthe') stands for."""
+    byte_of = _byte_of()
+    return bytes(byte_of[c] for c in token)
+
+
 def tiktoken_encoding(tokenizer, name: str = "hfstack"):
     """The same tokenizer as a tiktoken Encoding, for bulk encoding (e.g. the pretraining corpus).
 
@@ -252,15 +266,12 @@ def tiktoken_encoding(tokenizer, name: str = "hfstack"):
     order, so token ids are exactly those ranks and both encoders give identical ids (tested).
     """
     import tiktoken
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     spec = json.loads(backend.to_str())
     split = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     specials = {t["content"]: t["id"] for t in spec["added_tokens"]}
-    ranks = {bytes(byte_of[c] for c in token): rank for token, rank in spec["model"]["vocab"].items()
-             if token not in specials}
+    ranks = {token_bytes(token): rank for token, rank in spec["model"]["vocab"].items() if token not in specials}
     return tiktoken.Encoding(name, pat_str=split, mergeable_ranks=ranks, special_tokens=specials)
 
 

@@ -102,14 +102,12 @@ def _load(path: str):
 
 
 def _token(tokenizer, token_id: int) -> Token:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from hfstack.tokenization import token_bytes
 
-    if not hasattr(_token, "byte_of"):
-        _token.byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     piece = tokenizer.convert_ids_to_tokens(token_id)
     if token_id in tokenizer.all_special_ids:
         return Token(token_id, piece.encode("utf-8"), special=True)
-    return Token(token_id, bytes(_token.byte_of[c] for c in piece))
+    return Token(token_id, token_bytes(piece))
 
 
 def _shown(token: Token) -> str:
