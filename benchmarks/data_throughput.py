@@ -14,7 +14,6 @@ Goals: pipeline >= 0.9x bare trafilatura; resiliparse >= 5x trafilatura with >= 
 from __future__ import annotations
 
 import argparse
-import gzip
 import tempfile
 import time
 from pathlib import Path

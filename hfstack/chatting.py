@@ -35,14 +35,10 @@ class ChatConfig:
 
 
 def _read_batch(path: str) -> list[list[dict]]:
+    from hfstack.textfiles import read_jsonl
+
     conversations = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ConfigError(f"chat: '{path}' line {number}: not a JSON object") from None
+    for number, row in read_jsonl(path, "chat:"):
         messages = row.get("messages") or ([{"role": "user", "content": row["prompt"]}] if "prompt" in row else None)
         if not isinstance(messages, list) or not messages:
             raise ConfigError(f"chat: '{path}' line {number}: expected a 'messages' list or a 'prompt'")

@@ -92,6 +92,7 @@ def prompt_of(row: dict) -> list[dict]:
 def evaluate(cfg: EvalConfig) -> dict:
     from hfstack.conversations.knowledge import word_overlap_judge
     from hfstack.generation import load_model
+    from hfstack.textfiles import read_jsonl
     from hfstack.tools.loop import assistant_replies, default_tools
     from hfstack.tools.search import index_of_model
 
@@ -99,8 +100,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not path.is_file():
         raise ConfigError(f"eval: no held-out sets at '{path}'; they are written by `hfstack sft`")
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for _, row in read_jsonl(str(path), "eval sets"):
         task = "counting" if row["task"] == "spelling" else row["task"]
         if len(by_task[task]) < cfg.limit:
             by_task[task].append(row)

@@ -29,6 +29,7 @@ from typing import Iterator, Literal
 
 from hfstack.config import ConfigError, save_config
 from hfstack.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
+from hfstack.textfiles import open_text, read_jsonl
 
 # GPT-4's (cl100k) split pattern; only the digit rule differs between the two choices
 _SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
@@ -102,12 +103,6 @@ def resolve_text_files(patterns: list[str]) -> list[str]:
     return files
 
 
-def _open_text(path: str):
-    import gzip
-
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def _read_file(path: str, column: str) -> Iterator[str]:
     lower = path.lower()
     try:
@@ -121,20 +116,13 @@ def _read_file(path: str, column: str) -> Iterator[str]:
             for batch in parquet.iter_batches(columns=[column], batch_size=1024):
                 yield from (t for t in batch.column(0).to_pylist() if t)
         elif lower.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
-            with _open_text(path) as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise ConfigError(f"input '{path}' line {number}: not a JSON object") from None
-                    if not isinstance(record, dict) or column not in record:
-                        raise ConfigError(f"input '{path}' line {number}: no field '{column}'; set text_column")
-                    if record[column]:
-                        yield str(record[column])
+            for number, record in read_jsonl(path, "input"):
+                if not isinstance(record, dict) or column not in record:
+                    raise ConfigError(f"input '{path}' line {number}: no field '{column}'; set text_column")
+                if record[column]:
+                    yield str(record[column])
         else:
-            with _open_text(path) as handle:
+            with open_text(path) as handle:
                 text = handle.read()
             if text:
                 yield text

@@ -14,10 +14,8 @@ there (hallucination mitigation #1), and search traces that answer from retrieve
 from __future__ import annotations
 
 import importlib
-import json
 import random
 import re
-from pathlib import Path
 
 from hfstack.config import ConfigError
 from hfstack.conversations.generators import in_eval_split, message, tool_call
@@ -52,11 +50,10 @@ def derive_facts(texts, limit: int = 500) -> list[dict]:
 
 
 def load_facts(path: str) -> list[dict]:
+    from hfstack.textfiles import read_jsonl
+
     facts = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for number, row in read_jsonl(path, "facts file"):
         if not isinstance(row, dict) or not {"question", "answer"} <= set(row):
             raise ConfigError(f"facts file '{path}' line {number}: needs 'question' and 'answer'")
         facts.append({"question": row["question"], "answer": row["answer"], "passage": row.get("passage", "")})

@@ -8,7 +8,6 @@ A row that cannot be read is an error naming the file and line; nothing is dropp
 
 from __future__ import annotations
 
-import json
 import os
 
 from hfstack.config import ConfigError
@@ -56,18 +55,13 @@ def row_to_messages(row: dict, where: str) -> list[dict]:
 def load_chat_file(path: str, limit: int = -1) -> list[dict]:
     if not os.path.isfile(path):
         raise ConfigError(f"chat file '{path}' does not exist")
+    from hfstack.textfiles import read_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError(f"chat file '{path}' line {number}: not a JSON object") from None
-            rows.append({"messages": row_to_messages(row, f"chat file '{path}' line {number}"), "task": "chat"})
-            if 0 <= limit <= len(rows):
-                break
+    for number, row in read_jsonl(path, "chat file"):
+        rows.append({"messages": row_to_messages(row, f"chat file '{path}' line {number}"), "task": "chat"})
+        if 0 <= limit <= len(rows):
+            break
     return rows
 
 

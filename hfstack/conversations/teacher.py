@@ -35,20 +35,23 @@ class TeachConfig:
             raise ConfigError(f"teach: --prompts '{self.prompts}' does not exist")
 
 
+def _prompt_rows(path: str):
+    """(line number, row) from a jsonl file, or a {"prompt": line} row per line of a text file."""
+    from hfstack.textfiles import read_jsonl
+
+    if path.endswith((".jsonl", ".json")):
+        yield from read_jsonl(path, "teach:")
+        return
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            yield number, {"prompt": line.strip()}
+
+
 def read_prompts(path: str, instructions: str | None) -> list[list[dict]]:
     conversations = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.endswith((".jsonl", ".json")):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError(f"teach: '{path}' line {number}: not a JSON object") from None
-            messages = row.get("messages") or [{"role": "user", "content": row.get("prompt", "")}]
-            guidance = row.get("instructions", instructions)
-        else:
-            messages, guidance = [{"role": "user", "content": line.strip()}], instructions
+    for number, row in _prompt_rows(path):
+        messages = row.get("messages") or [{"role": "user", "content": row.get("prompt", "")}]
+        guidance = row.get("instructions", instructions)
         if not messages[-1].get("content"):
             raise ConfigError(f"teach: '{path}' line {number}: no prompt")
         conversations.append(([{"role": "system", "content": guidance}] if guidance else []) + messages)
