@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hfstack.config import ConfigError, save_config
 from hfstack.conversations.generators import IdentityCard
+from hfstack.rundir import newest_checkpoint
 
 
 @dataclass
@@ -148,7 +149,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          processing_class=tokenizer, peft_config=lora_config(cfg.peft) if cfg.peft else None,
                          callbacks=callbacks or [])
-    checkpoint = _newest_checkpoint(out / "checkpoints")
+    checkpoint = newest_checkpoint(out / "checkpoints")
     trainer.train(resume_from_checkpoint=checkpoint)
     model = trainer.model
     if cfg.peft:
@@ -177,9 +178,9 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple
     if not cfg.facts_from and not cfg.facts_file:
         print("[sft] knowledge and search sources skipped: set facts_from (the corpus) or facts_file")
         return {}, {}
-    from hfstack.tokenization import _read_file, resolve_text_files
+    from hfstack.tokenization import read_texts
 
-    texts = [t for path in resolve_text_files(cfg.facts_from) for t in _read_file(path, "text")]
+    texts = list(read_texts(cfg.facts_from))
     facts = knowledge.load_facts(cfg.facts_file) if cfg.facts_file else knowledge.derive_facts(texts)
     extra, report = {}, {"facts": len(facts)}
     if wanted["knowledge"] and facts:
@@ -199,7 +200,3 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple
     model.train()
     return extra, report
 
-
-def _newest_checkpoint(folder: Path) -> str | None:
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(found[-1]) if found else None

@@ -141,18 +141,17 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
     """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents."""
     import torch
 
-    from hfstack.tokenization import _read_file, encode_ordinary, is_heldout, resolve_text_files
+    from hfstack.tokenization import is_heldout, read_texts
 
     model, tokenizer = load_model(cfg.model)
     need = cfg.prefix_tokens + cfg.continuation_tokens
     sides: dict[str, list[list[int]]] = {"train": [], "heldout": []}
-    for path in resolve_text_files(cfg.data):
-        for text in _read_file(path, cfg.text_column):
-            side = "heldout" if is_heldout(text, cfg.val_fraction) else "train"
-            if len(sides[side]) < cfg.num_docs:
-                ids = [tokenizer.bos_token_id, *encode_ordinary(tokenizer, [text])[0]]
-                if len(ids) >= need:
-                    sides[side].append(ids[:need])
+    for text in read_texts(cfg.data, cfg.text_column):
+        side = "heldout" if is_heldout(text, cfg.val_fraction) else "train"
+        if len(sides[side]) < cfg.num_docs:
+            ids = prompt_ids(tokenizer, text)
+            if len(ids) >= need:
+                sides[side].append(ids[:need])
     report = {"prefix_tokens": cfg.prefix_tokens, "continuation_tokens": cfg.continuation_tokens}
     for side, docs in sides.items():
         matched, exact = [], 0

@@ -41,7 +41,7 @@ def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: 
     their paths and counts. Reuses the files when the same inputs were encoded before."""
     from tqdm.auto import tqdm
 
-    from hfstack.tokenization import _read_file, is_heldout, tiktoken_encoding
+    from hfstack.tokenization import is_heldout, read_texts, tiktoken_encoding
 
     key = _fingerprint(files, tokenizer_dir, text_column, val_fraction)
     folder = cache_dir / f"tokens-{key}"
@@ -66,12 +66,11 @@ def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: 
         bar.update(len(texts))
 
     chunk: list[str] = []
-    for path in files:
-        for text in _read_file(path, text_column):
-            chunk.append(text)
-            if len(chunk) == CHUNK_DOCS:
-                flush(chunk)
-                chunk = []
+    for text in read_texts(files, text_column):
+        chunk.append(text)
+        if len(chunk) == CHUNK_DOCS:
+            flush(chunk)
+            chunk = []
     if chunk:
         flush(chunk)
     bar.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, save_config
+from hfstack.rundir import newest_checkpoint
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 
@@ -194,11 +195,6 @@ def _make_trainer_class():
             return metrics
 
     return PretrainTrainer
-
-
-def newest_checkpoint(checkpoints: Path) -> str | None:
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(found[-1]) if found else None
 
 
 def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:

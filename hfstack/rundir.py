@@ -1,4 +1,5 @@
-"""Completion markers: a stage that finished leaves DIR/.hfstack-done, so a rerun can skip it."""
+"""Run directories: completion markers (a stage that finished leaves DIR/.hfstack-done, so a rerun can
+skip it) and the newest Trainer checkpoint a resumed run continues from."""
 
 from __future__ import annotations
 
@@ -22,3 +23,9 @@ def mark_done(output_dir: str | Path, stage: str, **info) -> None:
 
 def clear_done(output_dir: str | Path) -> None:
     (Path(output_dir) / MARKER).unlink(missing_ok=True)
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    """The Trainer checkpoint with the highest step under `folder`, if any (what resume continues)."""
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None

@@ -109,11 +109,11 @@ def continue_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of a document that starts with `prompt` (after the boundary token)."""
     import torch
 
-    from hfstack.tokenization import encode_ordinary
+    from hfstack.generation import prompt_ids
 
     was_training = model.training
     model.eval()
-    ids = torch.tensor([[tokenizer.bos_token_id, *encode_ordinary(tokenizer, [prompt])[0]]], device=model.device)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id)

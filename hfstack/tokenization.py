@@ -132,10 +132,15 @@ def _read_file(path: str, column: str) -> Iterator[str]:
         raise ConfigError(f"input '{path}': cannot read it ({type(e).__name__}: {e})") from None
 
 
+def read_texts(patterns: list[str], column: str = "text") -> Iterator[str]:
+    """Every document's text in the files, globs and directories given, streamed file by file."""
+    for path in resolve_text_files(patterns):
+        yield from _read_file(path, column)
+
+
 def iter_documents(cfg: TokenizerConfig) -> Iterator[str]:
     """Every document's text, streamed file by file; the corpus is never held in memory."""
-    for path in resolve_text_files(cfg.input):
-        yield from _read_file(path, cfg.text_column)
+    yield from read_texts(cfg.input, cfg.text_column)
     if cfg.hub_dataset:
         from datasets import load_dataset
 
