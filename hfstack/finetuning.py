@@ -117,6 +117,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     from hfstack.conversations.mixture import build_mixture
+    from hfstack.pretraining import wants_bf16
     from hfstack.protocol import END_OF_TURN, chat_template
     from hfstack.telemetry import available_trackers
 
@@ -137,7 +138,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         for rows in held_out.values():
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    use_bf16 = wants_bf16(cfg.precision)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,

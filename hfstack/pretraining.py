@@ -101,6 +101,13 @@ class PretrainConfig:
         return max(1, round(self.batch_tokens / per_step))
 
 
+def wants_bf16(precision: str) -> bool:
+    """bf16 when asked for, or on `auto` when a GPU that has it is present (on CPU it is slower)."""
+    import torch
+
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -222,7 +229,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         print(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
               "(raise val_fraction)", flush=True)
     on_cpu = not torch.cuda.is_available()
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and not on_cpu and torch.cuda.is_bf16_supported())
+    use_bf16 = wants_bf16(cfg.precision)
     args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

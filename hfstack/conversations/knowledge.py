@@ -78,14 +78,14 @@ def interrogate(model, tokenizer, facts: list[dict], samples: int = 3, judge=wor
                 temperature: float = 0.8, max_new_tokens: int = 48, min_correct: int = 2) -> list[dict]:
     """Each fact with how many of `samples` sampled answers the judge accepted, and `known`."""
     from hfstack.generation import FEW_SHOT, TURN_END, prompt_ids
-    from hfstack.tools.loop import _generate
+    from hfstack.tools.loop import generate_batch
 
     prompts = [prompt_ids(tokenizer, FEW_SHOT.format(question=f["question"])) for f in facts]
     correct = [0] * len(facts)
     stop = [tokenizer.eos_token_id]
     for _ in range(samples):
         for begin in range(0, len(prompts), 32):
-            rows = _generate(model, tokenizer, prompts[begin:begin + 32], max_new_tokens, temperature, stop)
+            rows = generate_batch(model, tokenizer, prompts[begin:begin + 32], max_new_tokens, temperature, stop)
             for offset, row in enumerate(rows):
                 answer = tokenizer.decode(row, skip_special_tokens=True).split(TURN_END)[0].strip()
                 correct[begin + offset] += bool(judge(answer, facts[begin + offset]["answer"]))

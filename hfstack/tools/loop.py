@@ -61,8 +61,9 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
         for begin in range(0, len(pending), batch_size):
             chunk = pending[begin:begin + batch_size]
             budget = max(1, max_new_tokens - min(len(t.ids) - t.start for t in chunk))
-            for turn, new in zip(chunk, _generate(model, tokenizer, [t.ids for t in chunk], budget, temperature,
-                                                    sorted(stop_ids | set(call_end)), streamer)):
+            rows = generate_batch(model, tokenizer, [t.ids for t in chunk], budget, temperature,
+                                  sorted(stop_ids | set(call_end)), streamer)
+            for turn, new in zip(chunk, rows):
                 turn.ids += new
                 last = new[-1] if new else None
                 if last in call_end and len(turn.calls) < max_tool_calls:
@@ -92,7 +93,7 @@ def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: in
     return ids[begin:-1]
 
 
-def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
               stop_ids: list[int], streamer=None) -> list[list[int]]:
     """One batched generate call with left padding; returns each row's new ids up to its stop token."""
     import torch
