@@ -27,3 +27,42 @@ def read_jsonl(path: str, label: str) -> Iterator[tuple[int, object]]:
             except json.JSONDecodeError:
                 raise ConfigError(f"{label} '{path}' line {number}: not a JSON object") from None
             yield number, value
+
+
+def load_records(source: str, split: str, label: str, limit: int = -1) -> list[dict]:
+    """Rows of a jsonl(.gz) or parquet file, or of a Hub dataset (checked for reachability first),
+    as dicts. Errors name the source."""
+    import os
+
+    from hfstack.config import ConfigError
+
+    if source.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not os.path.isfile(source):
+            raise ConfigError(f"{label} '{source}' does not exist")
+        rows = []
+        for number, row in read_jsonl(source, label):
+            if not isinstance(row, dict):
+                raise ConfigError(f"{label} '{source}' line {number}: expected a JSON object")
+            rows.append(row)
+        return rows[:limit] if limit >= 0 else rows
+    if source.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(source).to_pylist()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{label} '{source}': not a readable parquet file ({e})") from None
+        return rows[:limit] if limit >= 0 else rows
+    if os.path.exists(source):
+        raise ConfigError(f"{label} '{source}': expected a .jsonl, .jsonl.gz or .parquet file")
+    from hfstack.web.sources import check_hub_dataset
+
+    check_hub_dataset(source)
+    from datasets import load_dataset
+
+    rows = []
+    for row in load_dataset(source, split=split, streaming=True):
+        if 0 <= limit <= len(rows):
+            break
+        rows.append(dict(row))
+    return rows

@@ -22,6 +22,10 @@ class Reply:
     answer: str  # the assistant's text, tool blocks left out
     tool_calls: list[dict] = field(default_factory=list)  # {"tool", "input", "output"}
     text: str = ""  # the whole turn as generated, tool blocks and outputs included
+    prompt_ids: list[int] = field(default_factory=list)  # the rendered conversation (and prefill)
+    completion_ids: list[int] = field(default_factory=list)  # the turn's ids, tool outputs included
+    model_mask: list[int] = field(default_factory=list)  # 1 where the model wrote the token, 0 for tool output
+    finished: bool = False  # the turn ended with its end token (not cut off by the token budget)
 
 
 def default_tools(search_index=None) -> dict:
@@ -39,6 +43,7 @@ class _Turn:
         self.start = len(prompt_ids)
         self.done = False
         self.calls: list[dict] = []
+        self.model_mask: list[int] = []
 
 
 def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
@@ -65,13 +70,16 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                                   sorted(stop_ids | set(call_end)), streamer)
             for turn, new in zip(chunk, rows):
                 turn.ids += new
+                turn.model_mask += [1] * len(new)
                 last = new[-1] if new else None
                 if last in call_end and len(turn.calls) < max_tool_calls:
                     name = call_end[last]
                     request = tokenizer.decode(request_ids(turn.ids, turn.start, call_start[name], out_end))
                     result = tools[name](request) if name in tools else f"error: no {name} tool here"
                     turn.calls.append({"tool": name, "input": request, "output": result})
-                    turn.ids += [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
+                    output = [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
+                    turn.ids += output
+                    turn.model_mask += [0] * len(output)
                     if streamer is not None:
                         print(f"\n  [{name}] → {result}", flush=True)
                 else:
@@ -122,4 +130,6 @@ def _reply(tokenizer, turn: _Turn, prefill: str) -> Reply:
     for start, _ in TOOL_CALL_TOKENS.values():
         tail = tail.split(start)[0]
     answer = tail.replace(END_OF_TURN, "").replace(tokenizer.eos_token, "").strip()
-    return Reply(answer=answer, tool_calls=turn.calls, text=text)
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    return Reply(answer=answer, tool_calls=turn.calls, text=text, prompt_ids=turn.ids[:turn.start],
+                 completion_ids=new, model_mask=turn.model_mask, finished=bool(new) and new[-1] == end)

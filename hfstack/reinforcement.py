@@ -1,0 +1,265 @@
+"""RL stage: reinforcement learning on verifiable tasks with TRL's GRPOTrainer, from the SFT model.
+
+    hfstack rl --config recipes/tiny/rl.yaml [--max_steps 200 ...]
+
+For each prompt the policy writes a group of answers (sampled, with its Python tool running inside
+the rollout), each answer is checked against the known result, and GRPO pushes up the answers that
+beat their group's average. Nobody writes the ideal solution: the model finds what works for it.
+
+- Tasks: the arithmetic and letter-counting generators (fresh training items; the held-out items
+  never appear), plus user tasks: a jsonl/parquet/Hub `dataset` with a `prompt` column and the
+  columns its `reward_funcs` (import paths, TRL's reward-function signature) read.
+- Rewards: correctness (the right number in the final answer) and format (the turn ends properly,
+  tool calls run without error, the answer is stated in the protocol's phrasing).
+- Tools in rollouts: TRL's `rollout_func` runs hfstack's tool loop; tool output tokens are masked
+  out of the loss (`env_mask`), so the model is trained only on what it wrote.
+- Results: greedy pass@1 on the SFT run's held-out items before and after, in `eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfstack.config import ConfigError, save_config
+from hfstack.rundir import newest_checkpoint
+
+BUILTIN_TASKS = ("arithmetic", "counting")
+ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
+                "counting": r"^(There (is|are) \d+ '.' in '[a-z]+'\.|Spelling it out: .*So '[a-z]+' has \d+ '.'\.)$"}
+
+
+@dataclass
+class RLConfig:
+    """Policy, tasks, rewards and GRPO settings."""
+
+    model: str = "runs/tiny/sft"
+    output_dir: str = "runs/tiny/rl"
+    # --- tasks: training prompts per built-in generator, plus user tasks
+    tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})
+    dataset: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
+    dataset_split: str = "train"
+    reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
+    format_weight: float = 0.2  # weight of the format reward; correctness and user rewards weigh 1
+    use_tools: bool = True  # run the Python tool inside rollouts
+    seed: int = 1  # the SFT mixture used seed 0; fresh items here
+    # --- GRPO
+    max_steps: int = 100
+    learning_rate: float = 2e-4
+    num_generations: int = 8  # answers per prompt (the group)
+    prompts_per_step: int = 4  # per device; the batch is prompts_per_step × num_generations answers
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    beta: float = 0.0  # KL penalty to the SFT policy (0: no reference model, as in DAPO/Dr. GRPO)
+    loss_type: str = "dapo"
+    eval_limit: int = 200  # held-out items per task for pass@1
+    precision: str = "auto"
+    log_every: int = 10
+    save_every: int = 50
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.tasks) - set(BUILTIN_TASKS)
+        if unknown:
+            raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; built-in: {', '.join(BUILTIN_TASKS)} "
+                              "(user tasks go in 'dataset' with 'reward_funcs')")
+        if self.dataset and not self.reward_funcs:
+            raise ConfigError("rl: 'dataset' needs 'reward_funcs' (import paths of functions that score its answers)")
+        if self.num_generations < 2:
+            raise ConfigError("rl: num_generations must be at least 2 (GRPO compares answers within a group)")
+
+
+# ------------------------------------------------------------------------------------------ rewards
+
+
+def correctness_reward(completions, task=None, answer=None, reply=None, **_) -> list[float | None]:
+    """1 when the final answer holds the expected number; None for tasks it does not know (user tasks)."""
+    from hfstack.evaluation import score
+
+    return [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None
+            for t, a, r in zip(task, answer, reply)]
+
+
+def format_reward(completions, task=None, reply=None, finished=None, tool_errors=None, **_) -> list[float | None]:
+    """The share of three checks passed: the turn ended with its end token, every tool call ran
+    without an error, and the answer is stated in the protocol's phrasing for its task."""
+    rewards = []
+    for t, r, done, errors in zip(task, reply, finished, tool_errors):
+        if t not in BUILTIN_TASKS:
+            rewards.append(None)
+            continue
+        phrased = re.match(ANSWER_FORMS[t], r.strip()) is not None
+        rewards.append((float(done) + float(errors == 0) + float(phrased)) / 3)
+    return rewards
+
+
+def load_reward_func(path: str):
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"rl: cannot import reward function '{path}' (expected 'module:function'): {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+
+
+def tool_rollout(max_new_tokens: int, temperature: float, use_tools: bool):
+    """A TRL `rollout_func` that answers with hfstack's tool loop: the Python tool runs inside the
+    rollout, and its output tokens get env_mask 0 so they carry no gradient."""
+    from hfstack.tools.loop import assistant_replies, default_tools
+
+    tools = default_tools() if use_tools else {}
+
+    def rollout(prompts: list[list[dict]], trainer) -> dict:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        replies = assistant_replies(model, trainer.processing_class, prompts, max_new_tokens,
+                                    max_tool_calls=2 if use_tools else 0, temperature=temperature, tools=tools)
+        model.train(was_training)
+        return {"prompt_ids": [r.prompt_ids for r in replies], "completion_ids": [r.completion_ids for r in replies],
+                "logprobs": None, "env_mask": [r.model_mask for r in replies],
+                "reply": [r.answer for r in replies],
+                "finished": [r.finished for r in replies],
+                "tool_errors": [sum(c["output"].startswith(("Traceback", "error")) for c in r.tool_calls)
+                                for r in replies]}
+
+    return rollout
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def task_prompts(tasks: dict, seed: int) -> list[dict]:
+    """Training prompts from the generators' training splits, with the expected answer."""
+    from hfstack.conversations import generators
+    from hfstack.evaluation import prompt_of
+
+    rows = []
+    for task, count in tasks.items():
+        if count <= 0:
+            continue
+        made = getattr(generators, task)(count, seed)["train"]
+        rows += [{"prompt": prompt_of(r), "task": task, "answer": r["answer"]} for r in made if r["task"] == task]
+    return rows
+
+
+def user_prompts(cfg: RLConfig) -> list[dict]:
+    from hfstack.textfiles import load_records
+
+    rows = load_records(cfg.dataset, cfg.dataset_split, "rl dataset")
+    if rows and "prompt" not in rows[0]:
+        raise ConfigError(f"rl: dataset '{cfg.dataset}' has no 'prompt' column (columns: {sorted(rows[0])})")
+    out = []
+    for row in rows:
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        out.append({**row, "prompt": prompt, "task": row.get("task") or "user", "answer": str(row.get("answer", ""))})
+    return out
+
+
+def held_out(model_dir: str, limit: int, seed: int) -> dict[str, list[dict]]:
+    """The SFT run's held-out items (eval_sets.jsonl), or the generators' eval splits."""
+    from hfstack.conversations import generators
+    from hfstack.textfiles import read_jsonl
+
+    by_task: dict[str, list[dict]] = {t: [] for t in BUILTIN_TASKS}
+    path = Path(model_dir) / "eval_sets.jsonl"
+    rows = (row for _, row in read_jsonl(str(path), "eval sets")) if path.is_file() else (
+        row for t in BUILTIN_TASKS for row in getattr(generators, t)(limit * 5, seed)["eval"])
+    for row in rows:
+        if row["task"] in by_task and len(by_task[row["task"]]) < limit:
+            by_task[row["task"]].append(row)
+    return by_task
+
+
+def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, use_tools: bool) -> dict:
+    """Greedy answers with tools, scored exactly as `hfstack eval` scores them."""
+    from hfstack.evaluation import prompt_of, score
+    from hfstack.tools.loop import assistant_replies, default_tools
+
+    tools = default_tools() if use_tools else {}
+    result = {}
+    for task, rows in sets.items():
+        if not rows:
+            continue
+        replies = assistant_replies(model, tokenizer, [prompt_of(r) for r in rows], max_new_tokens,
+                                    max_tool_calls=2 if use_tools else 0, tools=tools)
+        result[task] = round(sum(score(task, r, a.answer) for r, a in zip(rows, replies)) / len(rows), 4)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from hfstack.pretraining import wants_bf16
+    from hfstack.telemetry import available_trackers
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    set_seed(cfg.seed)
+    on_gpu = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model)
+    rows = task_prompts(cfg.tasks, cfg.seed) + (user_prompts(cfg) if cfg.dataset else [])
+    if not rows:
+        raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset'")
+    sets = held_out(cfg.model, cfg.eval_limit, cfg.seed)
+    before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
+    print(f"[rl] pass@1 before: {before}", flush=True)
+    reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
+    batch = cfg.prompts_per_step * cfg.num_generations
+    args = GRPOConfig(
+        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=batch, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
+        loss_type=cfg.loss_type, reward_weights=[1.0, cfg.format_weight] + [1.0] * len(cfg.reward_funcs),
+        bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
+        mask_truncated_completions=False)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer, callbacks=callbacks or [],
+                          rollout_func=tool_rollout(cfg.max_completion_length, cfg.temperature, cfg.use_tools))
+    trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
+    print(f"[rl] pass@1 after: {after}", flush=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    carry_run_files(Path(cfg.model), out)
+    history = [r for r in trainer.state.log_history if "reward" in r]
+    report = {"pass@1_before": before, "pass@1_after": after, "held_out_items": {t: len(r) for t, r in sets.items()},
+              "steps": trainer.state.global_step, "train_prompts": len(rows),
+              "reward_first": history[0]["reward"] if history else None,
+              "reward_last": history[-1]["reward"] if history else None,
+              "seconds_per_step": round(trainer.state.log_history[-1].get("train_runtime", 0)
+                                        / max(1, trainer.state.global_step), 3)}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[rl] done: {json.dumps(report)}", flush=True)
+    return out
+
+
+def carry_run_files(source: Path, out: Path) -> None:
+    """Keep the held-out sets and the search index with the new policy, so `hfstack eval` and
+    `hfstack chat` work on it exactly as on the SFT model."""
+    if (source / "eval_sets.jsonl").is_file():
+        shutil.copy(source / "eval_sets.jsonl", out / "eval_sets.jsonl")
+    if (source / "search_index").is_dir():
+        shutil.copytree(source / "search_index", out / "search_index", dirs_exist_ok=True)
