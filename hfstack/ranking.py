@@ -1,0 +1,266 @@
+"""Preferences stage: rank the policy's rollouts best to worst, and turn rankings into pairs.
+
+    hfstack rank --config recipes/tiny/rank.yaml                       # a person ranks, in the browser
+    hfstack rank --config recipes/tiny/rank.yaml --judge hfstack.ranking:reference_judge   # scripted
+
+This is step 1 of RLHF in the notes: for each prompt the policy writes K rollouts (default 5) and a
+person orders them, best to worst. Ordering is easier than writing the ideal answer, and it is all
+the reward model needs. The person works on a keyboard-friendly page (`hfstack.ranking_page`,
+127.0.0.1 by default); offline runs and CI use a scripted judge, a Python function by import path:
+`judge(prompt: str, completions: list[str]) -> list[float]` (higher is better).
+
+Files in `output_dir`:
+- `rollouts.jsonl`: the prompts and their K completions, written once, then reused on a rerun;
+- `rankings.jsonl`: one line per ranking, appended and fsync'ed the moment it is made, so a ranking
+  that was saved survives a killed process (a half-written last line is skipped with a warning);
+- `data/train.parquet`, `data/test.parquet`: every ordered pair (K=5 → 10 pairs) in TRL's
+  conversational preference format (prompt / chosen / rejected), split by prompt so the test pairs
+  come from prompts the reward model never saw. Rebuilt after every ranking; `push_to_hub` uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import zlib
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from hfstack.config import ConfigError, save_config
+
+PROMPT_TEMPLATES = ["Tell me a joke about {topic}.", "Write a short poem about {topic}.",
+                    "Describe {topic} in one sentence.", "What is interesting about {topic}?",
+                    "Say something nice about {topic}.", "Give me a fun fact about {topic}."]
+TOPICS = ["pelicans", "the sea", "coffee", "trains", "cats", "the moon", "bread", "rain", "music", "bicycles",
+          "mountains", "books", "owls", "winter", "gardens", "rivers", "clocks", "honey", "bridges", "stars",
+          "dogs", "tea", "islands", "robots", "snow", "apples", "lighthouses", "forests", "kites", "volcanoes"]
+
+
+@dataclass
+class RankConfig:
+    """Policy, prompts, how to rank, and where the page listens."""
+
+    model: str = "runs/tiny/rl"
+    output_dir: str = "runs/tiny/prefs"
+    prompts_file: str | None = None  # jsonl/parquet with a `prompt` column; default: built-in open prompts
+    num_prompts: int = 60
+    k: int = 5  # rollouts per prompt
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    seed: int = 0
+    judge: str | None = None  # "module:function" ranks without a person; None serves the page
+    test_fraction: float = 0.2  # share of prompts whose pairs are held out
+    host: str = "127.0.0.1"
+    port: int = 7861
+    push_to_hub: str | None = None  # USER/NAME: upload the pairs when done
+
+    def __post_init__(self):
+        if self.k < 2:
+            raise ConfigError("rank: k must be at least 2 (a ranking orders several rollouts)")
+
+
+# ------------------------------------------------------------------------------------- judges
+
+
+def topic_of(prompt: str) -> str:
+    match = re.search(r"about (.+?)[.?]?$", prompt) or re.search(r"^Describe (.+?) in", prompt)
+    return (match.group(1) if match else prompt).lower().removeprefix("the ")
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of the words: 1.0 for no repetition, near 0 for 'the the the'."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reference_judge(prompt: str, completions: list[str]) -> list[float]:
+    """The scripted person: on topic (mentions the prompt's subject), not repetitive (distinct
+    bigrams), and not empty (up to 20 words). Also the held-out judge that watches for reward hacking."""
+    topic = topic_of(prompt)
+    scores = []
+    for text in completions:
+        words = len(text.split())
+        scores.append(float(topic in text.lower()) + distinct_n(text) + 0.5 * min(words, 20) / 20)
+    return scores
+
+
+def load_judge(path: str):
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"rank: cannot import judge '{path}' (expected 'module:function'): {e}") from None
+
+
+# ------------------------------------------------------------------------------------- storage
+
+
+class RankingStore:
+    """rollouts.jsonl (written once) and rankings.jsonl (appended, fsync'ed per ranking)."""
+
+    def __init__(self, directory: str | Path, test_fraction: float = 0.2):
+        self.dir = Path(directory)
+        self.rollouts_path = self.dir / "rollouts.jsonl"
+        self.rankings_path = self.dir / "rankings.jsonl"
+        self.test_fraction = test_fraction
+        self.lock = threading.Lock()
+
+    def rollouts(self) -> list[dict]:
+        from hfstack.textfiles import read_jsonl
+
+        return [row for _, row in read_jsonl(str(self.rollouts_path), "rollouts")] if self.rollouts_path.is_file() else []
+
+    def write_rollouts(self, rows: list[dict]) -> None:
+        temporary = self.rollouts_path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(temporary, self.rollouts_path)  # all or nothing
+
+    def rankings(self) -> dict[int, list[int]]:
+        """prompt id → order (best first); the newest ranking of a prompt wins."""
+        ranked: dict[int, list[int]] = {}
+        if not self.rankings_path.is_file():
+            return ranked
+        lines = self.rankings_path.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"[rank] skipping the unreadable line {number} of {self.rankings_path} (a write cut short)")
+                continue
+            ranked[row["prompt_id"]] = row["order"]
+        return ranked
+
+    def save_ranking(self, prompt_id: int, order: list[int], ranker: str) -> None:
+        rollouts = {r["prompt_id"]: r for r in self.rollouts()}
+        if prompt_id not in rollouts:
+            raise ValueError(f"unknown prompt_id {prompt_id}")
+        k = len(rollouts[prompt_id]["completions"])
+        if sorted(order) != list(range(k)):
+            raise ValueError(f"order must be a permutation of 0..{k - 1}, got {order}")
+        line = json.dumps({"prompt_id": prompt_id, "order": order, "ranker": ranker}) + "\n"
+        with self.lock:
+            with open(self.rankings_path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.export_pairs()
+
+    def next_unranked(self) -> dict | None:
+        ranked = self.rankings()
+        return next((r for r in self.rollouts() if r["prompt_id"] not in ranked), None)
+
+    def export_pairs(self) -> dict[str, int]:
+        """Write data/{train,test}.parquet from every saved ranking; returns the pair counts."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = {r["prompt_id"]: r for r in self.rollouts()}
+        splits: dict[str, list[dict]] = {"train": [], "test": []}
+        for prompt_id, order in self.rankings().items():
+            row = rows[prompt_id]
+            split = "test" if zlib.crc32(row["prompt"].encode()) % 1000 < self.test_fraction * 1000 else "train"
+            splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order)
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        for split, pairs in splits.items():
+            temporary = self.dir / "data" / f"{split}.parquet.tmp"
+            pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA()), temporary)
+            os.replace(temporary, self.dir / "data" / f"{split}.parquet")
+        return {split: len(pairs) for split, pairs in splits.items()}
+
+
+def PAIR_SCHEMA():  # noqa: N802 - a constant built lazily (pyarrow is imported on use)
+    import pyarrow as pa
+
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    return pa.schema([("prompt", message), ("chosen", message), ("rejected", message)])
+
+
+def ranking_to_pairs(prompt: str, completions: list[str], order: list[int]) -> list[dict]:
+    """Every (better, worse) pair of a ranking: K completions give K·(K−1)/2 pairs. A pair of two
+    identical texts teaches nothing and is left out."""
+    pairs = []
+    for better, worse in combinations(order, 2):
+        if completions[better] == completions[worse]:
+            continue
+        pairs.append({"prompt": [{"role": "user", "content": prompt}],
+                      "chosen": [{"role": "assistant", "content": completions[better]}],
+                      "rejected": [{"role": "assistant", "content": completions[worse]}]})
+    return pairs
+
+
+# ------------------------------------------------------------------------------------- the stage
+
+
+def open_prompts(cfg: RankConfig) -> list[str]:
+    if cfg.prompts_file:
+        from hfstack.textfiles import load_records
+
+        rows = load_records(cfg.prompts_file, "train", "prompts file")
+        if rows and "prompt" not in rows[0]:
+            raise ConfigError(f"rank: prompts file '{cfg.prompts_file}' has no 'prompt' column")
+        return [str(r["prompt"]) for r in rows][:cfg.num_prompts]
+    import random
+
+    everything = [t.format(topic=topic) for topic in TOPICS for t in PROMPT_TEMPLATES]
+    random.Random(cfg.seed).shuffle(everything)
+    return everything[:cfg.num_prompts]
+
+
+def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
+    """K sampled answers per prompt from the policy, once: a rerun reuses the saved file."""
+    existing = store.rollouts()
+    if existing:
+        return existing
+    from transformers import set_seed
+
+    from hfstack.generation import load_model
+    from hfstack.tools.loop import assistant_replies
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"rank: no model at '{cfg.model}' (expected config.json)")
+    set_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model)
+    prompts = open_prompts(cfg)
+    conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(cfg.k)]
+    replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature)
+    rows = [{"prompt_id": i, "prompt": p, "completions": [r.answer for r in replies[i * cfg.k:(i + 1) * cfg.k]]}
+            for i, p in enumerate(prompts)]
+    store.write_rollouts(rows)
+    return rows
+
+
+def rank(cfg: RankConfig) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    store = RankingStore(out, cfg.test_fraction)
+    rows = make_rollouts(cfg, store)
+    print(f"[rank] {len(rows)} prompts × {cfg.k} rollouts in {store.rollouts_path}", flush=True)
+    if cfg.judge:
+        judge = load_judge(cfg.judge)
+        ranked = store.rankings()
+        for row in rows:
+            if row["prompt_id"] in ranked:
+                continue
+            scores = judge(row["prompt"], row["completions"])
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])
+            store.save_ranking(row["prompt_id"], order, ranker=cfg.judge)
+    else:
+        from hfstack.ranking_page import serve
+
+        serve(store, cfg.host, cfg.port)
+    counts = store.export_pairs()
+    summary = {"prompts": len(rows), "ranked": len(store.rankings()), "pairs": counts}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[rank] {summary['ranked']} rankings → pairs {counts} in {out / 'data'}", flush=True)
+    if cfg.push_to_hub:
+        from datasets import load_dataset
+
+        load_dataset("parquet", data_dir=str(out / "data")).push_to_hub(cfg.push_to_hub)
+    return out

@@ -1,0 +1,124 @@
+"""Reward stage: train a reward model that simulates the person who ranked (TRL RewardTrainer).
+
+    hfstack reward --config recipes/tiny/reward.yaml [--max_steps 300 ...]
+
+Step 2 of RLHF in the notes. The reward model is the policy's own network with a one-number head
+(`AutoModelForSequenceClassification`, `num_labels=1`) and the same tokenizer and chat template; it
+learns from the ranking stage's pairs (Bradley-Terry loss: the chosen answer should score higher
+than the rejected one). Its held-out pairwise accuracy (pairs from prompts it never trained on)
+is measured before and after training and written to `output_dir/eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfstack.config import ConfigError, save_config
+from hfstack.rundir import newest_checkpoint
+
+
+@dataclass
+class RewardStageConfig:
+    """Starting network, preference data and training settings."""
+
+    model: str = "runs/tiny/rl"  # the network (and tokenizer) the reward model starts from
+    preferences: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
+    test_preferences: str | None = None  # default: <preferences>/data/test.parquet when it exists
+    output_dir: str = "runs/tiny/rm"
+    max_steps: int = 200
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    micro_batch_size: int = 16
+    max_length: int = 192
+    center_rewards_coefficient: float | None = 0.01  # keeps scores near 0, so RL sees a stable scale
+    seed: int = 0
+    precision: str = "auto"
+    log_every: int = 20
+    save_every: int = 200
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+PAIR_COLUMNS = ("chosen", "rejected")
+
+
+def load_pairs(source: str, split: str) -> list[dict]:
+    """Preference pairs from a rank-stage directory (data/<split>.parquet), a file, or the Hub."""
+    from hfstack.textfiles import load_records
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "data" / f"{split}.parquet"
+        if not path.is_file():
+            raise ConfigError(f"reward: no {split} pairs at '{path}'; run `hfstack rank` first")
+    rows = load_records(str(path), split, "preferences")
+    if rows:
+        missing = [c for c in PAIR_COLUMNS if c not in rows[0]]
+        if missing:
+            raise ConfigError(f"reward: preferences '{source}' lack column(s) {missing}; expected prompt (optional), "
+                              f"chosen, rejected (TRL's preference format); found {sorted(rows[0])}")
+    return rows
+
+
+def load_reward_model(path: str):
+    """A reward model as TRL's trainers want it: sequence classifier with pad_token_id set."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    from hfstack.pretraining import wants_bf16
+    from hfstack.protocol import END_OF_TURN
+    from hfstack.telemetry import available_trackers
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
+    train_rows = load_pairs(cfg.preferences, "train")
+    test_source = cfg.test_preferences or (cfg.preferences if Path(cfg.preferences).is_dir() else None)
+    test_rows = load_pairs(test_source, "test") if test_source else []
+    if not train_rows:
+        raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    set_seed(cfg.seed)
+    model, tokenizer = load_reward_model(cfg.model)
+    on_gpu = torch.cuda.is_available()
+    args = RewardConfig(
+        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
+        pad_token=tokenizer.pad_token, center_rewards_coefficient=cfg.center_rewards_coefficient,
+        bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, eval_strategy="no",
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
+        dataset_num_proc=None)
+    columns = ["prompt", "chosen", "rejected"]
+    keep = lambda rows: [{c: r[c] for c in columns if c in r} for r in rows]  # noqa: E731
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(keep(train_rows)),
+                            eval_dataset=Dataset.from_list(keep(test_rows)) if test_rows else None,
+                            processing_class=tokenizer, callbacks=callbacks or [])
+    before = trainer.evaluate()["eval_accuracy"] if test_rows else None
+    trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
+    after = trainer.evaluate()["eval_accuracy"] if test_rows else None
+    trainer.model.config.pad_token_id = tokenizer.pad_token_id
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(out)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),
+              "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],
+              "last_loss": losses[-1:]}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[reward] done: {json.dumps(report)}", flush=True)
+    return out
