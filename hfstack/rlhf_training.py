@@ -1,0 +1,250 @@
+"""RLHF stage: optimise the policy against the reward model, on a KL leash, and watch for hacking.
+
+    hfstack rlhf --config recipes/tiny/rlhf.yaml --algo rloo|grpo|ppo
+    hfstack rlhf --config recipes/tiny/rlhf-hack.yaml          # KL off: watch the reward get gamed
+
+Step 3 of RLHF in the notes. The reward model (from `hfstack reward`) stands in for the person, so
+RL can ask it millions of times; but it is a network, and RL finds inputs that fool it ("the the
+the the"). Algorithms:
+- rloo, grpo: TRL's RLOOTrainer / GRPOTrainer with `reward_funcs` = the reward model; `beta` is the
+  KL penalty to the starting (reference) policy;
+- ppo: hfstack's own PPO with a critic and GAE (`hfstack.ppo`), fixed or adaptive KL.
+
+The reward-hacking watch logs, at every logging step, the RM score, the KL to the reference (when
+the algorithm computes it), the answer length, repetition (distinct bigrams) and a held-out judge's
+score (a function by import path; default the scripted person of `hfstack rank`). When the RM score
+has risen while the judge's score fell, or repetition spiked, it warns, or stops the run when
+`on_hack: stop`. Everything goes to `output_dir/watch.jsonl` and `eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfstack.config import ConfigError, save_config
+
+ALGORITHMS = ("rloo", "grpo", "ppo")
+
+
+@dataclass
+class RLHFConfig:
+    """Policy, reward model, algorithm, KL leash and the hacking watch."""
+
+    model: str = "runs/tiny/rl"  # the starting policy, also the KL reference
+    reward_model: str = "runs/tiny/rm"
+    output_dir: str = "runs/tiny/rlhf"
+    algo: str = "rloo"
+    prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
+    num_prompts: int = 180
+    seed: int = 0
+    # --- optimisation
+    max_steps: int = 40
+    learning_rate: float = 1e-4
+    num_generations: int = 4  # answers per prompt (rloo/grpo groups; ppo samples as many)
+    prompts_per_step: int = 4
+    max_completion_length: int = 32
+    temperature: float = 1.0
+    beta: float = 0.05  # KL penalty to the reference policy; 0 takes the leash off
+    kl_target: float | None = None  # ppo only: adapt beta towards this KL
+    ppo_epochs: int = 2
+    # --- the watch
+    judge: str = "hfstack.ranking:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
+    rm_rise: float = 0.5  # RM score up by at least this much over the first log ...
+    judge_drop: float = 0.1  # ... while the judge's score went down by at least this much
+    distinct_floor: float = 0.5  # or distinct bigrams fell below this share of their first value
+    on_hack: str = "warn"  # warn | stop
+    precision: str = "auto"
+    log_every: int = 5
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(f"rlhf: unknown algo '{self.algo}'; choose from {', '.join(ALGORITHMS)}")
+        if self.on_hack not in ("warn", "stop"):
+            raise ConfigError(f"rlhf: on_hack must be 'warn' or 'stop', got '{self.on_hack}'")
+        if self.algo != "ppo" and self.kl_target is not None:
+            raise ConfigError("rlhf: kl_target (adaptive KL) is for algo ppo; rloo and grpo use a fixed beta")
+
+
+# ----------------------------------------------------------------------------- the watch
+
+
+class HackingWatch:
+    """Compares each log with the first one; says when the RM score and the judge disagree."""
+
+    def __init__(self, cfg: RLHFConfig, path: Path):
+        self.cfg, self.path, self.first, self.alarms = cfg, path, None, []
+        path.write_text("")
+
+    def observe(self, step: int, metrics: dict) -> bool:
+        """Record one log; True when the run should stop."""
+        row = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
+        self.first = self.first or row
+        alarm = None
+        rm_up = row["rm_score"] - self.first["rm_score"]
+        judge_down = self.first["judge"] - row["judge"]
+        if rm_up >= self.cfg.rm_rise and judge_down >= self.cfg.judge_drop:
+            alarm = (f"reward hacking? step {step}: RM score up {rm_up:+.2f} while the judge's score fell "
+                     f"{judge_down:.2f} (KL {row.get('kl', 'n/a')})")
+        elif self.first["distinct2"] > 0 and row["distinct2"] < self.cfg.distinct_floor * self.first["distinct2"]:
+            alarm = (f"reward hacking? step {step}: repetition spiked, distinct bigrams {row['distinct2']:.2f} "
+                     f"(from {self.first['distinct2']:.2f})")
+        row["alarm"] = alarm
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL "
+              f"{row.get('kl', float('nan')):.3f}  len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}", flush=True)
+        if alarm:
+            self.alarms.append(alarm)
+            print(f"[rlhf] WARNING {alarm}", flush=True)
+        return alarm is not None and self.cfg.on_hack == "stop"
+
+
+def watch_callback(watch: HackingWatch, rm_name: str):
+    """Feeds TRL's logs (the reward model's score, the zero-weight judge and distinct-2 rewards,
+    completion length, KL) into the watch."""
+    from transformers import TrainerCallback
+
+    class WatchCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if f"rewards/{rm_name}/mean" not in logs:
+                return
+            metrics = {"rm_score": float(logs[f"rewards/{rm_name}/mean"]),
+                       "judge": float(logs["rewards/judge_score/mean"]),
+                       "distinct2": float(logs["rewards/distinct2/mean"]),
+                       "length": float(logs.get("completions/mean_length", 0.0))}
+            if "kl" in logs:
+                metrics["kl"] = float(logs["kl"])
+            if watch.observe(state.global_step, metrics):
+                control.should_training_stop = True
+
+    return WatchCallback()
+
+
+def metric_rewards(judge):
+    """Zero-weight 'rewards' so TRL computes and logs them per step: the held-out judge and distinct-2."""
+    from hfstack.ranking import distinct_n
+
+    def text_of(completion):
+        return completion[-1]["content"] if isinstance(completion, list) else completion
+
+    def judge_score(prompts, completions, **_):
+        return [judge(p[-1]["content"] if isinstance(p, list) else p, [text_of(c)])[0]
+                for p, c in zip(prompts, completions)]
+
+    def distinct2(prompts, completions, **_):
+        return [distinct_n(text_of(c)) for c in completions]
+
+    return [judge_score, distinct2]
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
+    from hfstack.ranking import RankConfig, open_prompts
+
+    texts = open_prompts(RankConfig(prompts_file=cfg.prompts_file, num_prompts=cfg.num_prompts, seed=cfg.seed + 1))
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+def run_rlhf(cfg: RLHFConfig) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from hfstack.ranking import load_judge
+    from hfstack.reward_model import load_reward_model
+
+    for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    set_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    policy = AutoModelForCausalLM.from_pretrained(cfg.model)
+    reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
+    judge = load_judge(cfg.judge)
+    prompts = rlhf_prompts(cfg)
+    watch = HackingWatch(cfg, out / "watch.jsonl")
+    if cfg.algo == "ppo":
+        policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+    else:
+        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    from hfstack.reinforcement import carry_run_files
+
+    carry_run_files(Path(cfg.model), out)
+    rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
+    report = {"algo": cfg.algo, "beta": cfg.beta, "steps_logged": len(rows), "first": rows[0] if rows else None,
+              "last": rows[-1] if rows else None, "alarms": watch.alarms}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[rlhf] done: {json.dumps(report)}", flush=True)
+    return out
+
+
+def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from hfstack.pretraining import wants_bf16
+    from hfstack.rundir import newest_checkpoint
+    from hfstack.telemetry import available_trackers
+
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algo == "rloo" else (GRPOConfig, GRPOTrainer)
+    args = config_cls(
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0],
+        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=max(cfg.max_steps // 2, 1), save_total_limit=1,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress)
+    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge)], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, reward_processing_classes=[reward_tokenizer, None, None])
+    trainer.add_callback(watch_callback(watch, trainer.reward_func_names[0]))
+    trainer.train(resume_from_checkpoint=newest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+    import copy
+
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from hfstack.ppo import PPOSettings, train_ppo
+    from hfstack.ranking import distinct_n
+
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    critic = AutoModelForTokenClassification.from_pretrained(cfg.reward_model, num_labels=1)
+    reward_model.eval().requires_grad_(False)
+
+    def score(batch_prompts, answers):
+        texts = [reward_tokenizer.apply_chat_template(p + [{"role": "assistant", "content": a}], tokenize=False)
+                 for p, a in zip(batch_prompts, answers)]
+        inputs = reward_tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
+                                  add_special_tokens=False).to(reward_model.device)
+        with torch.no_grad():
+            return reward_model(**inputs).logits[:, 0].tolist()
+
+    def on_log(step, metrics, batch_prompts, answers):
+        if step % cfg.log_every and step != cfg.max_steps:
+            return False
+        metrics["judge"] = sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers)
+        metrics["distinct2"] = sum(distinct_n(a) for a in answers) / len(answers)
+        return watch.observe(step, metrics)
+
+    settings = PPOSettings(steps=cfg.max_steps, batch_size=cfg.prompts_per_step * cfg.num_generations,
+                           minibatch_size=max(1, cfg.prompts_per_step * cfg.num_generations // 2),
+                           ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
+                           critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
+                           temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
+    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log)
