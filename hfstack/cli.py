@@ -27,6 +27,10 @@ commands:
   chat          talk to the assistant, with tools: interactively, or --input in.jsonl --output out.jsonl
   eval          score the assistant on its held-out sets: identity, arithmetic and counting (tools or not)
   teach         have a teacher model answer prompts into a conversation file for review and SFT
+  rl            reinforcement learning on verifiable tasks, tools in the rollouts (TRL GRPO)
+  rank          rank the policy's rollouts best to worst: in the browser, or with a scripted --judge
+  reward        train a reward model on the rankings (TRL RewardTrainer); held-out pair accuracy
+  rlhf          RL against the reward model with a KL leash: --algo rloo|grpo|ppo; reward-hacking watch
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -95,9 +99,30 @@ def _commands() -> dict:
 
         return EvalConfig, evaluate
 
+    def rl():
+        from hfstack.reinforcement import RLConfig, run_rl
+
+        return RLConfig, run_rl
+
+    def rank():
+        from hfstack.ranking import RankConfig, rank
+
+        return RankConfig, rank
+
+    def reward():
+        from hfstack.reward_model import RewardStageConfig, run_reward
+
+        return RewardStageConfig, run_reward
+
+    def rlhf():
+        from hfstack.rlhf_training import RLHFConfig, run_rlhf
+
+        return RLHFConfig, run_rlhf
+
     return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
             "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation,
-            "sft": sft, "chat": chat, "eval": evaluate, "teach": teach}
+            "sft": sft, "chat": chat, "eval": evaluate, "teach": teach,
+            "rl": rl, "rank": rank, "reward": reward, "rlhf": rlhf}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field

@@ -121,9 +121,9 @@ class RankingStore:
         temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(temporary, self.rollouts_path)  # all or nothing
 
-    def rankings(self) -> dict[int, list[int]]:
-        """prompt id → order (best first); the newest ranking of a prompt wins."""
-        ranked: dict[int, list[int]] = {}
+    def rankings(self, with_scores: bool = False) -> dict:
+        """prompt id → order (best first), or → (order, judge scores or None); the newest ranking wins."""
+        ranked: dict = {}
         if not self.rankings_path.is_file():
             return ranked
         lines = self.rankings_path.read_text().splitlines()
@@ -133,18 +133,24 @@ class RankingStore:
             except json.JSONDecodeError:
                 print(f"[rank] skipping the unreadable line {number} of {self.rankings_path} (a write cut short)")
                 continue
-            ranked[row["prompt_id"]] = row["order"]
+            ranked[row["prompt_id"]] = (row["order"], row.get("scores")) if with_scores else row["order"]
         return ranked
 
-    def save_ranking(self, prompt_id: int, order: list[int], ranker: str) -> None:
+    def save_ranking(self, prompt_id: int, order: list[int], ranker: str, scores: list[float] | None = None) -> None:
         rollouts = {r["prompt_id"]: r for r in self.rollouts()}
         if prompt_id not in rollouts:
             raise ValueError(f"unknown prompt_id {prompt_id}")
         k = len(rollouts[prompt_id]["completions"])
         if sorted(order) != list(range(k)):
             raise ValueError(f"order must be a permutation of 0..{k - 1}, got {order}")
-        line = json.dumps({"prompt_id": prompt_id, "order": order, "ranker": ranker}) + "\n"
+        line = json.dumps({"prompt_id": prompt_id, "order": order, "ranker": ranker}
+                          | ({"scores": scores} if scores is not None else {})) + "\n"
         with self.lock:
+            if self.rankings_path.is_file() and self.rankings_path.stat().st_size:
+                with open(self.rankings_path, "rb") as handle:
+                    handle.seek(-1, os.SEEK_END)
+                    torn = handle.read(1) != b"\n"  # a crash cut the last write short: start a fresh line
+                line = "\n" + line if torn else line
             with open(self.rankings_path, "a") as handle:
                 handle.write(line)
                 handle.flush()
@@ -162,10 +168,10 @@ class RankingStore:
 
         rows = {r["prompt_id"]: r for r in self.rollouts()}
         splits: dict[str, list[dict]] = {"train": [], "test": []}
-        for prompt_id, order in self.rankings().items():
+        for prompt_id, (order, scores) in self.rankings(with_scores=True).items():
             row = rows[prompt_id]
             split = "test" if zlib.crc32(row["prompt"].encode()) % 1000 < self.test_fraction * 1000 else "train"
-            splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order)
+            splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order, scores)
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         for split, pairs in splits.items():
             temporary = self.dir / "data" / f"{split}.parquet.tmp"
@@ -181,12 +187,13 @@ def PAIR_SCHEMA():  # noqa: N802 - a constant built lazily (pyarrow is imported 
     return pa.schema([("prompt", message), ("chosen", message), ("rejected", message)])
 
 
-def ranking_to_pairs(prompt: str, completions: list[str], order: list[int]) -> list[dict]:
+def ranking_to_pairs(prompt: str, completions: list[str], order: list[int],
+                     scores: list[float] | None = None) -> list[dict]:
     """Every (better, worse) pair of a ranking: K completions give K·(K−1)/2 pairs. A pair of two
-    identical texts teaches nothing and is left out."""
+    identical texts, or one a scripted judge scored as a tie, teaches nothing and is left out."""
     pairs = []
     for better, worse in combinations(order, 2):
-        if completions[better] == completions[worse]:
+        if completions[better] == completions[worse] or (scores is not None and scores[better] == scores[worse]):
             continue
         pairs.append({"prompt": [{"role": "user", "content": prompt}],
                       "chosen": [{"role": "assistant", "content": completions[better]}],
@@ -250,7 +257,7 @@ def rank(cfg: RankConfig) -> Path:
                 continue
             scores = judge(row["prompt"], row["completions"])
             order = sorted(range(len(scores)), key=lambda i: -scores[i])
-            store.save_ranking(row["prompt_id"], order, ranker=cfg.judge)
+            store.save_ranking(row["prompt_id"], order, ranker=cfg.judge, scores=[float(x) for x in scores])
     else:
         from hfstack.ranking_page import serve
 

@@ -245,12 +245,14 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     tokenizer.save_pretrained(out)
     carry_run_files(Path(cfg.model), out)
     history = [r for r in trainer.state.log_history if "reward" in r]
+    curves = {name: [r[f"rewards/{name}/mean"] for r in history if f"rewards/{name}/mean" in r]
+              for name in trainer.reward_func_names}
     report = {"pass@1_before": before, "pass@1_after": after, "held_out_items": {t: len(r) for t, r in sets.items()},
               "steps": trainer.state.global_step, "train_prompts": len(rows),
               "reward_first": history[0]["reward"] if history else None,
               "reward_last": history[-1]["reward"] if history else None,
               "seconds_per_step": round(trainer.state.log_history[-1].get("train_runtime", 0)
-                                        / max(1, trainer.state.global_step), 3)}
+                                        / max(1, trainer.state.global_step), 3), "reward_curves": curves}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[rl] done: {json.dumps(report)}", flush=True)
     return out

@@ -95,15 +95,16 @@ class HackingWatch:
         row["alarm"] = alarm
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL "
-              f"{row.get('kl', float('nan')):.3f}  len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}", flush=True)
+        kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
+        print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
+              f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}", flush=True)
         if alarm:
             self.alarms.append(alarm)
             print(f"[rlhf] WARNING {alarm}", flush=True)
         return alarm is not None and self.cfg.on_hack == "stop"
 
 
-def watch_callback(watch: HackingWatch, rm_name: str):
+def watch_callback(watch: HackingWatch, rm_name: str, samples: list):
     """Feeds TRL's logs (the reward model's score, the zero-weight judge and distinct-2 rewards,
     completion length, KL) into the watch."""
     from transformers import TrainerCallback
@@ -119,14 +120,17 @@ def watch_callback(watch: HackingWatch, rm_name: str):
                        "length": float(logs.get("completions/mean_length", 0.0))}
             if "kl" in logs:
                 metrics["kl"] = float(logs["kl"])
+            if samples:
+                metrics["sample"] = samples[-1]
             if watch.observe(state.global_step, metrics):
                 control.should_training_stop = True
 
     return WatchCallback()
 
 
-def metric_rewards(judge):
-    """Zero-weight 'rewards' so TRL computes and logs them per step: the held-out judge and distinct-2."""
+def metric_rewards(judge, samples: list):
+    """Zero-weight 'rewards' so TRL computes and logs them per step: the held-out judge and distinct-2
+    (the newest answer is kept in `samples` for the watch's log)."""
     from hfstack.ranking import distinct_n
 
     def text_of(completion):
@@ -137,6 +141,7 @@ def metric_rewards(judge):
                 for p, c in zip(prompts, completions)]
 
     def distinct2(prompts, completions, **_):
+        samples[:] = [text_of(completions[0])]
         return [distinct_n(text_of(c)) for c in completions]
 
     return [judge_score, distinct2]
@@ -206,10 +211,11 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
         bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         logging_steps=cfg.log_every, save_steps=max(cfg.max_steps // 2, 1), save_total_limit=1,
         report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress)
-    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge)], args=args,
+    samples: list[str] = []
+    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, reward_processing_classes=[reward_tokenizer, None, None])
-    trainer.add_callback(watch_callback(watch, trainer.reward_func_names[0]))
+    trainer.add_callback(watch_callback(watch, trainer.reward_func_names[0], samples))
     trainer.train(resume_from_checkpoint=newest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
     return trainer.accelerator.unwrap_model(trainer.model)
 
@@ -240,6 +246,7 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
             return False
         metrics["judge"] = sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers)
         metrics["distinct2"] = sum(distinct_n(a) for a in answers) / len(answers)
+        metrics["sample"] = answers[0]
         return watch.observe(step, metrics)
 
     settings = PPOSettings(steps=cfg.max_steps, batch_size=cfg.prompts_per_step * cfg.num_generations,

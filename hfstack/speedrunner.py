@@ -2,6 +2,8 @@
 
     hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
 
+Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
+rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf; RUN/rlhf is the final model.
 The tiny preset runs offline on CPU. A stage that left a completion marker is skipped, so rerunning
 after an interruption continues where it stopped (and each stage resumes its own unfinished work).
 """
@@ -136,8 +138,40 @@ def _eval(cfg: SpeedrunConfig, run: Path) -> None:
                                                     "--output", str(run / "eval" / "eval.json")]))
 
 
+def _rl(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.reinforcement import RLConfig, run_rl
+
+    run_rl(stage_config(RLConfig, cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")]))
+
+
+def _rank(cfg: SpeedrunConfig, run: Path) -> None:
+    """Offline, a scripted judge plays the person who ranks (the recipe names it)."""
+    from hfstack.ranking import RankConfig, rank
+
+    rank_cfg = stage_config(RankConfig, cfg, "rank", ["--model", str(run / "rl"), "--output_dir", str(run / "prefs")])
+    if not rank_cfg.judge:
+        raise ConfigError("speedrun: the rank recipe needs a scripted 'judge' (a person ranks with `hfstack rank`)")
+    rank(rank_cfg)
+
+
+def _reward(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.reward_model import RewardStageConfig, run_reward
+
+    run_reward(stage_config(RewardStageConfig, cfg, "reward", ["--model", str(run / "rl"), "--preferences",
+                                                                str(run / "prefs"), "--output_dir", str(run / "rm")]))
+
+
+def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
+    """The last stage: its policy is the run's final model."""
+    from hfstack.rlhf_training import RLHFConfig, run_rlhf
+
+    run_rlhf(stage_config(RLHFConfig, cfg, "rlhf", ["--model", str(run / "rl"), "--reward_model", str(run / "rm"),
+                                                    "--output_dir", str(run / "rlhf")]))
+
+
 STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
-          ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval)]
+          ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval),
+          ("rl", _rl), ("rank", _rank), ("reward", _reward), ("rlhf", _rlhf)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
