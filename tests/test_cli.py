@@ -41,7 +41,11 @@ def test_errors_are_one_line(tmp_path):
 
 
 QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20, arithmetic: 20, counting: 20, "
-         "knowledge: 20, search: 20}, interrogation_samples: 1}, eval: {limit: 8, max_new_tokens: 16}}")
+         "knowledge: 20, search: 20}, interrogation_samples: 1}, eval: {limit: 8, max_new_tokens: 16}, "
+         "rl: {max_steps: 2, tasks: {arithmetic: 8, counting: 8}, num_generations: 2, prompts_per_step: 2, "
+         "max_completion_length: 24, eval_limit: 4}, rank: {num_prompts: 12, max_new_tokens: 12}, "
+         "reward: {max_steps: 4}, rlhf: {max_steps: 2, num_generations: 2, prompts_per_step: 2, "
+         "max_completion_length: 12, log_every: 1}}")
 
 
 @pytest.mark.slow
@@ -67,6 +71,14 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert json.loads((run / "regurgitation" / "report.json").read_text())["train"]["docs"] > 0
     assert json.loads((run / "sft" / "summary.json").read_text())["steps"] == 10
     assert {"identity", "arithmetic", "counting"} <= set(json.loads((run / "eval" / "eval.json").read_text()))
+    rl = json.loads((run / "rl" / "eval.json").read_text())
+    assert rl["steps"] == 2 and set(rl["pass@1_after"]) == {"arithmetic", "counting"}
+    assert json.loads((run / "prefs" / "summary.json").read_text())["ranked"] == 12
+    assert json.loads((run / "rm" / "eval.json").read_text())["steps"] == 4
+    assert len((run / "rlhf" / "watch.jsonl").read_text().splitlines()) == 2
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "rlhf")  # the final model: a plain transformers model
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
                      "--overrides", QUICK)
     assert second.returncode == 0
