@@ -114,9 +114,11 @@ def critic_values(critic, input_ids, attention_mask, start: int) -> torch.Tensor
 
 
 def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], score_fn, settings: PPOSettings,
-              on_log=None, accelerator=None):
+              on_log=None, accelerator=None, answer_metrics=None):
     """Train `policy` in place. `score_fn(prompts, answers) -> list[float]` is the reward (the
-    reward model); `on_log(step, metrics)` may return True to stop early."""
+    reward model); `answer_metrics(prompts, answers) -> dict` adds measures of the answers (averaged
+    over processes); `on_log(step, metrics, prompts, answers)` may return True to stop early (every
+    process sees the same metrics, so all stop together)."""
     import random
 
     from accelerate import Accelerator
@@ -191,6 +193,8 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
         metrics = {"rm_score": accelerator.reduce(scores.mean(), "mean").item(), "kl": mean_kl, "beta": beta,
                    "length": accelerator.reduce(mask.sum(1).mean(), "mean").item(),
                    **{k: sum(v) / len(v) for k, v in stats.items()}}
+        for name, value in (answer_metrics(batch_prompts, texts) if answer_metrics else {}).items():
+            metrics[name] = accelerator.reduce(torch.tensor(float(value), device=accelerator.device), "mean").item()
         if on_log is not None and on_log(step, metrics, batch_prompts, texts):
             break
     return accelerator.unwrap_model(policy)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfstack.config import ConfigError, save_config
-from hfstack.rundir import newest_checkpoint
+from hfstack.rundir import newest_checkpoint, process_state
 
 BUILTIN_TASKS = ("arithmetic", "counting")
 ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
@@ -211,8 +211,10 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    main = process_state().is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
     set_seed(cfg.seed)
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -241,6 +243,8 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
     print(f"[rl] pass@1 after: {after}", flush=True)
+    if not main:
+        return out
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     carry_run_files(Path(cfg.model), out)

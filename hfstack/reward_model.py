@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfstack.config import ConfigError, save_config
-from hfstack.rundir import newest_checkpoint
+from hfstack.rundir import newest_checkpoint, process_state
 
 
 @dataclass
@@ -90,8 +90,10 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     if not train_rows:
         raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    main = process_state().is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
     on_gpu = torch.cuda.is_available()
@@ -114,6 +116,8 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     after = trainer.evaluate()["eval_accuracy"] if test_rows else None
     trainer.model.config.pad_token_id = tokenizer.pad_token_id
     trainer.save_model(str(out))
+    if not main:
+        return out
     tokenizer.save_pretrained(out)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),

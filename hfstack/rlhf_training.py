@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfstack.config import ConfigError, save_config
+from hfstack.rundir import process_state
 
 ALGORITHMS = ("rloo", "grpo", "ppo")
 
@@ -75,9 +76,10 @@ class RLHFConfig:
 class HackingWatch:
     """Compares each log with the first one; says when the RM score and the judge disagree."""
 
-    def __init__(self, cfg: RLHFConfig, path: Path):
-        self.cfg, self.path, self.first, self.alarms = cfg, path, None, []
-        path.write_text("")
+    def __init__(self, cfg: RLHFConfig, path: Path, record: bool = True):
+        self.cfg, self.path, self.first, self.alarms, self.record = cfg, path, None, [], record
+        if record:  # every process decides alike (the metrics are gathered); the main one writes and prints
+            path.write_text("")
 
     def observe(self, step: int, metrics: dict) -> bool:
         """Record one log; True when the run should stop."""
@@ -93,13 +95,16 @@ class HackingWatch:
             alarm = (f"reward hacking? step {step}: repetition spiked, distinct bigrams {row['distinct2']:.2f} "
                      f"(from {self.first['distinct2']:.2f})")
         row["alarm"] = alarm
+        if alarm:
+            self.alarms.append(alarm)
+        if not self.record:
+            return alarm is not None and self.cfg.on_hack == "stop"
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
         print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
               f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}", flush=True)
         if alarm:
-            self.alarms.append(alarm)
             print(f"[rlhf] WARNING {alarm}", flush=True)
         return alarm is not None and self.cfg.on_hack == "stop"
 
@@ -167,26 +172,30 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    main = process_state().is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model)
     reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
-    watch = HackingWatch(cfg, out / "watch.jsonl")
+    watch = HackingWatch(cfg, out / "watch.jsonl", record=main)
     if cfg.algo == "ppo":
         policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
     else:
         policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+    if not main:
+        return out
     policy.save_pretrained(out)
     tokenizer.save_pretrained(out)
     from hfstack.reinforcement import carry_run_files
 
     carry_run_files(Path(cfg.model), out)
     rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
-    report = {"algo": cfg.algo, "beta": cfg.beta, "steps_logged": len(rows), "first": rows[0] if rows else None,
+    report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes, "steps_logged": len(rows), "first": rows[0] if rows else None,
               "last": rows[-1] if rows else None, "alarms": watch.alarms}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[rlhf] done: {json.dumps(report)}", flush=True)
@@ -241,17 +250,18 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
         with torch.no_grad():
             return reward_model(**inputs).logits[:, 0].tolist()
 
+    def answer_metrics(batch_prompts, answers):  # per process; train_ppo averages them over processes
+        return {"judge": sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers),
+                "distinct2": sum(distinct_n(a) for a in answers) / len(answers)}
+
     def on_log(step, metrics, batch_prompts, answers):
         if step % cfg.log_every and step != cfg.max_steps:
             return False
-        metrics["judge"] = sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers)
-        metrics["distinct2"] = sum(distinct_n(a) for a in answers) / len(answers)
-        metrics["sample"] = answers[0]
-        return watch.observe(step, metrics)
+        return watch.observe(step, metrics | {"sample": answers[0]})
 
     settings = PPOSettings(steps=cfg.max_steps, batch_size=cfg.prompts_per_step * cfg.num_generations,
                            minibatch_size=max(1, cfg.prompts_per_step * cfg.num_generations // 2),
                            ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
                            critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
                            temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
-    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log)
+    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log, answer_metrics=answer_metrics)

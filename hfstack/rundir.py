@@ -29,3 +29,12 @@ def newest_checkpoint(folder: Path) -> str | None:
     """The Trainer checkpoint with the highest step under `folder`, if any (what resume continues)."""
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(found[-1]) if found else None
+
+
+def process_state():
+    """Accelerate's view of this process. Created before any trainer, so that on a CPU machine the
+    processes `accelerate launch` started become gloo ranks (not independent single runs)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -233,6 +233,24 @@ def test_rlhf_runs_each_algorithm_and_logs_the_watch(sft_model, reward_dir, tmp_
     AutoModelForCausalLM.from_pretrained(out)
 
 
+@pytest.mark.slow
+def test_ppo_runs_as_two_processes_under_accelerate_launch(sft_model, reward_dir, tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "ppo2"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(repo / "recipes/accelerate/cpu.yaml"), "-m", "hfstack", "rlhf", "--algo", "ppo", "--model",
+               str(sft_model), "--reward_model", str(reward_dir), "--output_dir", str(out), "--max_steps", "2",
+               "--num_generations", "2", "--prompts_per_step", "2", "--max_completion_length", "8",
+               "--num_prompts", "6", "--log_every", "1", "--progress", "false"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=__import__("os").environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["processes"] == 2 and report["steps_logged"] == 2
+
+
 def watch_of(tmp_path, **options):
     return HackingWatch(RLHFConfig(**options), tmp_path / "watch.jsonl")
 
