@@ -41,6 +41,8 @@ _EXPORTS = {
     "reward": ("hfstack.reward_model", "run_reward"),
     "RLHFConfig": ("hfstack.rlhf_training", "RLHFConfig"),
     "rlhf": ("hfstack.rlhf_training", "run_rlhf"),
+    "ServeConfig": ("hfstack.serving", "ServeConfig"),
+    "serve": ("hfstack.serving", "serve"),
     "SpeedrunConfig": ("hfstack.speedrunner", "SpeedrunConfig"),
     "speedrun": ("hfstack.speedrunner", "speedrun"),
     "SynthCrawlConfig": ("hfstack.web.synthetic", "SynthCrawlConfig"),

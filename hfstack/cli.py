@@ -31,6 +31,7 @@ commands:
   rank          rank the policy's rollouts best to worst: in the browser, or with a scripted --judge
   reward        train a reward model on the rankings (TRL RewardTrainer); held-out pair accuracy
   rlhf          RL against the reward model with a KL leash: --algo rloo|grpo|ppo; reward-hacking watch
+  serve         chat with the assistant in the browser: streaming, tool calls shown (127.0.0.1:7860)
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
 """
@@ -119,10 +120,16 @@ def _commands() -> dict:
 
         return RLHFConfig, run_rlhf
 
+    def serve():
+        from hfstack.serving import ServeConfig, serve
+
+        return ServeConfig, serve
+
     return {"data": data, "speedrun": speedrun, "synth-crawl": synth_crawl, "tokenizer": tokenizer,
             "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation,
             "sft": sft, "chat": chat, "eval": evaluate, "teach": teach,
-            "rl": rl, "rank": rank, "reward": reward, "rlhf": rlhf}
+            "rl": rl, "rank": rank, "reward": reward, "rlhf": rlhf,
+            "serve": serve}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field

@@ -48,9 +48,10 @@ class _Turn:
 
 def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
                       max_tool_calls: int = 3, temperature: float = 0.0, tools: dict | None = None,
-                      prefill: str = "", batch_size: int = 32, streamer=None) -> list[Reply]:
+                      prefill: str = "", batch_size: int = 32, streamer=None, on_tool=None) -> list[Reply]:
     """The assistant's next turn for each conversation. `prefill` starts the turn with given text;
-    `streamer` (a transformers streamer, one conversation) shows the tokens as they come."""
+    `streamer` (a transformers streamer, one conversation) shows the tokens as they come, and
+    `on_tool(call)` hears of each tool call as it finishes (default with a streamer: print it)."""
     from hfstack.tokenization import encode_ordinary
 
     tools = default_tools() if tools is None else tools
@@ -80,7 +81,9 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                     output = [out_start, *encode_ordinary(tokenizer, [result])[0], out_end]
                     turn.ids += output
                     turn.model_mask += [0] * len(output)
-                    if streamer is not None:
+                    if on_tool is not None:
+                        on_tool(turn.calls[-1])
+                    elif streamer is not None:
                         print(f"\n  [{name}] → {result}", flush=True)
                 else:
                     turn.done = True

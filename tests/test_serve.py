@@ -1,0 +1,67 @@
+"""`hfstack serve` in a real headless browser: a question goes in, the answer streams back, and the
+Python tool call the assistant makes is run and shown. The model is a tiny one finetuned until it
+answers this one question with a tool call, so the test is deterministic.
+
+Needs /usr/bin/chromium (`apt-get install chromium`); skipped when it is missing."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+QUESTION = "What is 6 times 7?"
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory):
+    from hfstack.conversations.generators import message, python_turns
+    from hfstack.finetuning import SFTStageConfig, run_sft
+    from hfstack.pretraining import PretrainConfig, run_pretrain
+    from hfstack.tokenization import TokenizerConfig, run_tokenizer
+    from hfstack.web.synthetic import stdlib_articles
+
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:20]))
+    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=300,
+                                  compare_cl100k=False, progress=False))
+    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(root / "tok"), output_dir=str(root / "base"),
+                                depth=1, seq_len=64, micro_batch_size=4, batch_tokens=256, max_steps=2,
+                                eval_every=100, save_every=100, sample_prompts=[], progress=False))
+    conversation = [message("user", QUESTION), *python_turns("Let me compute it.", "print(6 * 7)", "42",
+                                                             "The answer is 42.")]
+    chats = root / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": conversation}) + "\n")
+    return run_sft(SFTStageConfig(model=str(root / "base"), output_dir=str(root / "sft"), counts={},
+                                  chat_files=[str(chats)] * 16, max_steps=80, learning_rate=1e-2, warmup_steps=1,
+                                  micro_batch_size=4, max_length=128, progress=False))
+
+
+def test_chat_streams_and_shows_the_tool_call(tool_model):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from hfstack.serving import ServeConfig, make_server
+
+    server = make_server(ServeConfig(model=str(tool_model), port=0, max_new_tokens=96))
+    assert server.server_address[0] == "127.0.0.1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.fill("#question", QUESTION)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(".assistant.final", timeout=60000)
+            tool = page.inner_text(".tool")
+            assert "[python] print(6 * 7)" in tool and "→ 42" in tool  # the sandbox really ran it
+            answers = page.locator(".assistant").all_inner_texts()
+            assert answers[0] == "Let me compute it." and answers[-1] == "The answer is 42."
+            assert page.inner_text(".user") == QUESTION
+            browser.close()
+    finally:
+        server.shutdown()
