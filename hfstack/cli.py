@@ -31,9 +31,13 @@ commands:
   rank          rank the policy's rollouts best to worst: in the browser, or with a scripted --judge
   reward        train a reward model on the rankings (TRL RewardTrainer); held-out pair accuracy
   rlhf          RL against the reward model with a KL leash: --algo rloo|grpo|ppo; reward-hacking watch
+  report        the run's report card (Markdown + HTML + plots); it becomes the final model's card
+  push          push the run's final model (and datasets, intermediate models) to the Hub
   serve         chat with the assistant in the browser: streaming, tool calls shown (127.0.0.1:7860)
 
 Run `hfstack <command> --help` to list a command's fields and defaults.
+Any stage runs on N processes with `--launcher accelerate --num_processes N [--launch_config FILE]`
+(default FILE: recipes/accelerate/multi_gpu.yaml with GPUs, recipes/accelerate/cpu.yaml without).
 """
 
 
@@ -120,6 +124,16 @@ def _commands() -> dict:
 
         return RLHFConfig, run_rlhf
 
+    def report():
+        from hfstack.report import ReportConfig, report
+
+        return ReportConfig, report
+
+    def push():
+        from hfstack.hub import PushConfig, push
+
+        return PushConfig, push
+
     def serve():
         from hfstack.serving import ServeConfig, serve
 
@@ -129,7 +143,7 @@ def _commands() -> dict:
             "tokenize": tokenize, "pretrain": pretrain, "generate": generate, "regurgitation": regurgitation,
             "sft": sft, "chat": chat, "eval": evaluate, "teach": teach,
             "rl": rl, "rank": rank, "reward": reward, "rlhf": rlhf,
-            "serve": serve}
+            "serve": serve, "report": report, "push": push}
 
 
 POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field
@@ -158,6 +172,45 @@ def _field_help(config_cls) -> str:
     return "\n".join(lines)
 
 
+LAUNCH_FLAGS = ("--launcher", "--num_processes", "--launch_config")
+
+
+def _pop_launch_flags(args: list[str]) -> tuple[dict, list[str]]:
+    """Take `--launcher accelerate --num_processes N --launch_config FILE` out of a stage's flags."""
+    launch, rest, i = {}, [], 0
+    while i < len(args):
+        flag = args[i].split("=", 1)[0]
+        if flag in LAUNCH_FLAGS:
+            value = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else "")
+            launch[flag.lstrip("-")] = value
+            i += 1 if "=" in args[i] else 2
+        else:
+            rest.append(args[i])
+            i += 1
+    return launch, rest
+
+
+def _launch(command: str, launch: dict, args: list[str]) -> int:
+    """Re-run this stage under `accelerate launch` on N processes."""
+    import subprocess
+
+    if launch.get("launcher") != "accelerate":
+        print(f"hfstack {command}: error: --launcher must be 'accelerate', got '{launch.get('launcher')}'",
+              file=sys.stderr)
+        return 2
+    from hfstack.speedrunner import recipes_dir
+
+    config = launch.get("launch_config")
+    if not config:
+        import torch
+
+        config = str(recipes_dir() / "accelerate" / ("multi_gpu.yaml" if torch.cuda.is_available() else "cpu.yaml"))
+    line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+    if launch.get("num_processes"):
+        line += ["--num_processes", launch["num_processes"]]
+    return subprocess.call(line + ["-m", "hfstack", command, *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -169,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in commands:
         print(f"hfstack: unknown command '{command}'; choose from: {', '.join(commands)}", file=sys.stderr)
         return 2
+    launch, args = _pop_launch_flags(args)
+    if launch:
+        return _launch(command, launch, args)
     config_cls, runner = commands[command]()
     if "-h" in args or "--help" in args:
         print(f"usage: hfstack {command} [--config recipe.yaml] [--field value ...]\n")

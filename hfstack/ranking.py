@@ -174,9 +174,13 @@ class RankingStore:
             splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order, scores)
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         for split, pairs in splits.items():
+            final = self.dir / "data" / f"{split}.parquet"
+            if not pairs:  # an empty parquet file breaks `load_dataset`; no pairs, no file
+                final.unlink(missing_ok=True)
+                continue
             temporary = self.dir / "data" / f"{split}.parquet.tmp"
             pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA()), temporary)
-            os.replace(temporary, self.dir / "data" / f"{split}.parquet")
+            os.replace(temporary, final)
         return {split: len(pairs) for split, pairs in splits.items()}
 
 

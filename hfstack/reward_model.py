@@ -85,7 +85,8 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
     train_rows = load_pairs(cfg.preferences, "train")
-    test_source = cfg.test_preferences or (cfg.preferences if Path(cfg.preferences).is_dir() else None)
+    held_out = Path(cfg.preferences) / "data" / "test.parquet"
+    test_source = cfg.test_preferences or (cfg.preferences if held_out.is_file() else None)
     test_rows = load_pairs(test_source, "test") if test_source else []
     if not train_rows:
         raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")

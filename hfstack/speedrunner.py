@@ -3,7 +3,8 @@
     hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
 
 Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
-rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf; RUN/rlhf is the final model.
+rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → report; RUN/rlhf is the final
+model, and RUN/report the report card (also the final model's README.md).
 The tiny preset runs offline on CPU. A stage that left a completion marker is skipped, so rerunning
 after an interruption continues where it stopped (and each stage resumes its own unfinished work).
 """
@@ -169,9 +170,16 @@ def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
                                                     "--output_dir", str(run / "rlhf")]))
 
 
+def _report(cfg: SpeedrunConfig, run: Path) -> None:
+    from hfstack.report import ReportConfig, report
+
+    report(ReportConfig(run=str(run)))
+
+
 STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
           ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval),
-          ("rl", _rl), ("rank", _rank), ("reward", _reward), ("rlhf", _rlhf)]
+          ("rl", _rl), ("rank", _rank), ("reward", _reward), ("rlhf", _rlhf),
+          ("report", _report)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:

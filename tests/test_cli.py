@@ -79,6 +79,10 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run / "rlhf")  # the final model: a plain transformers model
+    card = (run / "rlhf" / "README.md").read_text()  # the report card is its model card
+    assert card.startswith("---\nlibrary_name: transformers") and "## Data: the funnel" in card
+    assert "## RLHF (rloo" in card and (run / "report" / "pretraining.png").is_file()
+    assert "<table>" in (run / "report" / "report.html").read_text()
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
                      "--overrides", QUICK)
     assert second.returncode == 0

@@ -235,12 +235,11 @@ def test_rlhf_runs_each_algorithm_and_logs_the_watch(sft_model, reward_dir, tmp_
 
 @pytest.mark.slow
 def test_ppo_runs_as_two_processes_under_accelerate_launch(sft_model, reward_dir, tmp_path):
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
+    """Through the launch shortcut: `hfstack rlhf --launcher accelerate --num_processes 2` (on CPU it
+    picks recipes/accelerate/cpu.yaml, two gloo ranks)."""
     out = tmp_path / "ppo2"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(repo / "recipes/accelerate/cpu.yaml"), "-m", "hfstack", "rlhf", "--algo", "ppo", "--model",
+    command = [sys.executable, "-m", "hfstack", "rlhf", "--launcher", "accelerate", "--num_processes", "2",
+               "--algo", "ppo", "--model",
                str(sft_model), "--reward_model", str(reward_dir), "--output_dir", str(out), "--max_steps", "2",
                "--num_generations", "2", "--prompts_per_step", "2", "--max_completion_length", "8",
                "--num_prompts", "6", "--log_every", "1", "--progress", "false"]
