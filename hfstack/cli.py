@@ -125,7 +125,7 @@ def _commands() -> dict:
         return RLHFConfig, run_rlhf
 
     def report():
-        from hfstack.report import ReportConfig, report
+        from hfstack.reportcard import ReportConfig, report
 
         return ReportConfig, report
 

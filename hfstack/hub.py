@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.config import ConfigError
-from hfstack.report import FINAL_MODELS
+from hfstack.reportcard import FINAL_MODELS
 
 PARENTS = {"sft": "base", "rl": "sft", "rlhf": "rl", "rm": "rl"}  # stage → the model it started from
 SKIP = ["checkpoints/*", "*.hfstack-done", ".hfstack-done", "cache/*"]

@@ -49,11 +49,33 @@ class SpeedrunConfig:
                               f"fields; got {self.overrides}")
 
 
-def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], recipe: str | None = None):
+CONFIG_CLASSES = {"data": ("hfstack.web.config", "DataConfig"), "tokenizer": ("hfstack.tokenization", "TokenizerConfig"),
+                  "pretrain": ("hfstack.pretraining", "PretrainConfig"), "sft": ("hfstack.finetuning", "SFTStageConfig"),
+                  "eval": ("hfstack.evaluation", "EvalConfig"), "rl": ("hfstack.reinforcement", "RLConfig"),
+                  "rank": ("hfstack.ranking", "RankConfig"), "reward": ("hfstack.reward_model", "RewardStageConfig"),
+                  "rlhf": ("hfstack.rlhf_training", "RLHFConfig")}
+
+
+def recipe(stage: str, preset: str = "tiny", **fields):
+    """A stage's config from a preset's recipe, with `fields` on top: the Python twin of
+    `hfstack <stage> --config recipes/<preset>/<stage>.yaml --field value`."""
+    import importlib
+
+    from hfstack.config import from_dict, read_yaml
+
+    if stage not in CONFIG_CLASSES:
+        raise ConfigError(f"recipe: unknown stage '{stage}'; choose from {', '.join(CONFIG_CLASSES)}")
+    module, name = CONFIG_CLASSES[stage]
+    cls = getattr(importlib.import_module(module), name)
+    path = recipes_dir() / preset / f"{stage}.yaml"
+    return from_dict(cls, (read_yaml(path) if path.is_file() else {}) | fields, f"recipe {preset}/{stage}")
+
+
+def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], recipe_name: str | None = None):
     """The preset's recipe for a stage, the run's paths, then the speedrun's overrides for that stage."""
     from hfstack.config import from_dict
 
-    path = recipes_dir() / cfg.preset / f"{recipe or stage}.yaml"
+    path = recipes_dir() / cfg.preset / f"{recipe_name or stage}.yaml"
     loaded = load_config(cls, path if path.is_file() else None, run_args)
     return from_dict(cls, asdict(loaded) | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
 
@@ -171,7 +193,7 @@ def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
 
 
 def _report(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.report import ReportConfig, report
+    from hfstack.reportcard import ReportConfig, report
 
     report(ReportConfig(run=str(run)))
 

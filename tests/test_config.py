@@ -83,13 +83,15 @@ def test_resolved_config_is_saved_and_reloads(tmp_path):
 
 
 def _stage_of(recipe):
-    """recipes/<preset>/<stage>.yaml or recipes/<stage>/<name>.yaml"""
-    return recipe.stem if recipe.parent.name not in STAGE_CONFIGS else recipe.parent.name
+    """recipes/<preset>/<stage>.yaml (or <stage>-<variant>.yaml) or recipes/<stage>/<name>.yaml"""
+    return recipe.stem.split("-")[0] if recipe.parent.name not in STAGE_CONFIGS else recipe.parent.name
 
 
 STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig",
-                 "pretrain": "hfstack.pretraining:PretrainConfig", "sft": "hfstack.finetuning:SFTStageConfig"}
-REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"], "pretrain": [], "sft": []}
+                 "pretrain": "hfstack.pretraining:PretrainConfig", "sft": "hfstack.finetuning:SFTStageConfig",
+                 "rl": "hfstack.reinforcement:RLConfig", "rank": "hfstack.ranking:RankConfig",
+                 "reward": "hfstack.reward_model:RewardStageConfig", "rlhf": "hfstack.rlhf_training:RLHFConfig"}
+REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
 
 
 @pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("**/*.yaml")
@@ -102,7 +104,7 @@ def test_every_recipe_parses_with_its_stage_config(recipe):
     module, name = STAGE_CONFIGS[stage].split(":")
     config_cls = getattr(importlib.import_module(module), name)
     text = recipe.read_text()
-    cfg = load_config(config_cls, recipe, [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED[stage])
+    cfg = load_config(config_cls, recipe, [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED.get(stage, []))
     assert isinstance(cfg, config_cls)
 
 
@@ -113,5 +115,24 @@ def test_every_command_in_the_readme_exists():
 
     shell_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
     used = set(re.findall(r"(?m)(?:^|&& )hfstack ([a-z-]+)", shell_blocks))
-    assert {"speedrun", "data", "tokenizer", "tokenize", "pretrain", "generate", "sft", "chat", "eval"} <= used
+    assert {"speedrun", "data", "tokenizer", "tokenize", "pretrain", "generate", "sft", "chat", "eval", "rl", "rank",
+            "reward", "rlhf", "report", "push", "serve"} <= used
     assert used <= set(_commands()), used - set(_commands())
+
+
+def test_the_readme_python_example_names_real_functions_and_recipes():
+    """Every `hfstack.X(...)` of the README's Python example exists, and every recipe it asks for
+    builds the stage's config with the fields it passes."""
+    import re
+
+    import hfstack
+
+    example = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)[0]
+    compile(example, "README.md", "exec")
+    for name in set(re.findall(r"hfstack\.([A-Za-z_]+)\(", example)):
+        assert callable(getattr(hfstack, name)), name
+    calls = re.findall(r'hfstack\.recipe\("(\w+)", (.*?)\)\)', example)
+    assert {stage for stage, _ in calls} == {"data", "tokenizer", "pretrain", "sft", "rl", "rank", "reward", "rlhf"}
+    for stage, fields in calls:
+        cfg = eval(f"hfstack.recipe({stage!r}, {fields})", {"hfstack": hfstack, "r": "runs/py"})
+        assert type(cfg).__name__.endswith("Config") and "runs/py" in str(cfg)
