@@ -50,10 +50,27 @@ QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20
 
 @pytest.mark.slow
 def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
+    """Killed (SIGKILL) while the sft stage trains, then run again: it finishes every stage, skipping
+    the ones done before the kill; a third run skips everything."""
+    import signal
+    import time
+
     run = tmp_path / "run"
-    first = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
-                    "--overrides", QUICK)
+    args = [sys.executable, "-m", "hfstack", "speedrun", "--preset", "tiny", "--output_dir", str(run),
+            "--crawl_pages", "60", "--overrides", QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_every: 4")]
+    killed = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    for line in killed.stdout:
+        if "[speedrun] sft: starting" in line:
+            break
+    deadline = time.time() + 120
+    while not list((run / "sft" / "checkpoints").glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.2)  # kill it in the middle of training, after its first checkpoint
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (run / "sft" / MARKER).is_file() and (run / "pretrain" / MARKER).is_file()
+    first = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "pretrain: already done" in first.stdout and "sft: starting" in first.stdout
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert stats["documents_kept"] > 10
     assert (run / "data" / "config.yaml").is_file() and (run / "data" / MARKER).is_file()

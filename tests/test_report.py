@@ -1,0 +1,31 @@
+"""The report card from what the stages leave in a run directory; stages that did not run are left out."""
+
+import json
+
+from hfstack.reportcard import ReportConfig, report
+
+
+def test_report_card_from_a_partial_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "stats.json").write_text(json.dumps({"steps": [
+        {"step": "read warc", "docs_in": None, "docs_out": 10, "dropped": {}},
+        {"step": "language", "docs_in": 10, "docs_out": 7, "dropped": {"lang_fr": 3}}]}))
+    (run / "base").mkdir()
+    (run / "base" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 10, "loss": 7.0, "tokens_per_s": 1000.0}, {"step": 20, "loss": 6.0, "tokens_per_s": 3000.0},
+        {"step": 20, "eval_loss": 6.2, "eval_bpb": 2.1}]))
+    (run / "base" / "summary.json").write_text(json.dumps({"parameters": 1234, "steps": 20, "tokens_seen": 5000,
+                                                            "seconds": 3.0, "eval_loss": 6.2, "eval_bpb": 2.1}))
+    (run / "base" / "config.json").write_text("{}")  # the newest model of this run: it gets the card
+    (run / "data" / ".hfstack-done").write_text(json.dumps({"stage": "data", "seconds": 1.5}))
+    out = report(ReportConfig(run=str(run)))
+    text = (out / "report.md").read_text()
+    assert "## Data: the funnel" in text and "lang_fr=3" in text and "## Pretraining" in text
+    assert "| 1,234 | 20 | 5,000 | 3.0 | 6.2 | 2.1 |" in text
+    assert "Pretraining throughput: 2,000 tokens/s" in text and "| data | 1.5 |" in text
+    assert "## Tokenizer" not in text and "## RLHF" not in text  # those stages did not run
+    assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "pretraining.png").is_file()
+    assert "<h2>Environment</h2>" in (out / "report.html").read_text()
+    card = (run / "base" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "## Pretraining" in card
