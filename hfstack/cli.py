@@ -198,17 +198,23 @@ def _launch(command: str, launch: dict, args: list[str]) -> int:
         print(f"hfstack {command}: error: --launcher must be 'accelerate', got '{launch.get('launcher')}'",
               file=sys.stderr)
         return 2
-    from hfstack.speedrunner import recipes_dir
+    return subprocess.call(launch_command(command, int(launch.get("num_processes") or 0), launch.get("launch_config"),
+                                          args))
 
-    config = launch.get("launch_config")
+
+def launch_command(command: str, num_processes: int, config: str | None, args: list[str]) -> list[str]:
+    """`accelerate launch --config_file CONFIG [--num_processes N] -m hfstack COMMAND ARGS`; the default
+    config is recipes/accelerate/multi_gpu.yaml on a GPU machine and cpu.yaml (gloo ranks) without."""
     if not config:
         import torch
 
+        from hfstack.speedrunner import recipes_dir
+
         config = str(recipes_dir() / "accelerate" / ("multi_gpu.yaml" if torch.cuda.is_available() else "cpu.yaml"))
     line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
-    if launch.get("num_processes"):
-        line += ["--num_processes", launch["num_processes"]]
-    return subprocess.call(line + ["-m", "hfstack", command, *args])
+    if num_processes:
+        line += ["--num_processes", str(num_processes)]
+    return line + ["-m", "hfstack", command, *args]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,10 @@ class SpeedrunConfig:
     # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
     #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
     overrides: dict = field(default_factory=dict)
+    # training stages (pretrain, sft, rl, reward, rlhf) under `accelerate launch` on N processes
+    launcher: str = "none"  # none | accelerate
+    num_processes: int = 1
+    launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
 
     def __post_init__(self):
         if not (recipes_dir() / self.preset).is_dir():
@@ -43,6 +47,8 @@ class SpeedrunConfig:
             raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
         if self.output_dir is None:
             self.output_dir = f"runs/{self.preset}"
+        if self.launcher not in ("none", "accelerate"):
+            raise ConfigError(f"speedrun: launcher must be 'none' or 'accelerate', got '{self.launcher}'")
         unknown = set(self.overrides) - {name for name, _ in STAGES}
         if unknown or not all(isinstance(v, dict) for v in self.overrides.values()):
             raise ConfigError(f"speedrun: 'overrides' maps a stage ({', '.join(n for n, _ in STAGES)}) to its "
@@ -78,6 +84,25 @@ def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], reci
     path = recipes_dir() / cfg.preset / f"{recipe_name or stage}.yaml"
     loaded = load_config(cls, path if path.is_file() else None, run_args)
     return from_dict(cls, asdict(loaded) | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
+
+
+def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner, folder: Path) -> None:
+    """Run a training stage in this process, or under `accelerate launch` when the speedrun says so:
+    the resolved config goes to FOLDER/launch.yaml and `hfstack <command> --config` reads it back."""
+    if cfg.launcher == "none":
+        runner(stage_cfg)
+        return
+    import subprocess
+    import sys
+
+    from hfstack.cli import launch_command
+
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe_file = save_config(stage_cfg, folder, "launch.yaml")
+    line = launch_command(command, cfg.num_processes, cfg.launch_config, ["--config", str(recipe_file)])
+    print(f"[speedrun] {' '.join(line[2:])}", flush=True)
+    if subprocess.call(line) != 0:
+        raise ConfigError(f"speedrun: `{' '.join(line[2:])}` failed; see its output above")
 
 
 def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
@@ -116,7 +141,7 @@ def _pretrain(cfg: SpeedrunConfig, run: Path) -> None:
 
     pre_cfg = stage_config(PretrainConfig, cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
                                                              str(run / "tokenizer"), "--output_dir", str(run / "base")])
-    run_pretrain(pre_cfg)
+    train(cfg, "pretrain", pre_cfg, run_pretrain, run / "base")
 
 
 def _generate(cfg: SpeedrunConfig, run: Path) -> None:
@@ -151,7 +176,7 @@ def _sft(cfg: SpeedrunConfig, run: Path) -> None:
 
     sft_cfg = stage_config(SFTStageConfig, cfg, "sft", ["--model", str(run / "base"), "--output_dir",
                                                         str(run / "sft"), "--facts_from", str(run / "data")])
-    run_sft(sft_cfg)
+    train(cfg, "sft", sft_cfg, run_sft, run / "sft")
 
 
 def _eval(cfg: SpeedrunConfig, run: Path) -> None:
@@ -164,7 +189,8 @@ def _eval(cfg: SpeedrunConfig, run: Path) -> None:
 def _rl(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.reinforcement import RLConfig, run_rl
 
-    run_rl(stage_config(RLConfig, cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")]))
+    train(cfg, "rl", stage_config(RLConfig, cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")]),
+          run_rl, run / "rl")
 
 
 def _rank(cfg: SpeedrunConfig, run: Path) -> None:
@@ -180,16 +206,18 @@ def _rank(cfg: SpeedrunConfig, run: Path) -> None:
 def _reward(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.reward_model import RewardStageConfig, run_reward
 
-    run_reward(stage_config(RewardStageConfig, cfg, "reward", ["--model", str(run / "rl"), "--preferences",
-                                                                str(run / "prefs"), "--output_dir", str(run / "rm")]))
+    train(cfg, "reward", stage_config(RewardStageConfig, cfg, "reward", [
+        "--model", str(run / "rl"), "--preferences", str(run / "prefs"), "--output_dir", str(run / "rm")]),
+          run_reward, run / "rm")
 
 
 def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
     """The last stage: its policy is the run's final model."""
     from hfstack.rlhf_training import RLHFConfig, run_rlhf
 
-    run_rlhf(stage_config(RLHFConfig, cfg, "rlhf", ["--model", str(run / "rl"), "--reward_model", str(run / "rm"),
-                                                    "--output_dir", str(run / "rlhf")]))
+    train(cfg, "rlhf", stage_config(RLHFConfig, cfg, "rlhf", [
+        "--model", str(run / "rl"), "--reward_model", str(run / "rm"), "--output_dir", str(run / "rlhf")]),
+          run_rlhf, run / "rlhf")
 
 
 def _report(cfg: SpeedrunConfig, run: Path) -> None:
