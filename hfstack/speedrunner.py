@@ -93,7 +93,6 @@ def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner, folder: Path) ->
         runner(stage_cfg)
         return
     import subprocess
-    import sys
 
     from hfstack.cli import launch_command
 
