@@ -188,9 +188,11 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
                 stats["value_loss"].append(v_loss.item())
                 stats["clip_fraction"].append(clipped.item())
         # 5. β
-        mean_kl = accelerator.reduce(kl.sum(1).mean(), "mean").item()
-        beta = controller.update(mean_kl, len(texts) * accelerator.num_processes)
-        metrics = {"rm_score": accelerator.reduce(scores.mean(), "mean").item(), "kl": mean_kl, "beta": beta,
+        sequence_kl = accelerator.reduce(kl.sum(1).mean(), "mean").item()  # what the controller targets
+        beta = controller.update(sequence_kl, len(texts) * accelerator.num_processes)
+        token_kl = accelerator.reduce(masked_mean(kl, mask), "mean").item()  # per token, as TRL logs it
+        metrics = {"rm_score": accelerator.reduce(scores.mean(), "mean").item(), "kl": token_kl,
+                   "kl_sequence": sequence_kl, "beta": beta,
                    "length": accelerator.reduce(mask.sum(1).mean(), "mean").item(),
                    **{k: sum(v) / len(v) for k, v in stats.items()}}
         for name, value in (answer_metrics(batch_prompts, texts) if answer_metrics else {}).items():

@@ -48,7 +48,7 @@ class RLHFConfig:
     max_completion_length: int = 32
     temperature: float = 1.0
     beta: float = 0.05  # KL penalty to the reference policy; 0 takes the leash off
-    kl_target: float | None = None  # ppo only: adapt beta towards this KL
+    kl_target: float | None = None  # ppo only: adapt beta towards this KL per answer (summed over tokens)
     ppo_epochs: int = 2
     # --- the watch
     judge: str = "hfstack.ranking:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
