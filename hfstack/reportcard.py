@@ -38,6 +38,10 @@ def _json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -134,8 +138,8 @@ def tokenizer_section(report: Report, run: Path):
         return
     report.heading("Tokenizer")
     report.table(["vocab", "bytes/token (held out)", "cl100k bytes/token", "ratio to cl100k"],
-                 [[stats["vocab_size"], stats["bytes_per_token"], stats.get("cl100k_bytes_per_token", "-"),
-                   stats.get("ratio_to_cl100k", "-")]])
+                 [[stats.get("vocab_size", "-"), stats.get("bytes_per_token", "- (no held-out documents)"),
+                   stats.get("cl100k_bytes_per_token", "-"), stats.get("ratio_to_cl100k", "-")]])
     from hfstack.tokenview import TokenizeConfig, _shown, render_html, tokens_of_text
 
     sample = "The assistant counts 3 r's in strawberry: s-t-r-a-w-b-e-r-r-y."
@@ -187,13 +191,13 @@ def evals_section(report: Report, run: Path):
         report.heading("RL on verifiable tasks (GRPO): pass@1 before and after")
         report.table(["task", "SFT", "after RL"], [[t, rl["pass@1_before"][t], rl["pass@1_after"].get(t, "-")]
                                                    for t in rl["pass@1_before"]])
-        report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {rl['reward_first']:.3f} → "
-                    f"{rl['reward_last']:.3f}.")
+        report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {_number(rl['reward_first'])} → "
+                    f"{_number(rl['reward_last'])}.")
     rm = _json(run / "rm" / "eval.json")
     if rm:
         report.heading("Reward model")
-        report.text(f"Held-out pairwise accuracy {rm['held_out_accuracy_before']:.3f} before training, "
-                    f"{rm['held_out_accuracy_after']:.3f} after ({rm['train_pairs']} training pairs, "
+        report.text(f"Held-out pairwise accuracy {_number(rm['held_out_accuracy_before'])} before training, "
+                    f"{_number(rm['held_out_accuracy_after'])} after ({rm['train_pairs']} training pairs, "
                     f"{rm['test_pairs']} held out).")
     watch = _jsonl(run / "rlhf" / "watch.jsonl")
     if watch:
