@@ -8,6 +8,7 @@ when a stage runs, so `hfstack --help` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: hfstack <command> [--config recipe.yaml] [--field value ...]
@@ -172,6 +173,7 @@ def _field_help(config_cls) -> str:
     return "\n".join(lines)
 
 
+DISTRIBUTED = {"pretrain", "sft", "rl", "reward", "rlhf"}  # stages that train on every launched process
 LAUNCH_FLAGS = ("--launcher", "--num_processes", "--launch_config")
 
 
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     launch, args = _pop_launch_flags(args)
     if launch:
         return _launch(command, launch, args)
+    if command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        return 0  # a single-process stage under `accelerate launch`: rank 0 does the work, the others stand by
     config_cls, runner = commands[command]()
     if "-h" in args or "--help" in args:
         print(f"usage: hfstack {command} [--config recipe.yaml] [--field value ...]\n")

@@ -174,3 +174,16 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
     assert load_config(RewardStageConfig, line[11]) == stage_cfg
     with pytest.raises(Exception, match="launcher"):
         SpeedrunConfig(launcher="slurm")
+
+
+def test_single_process_stages_run_once_under_a_launcher(tmp_path, monkeypatch, capsys):
+    """Under `accelerate launch` every rank runs `hfstack <stage>`; a stage that does not train (data,
+    rank, report, ...) works on rank 0 only, so two processes never write the same files."""
+    from hfstack.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["report", "--run", str(tmp_path / "missing")]) == 0  # rank 1 stands by: no error, no work
+    monkeypatch.setenv("RANK", "0")
+    assert main(["report", "--run", str(tmp_path / "missing")]) == 2  # rank 0 does the work (and fails here)
+    assert "no run directory" in capsys.readouterr().err
