@@ -195,8 +195,9 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
 
     carry_run_files(Path(cfg.model), out)
     rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
-    report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes, "steps_logged": len(rows), "first": rows[0] if rows else None,
-              "last": rows[-1] if rows else None, "alarms": watch.alarms}
+    report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
+              "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
+              "alarms": watch.alarms}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[rlhf] done: {json.dumps(report)}", flush=True)
     return out
