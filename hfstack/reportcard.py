@@ -207,10 +207,12 @@ def evals_section(report: Report, run: Path):
                      [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-", round(r["judge"], 3),
                        round(r["distinct2"], 3), round(r["length"], 1), r.get("alarm") or ""] for r in watch])
 
-        def draw(ax):
-            ax.plot([r.get("kl", 0.0) for r in watch], [r["rm_score"] for r in watch], "o-", label="RM score")
-            ax.plot([r.get("kl", 0.0) for r in watch], [r["judge"] for r in watch], "s--", label="held-out judge")
-            ax.set_xlabel("KL to the reference policy")
+        def draw(ax):  # one point per log, coloured by step: where the RM score went as the policy drifted
+            kl, steps = [r.get("kl", 0.0) for r in watch], [r["step"] for r in watch]
+            points = ax.scatter(kl, [r["rm_score"] for r in watch], c=steps, marker="o", label="RM score")
+            ax.scatter(kl, [r["judge"] for r in watch], c=steps, marker="s", label="held-out judge")
+            ax.figure.colorbar(points, ax=ax, label="step")
+            ax.set_xlabel("KL to the reference policy (per token)")
             ax.legend()
 
         report.plot("rm_vs_kl", draw)
