@@ -26,9 +26,18 @@ def clear_done(output_dir: str | Path) -> None:
 
 
 def newest_checkpoint(folder: Path) -> str | None:
-    """The Trainer checkpoint with the highest step under `folder`, if any (what resume continues)."""
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(found[-1]) if found else None
+    """The newest complete Trainer checkpoint under `folder`, if any (what resume continues). The
+    Trainer writes trainer_state.json after the weights, optimizer and RNG state, so a checkpoint
+    without a readable one was cut short by a kill: it is skipped, and the one before it is used."""
+    found = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for checkpoint in reversed(found):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            print(f"[resume] skipping the incomplete checkpoint {checkpoint}", flush=True)
+            continue
+        return str(checkpoint)
+    return None
 
 
 def process_state():

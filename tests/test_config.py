@@ -136,3 +136,14 @@ def test_the_readme_python_example_names_real_functions_and_recipes():
     for stage, fields in calls:
         cfg = eval(f"hfstack.recipe({stage!r}, {fields})", {"hfstack": hfstack, "r": "runs/py"})
         assert type(cfg).__name__.endswith("Config") and "runs/py" in str(cfg)
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from hfstack.rundir import newest_checkpoint
+
+    assert newest_checkpoint(tmp_path) is None
+    for step, state in ((2, '{"global_step": 2}'), (4, None), (10, '{"global_st')):  # complete, no state, torn
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert newest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
