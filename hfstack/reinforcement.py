@@ -43,6 +43,7 @@ class RLConfig:
     dataset: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
     dataset_split: str = "train"
     reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
+    max_operand: int = 999  # arithmetic training items use operands up to this (a curriculum: start small)
     format_weight: float = 0.2  # weight of the format reward; correctness and user rewards weigh 1
     use_tools: bool = True  # run the Python tool inside rollouts
     seed: int = 1  # the SFT mixture used seed 0; fresh items here
@@ -76,12 +77,16 @@ class RLConfig:
 # ------------------------------------------------------------------------------------------ rewards
 
 
-def correctness_reward(completions, task=None, answer=None, reply=None, **_) -> list[float | None]:
-    """1 when the final answer holds the expected number; None for tasks it does not know (user tasks)."""
+def correctness_reward(completions, task=None, answer=None, reply=None, log_metric=None, **_) -> list[float | None]:
+    """1 when the final answer holds the expected number; None for tasks it does not know (user tasks).
+    Also logs the share correct per task (`correct/<task>`), so a task that gets no signal shows."""
     from hfstack.evaluation import score
 
-    return [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None
-            for t, a, r in zip(task, answer, reply)]
+    rewards = [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None for t, a, r in zip(task, answer, reply)]
+    for name in sorted(set(task) & set(BUILTIN_TASKS)) if log_metric else []:
+        hits = [x for t, x in zip(task, rewards) if t == name]
+        log_metric(f"correct/{name}", sum(hits) / len(hits))
+    return rewards
 
 
 def format_reward(completions, task=None, reply=None, finished=None, tool_errors=None, **_) -> list[float | None]:
@@ -137,7 +142,7 @@ def tool_rollout(max_new_tokens: int, temperature: float, use_tools: bool):
 # ------------------------------------------------------------------------------------------ data
 
 
-def task_prompts(tasks: dict, seed: int) -> list[dict]:
+def task_prompts(tasks: dict, seed: int, max_operand: int = 999) -> list[dict]:
     """Training prompts from the generators' training splits, with the expected answer."""
     from hfstack.conversations import generators
     from hfstack.evaluation import prompt_of
@@ -146,7 +151,8 @@ def task_prompts(tasks: dict, seed: int) -> list[dict]:
     for task, count in tasks.items():
         if count <= 0:
             continue
-        made = getattr(generators, task)(count, seed)["train"]
+        options = {"max_operand": max_operand} if task == "arithmetic" else {}
+        made = getattr(generators, task)(count, seed, **options)["train"]
         rows += [{"prompt": prompt_of(r), "task": task, "answer": r["answer"]} for r in made if r["task"] == task]
     return rows
 
@@ -219,7 +225,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(cfg.model)
-    rows = task_prompts(cfg.tasks, cfg.seed) + (user_prompts(cfg) if cfg.dataset else [])
+    rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + (user_prompts(cfg) if cfg.dataset else [])
     if not rows:
         raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset'")
     sets = held_out(cfg.model, cfg.eval_limit, cfg.seed)

@@ -45,7 +45,10 @@ def test_builtin_rewards_score_correctness_and_format():
     tasks = ["arithmetic", "arithmetic", "counting", "user"]
     answers = ["7", "7", "2", "x"]
     replies = ["The answer is 7.", "the result: 17", "There are 2 'l' in 'hello'.", "anything"]
-    assert correctness_reward(None, task=tasks, answer=answers, reply=replies) == [1.0, 0.0, 1.0, None]
+    logged = {}
+    assert correctness_reward(None, task=tasks, answer=answers, reply=replies,
+                              log_metric=logged.__setitem__) == [1.0, 0.0, 1.0, None]
+    assert logged == {"correct/arithmetic": 0.5, "correct/counting": 1.0}
     scores = format_reward(None, task=tasks, reply=replies, finished=[True, False, True, True],
                            tool_errors=[0, 1, 0, 0])
     assert scores[:3] == [1.0, 0.0, 1.0] and scores[3] is None
