@@ -228,10 +228,10 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + (user_prompts(cfg) if cfg.dataset else [])
     if not rows:
         raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset'")
+    reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
     sets = held_out(cfg.model, cfg.eval_limit, cfg.seed)
     before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
     print(f"[rl] pass@1 before: {before}", flush=True)
-    reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,

@@ -293,3 +293,16 @@ def test_missing_inputs_are_clear_errors(sft_model, tmp_path):
         from hfstack.reward_model import load_pairs
 
         load_pairs(str(bad), "train")
+
+
+def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    with pytest.raises(ConfigError, match="cannot import reward function 'nowhere:nothing'"):
+        run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(tasks),
+                        reward_funcs=["nowhere:nothing"]))
+    no_prompt = tmp_path / "bad.jsonl"
+    no_prompt.write_text(json.dumps({"question": "hi"}) + "\n")
+    with pytest.raises(ConfigError, match="no 'prompt' column"):
+        run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(no_prompt),
+                        reward_funcs=["hfstack.reinforcement:format_reward"]))
