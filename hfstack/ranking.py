@@ -136,7 +136,9 @@ class RankingStore:
             ranked[row["prompt_id"]] = (row["order"], row.get("scores")) if with_scores else row["order"]
         return ranked
 
-    def save_ranking(self, prompt_id: int, order: list[int], ranker: str, scores: list[float] | None = None) -> None:
+    def save_ranking(self, prompt_id: int, order: list[int], ranker: str, scores: list[float] | None = None,
+                     export: bool = True) -> None:
+        """Append one ranking (fsync'ed) and, unless `export` is off (a batch saves many), rebuild the pairs."""
         rollouts = {r["prompt_id"]: r for r in self.rollouts()}
         if prompt_id not in rollouts:
             raise ValueError(f"unknown prompt_id {prompt_id}")
@@ -155,7 +157,8 @@ class RankingStore:
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
-            self.export_pairs()
+            if export:
+                self.export_pairs()
 
     def next_unranked(self) -> dict | None:
         ranked = self.rankings()
@@ -259,9 +262,13 @@ def rank(cfg: RankConfig) -> Path:
         for row in rows:
             if row["prompt_id"] in ranked:
                 continue
-            scores = judge(row["prompt"], row["completions"])
+            scores = list(judge(row["prompt"], row["completions"]))
+            if len(scores) != len(row["completions"]):
+                raise ConfigError(f"rank: judge '{cfg.judge}' returned {len(scores)} scores for "
+                                  f"{len(row['completions'])} completions (expected one score per completion)")
             order = sorted(range(len(scores)), key=lambda i: -scores[i])
-            store.save_ranking(row["prompt_id"], order, ranker=cfg.judge, scores=[float(x) for x in scores])
+            store.save_ranking(row["prompt_id"], order, ranker=cfg.judge, scores=[float(x) for x in scores],
+                               export=False)  # the pairs are rebuilt once, below
     else:
         from hfstack.ranking_page import serve
 

@@ -306,3 +306,11 @@ def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
     with pytest.raises(ConfigError, match="no 'prompt' column"):
         run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(no_prompt),
                         reward_funcs=["hfstack.reinforcement:format_reward"]))
+
+
+def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
+    (tmp_path / "short_judge.py").write_text("def judge(prompt, completions):\n    return [1.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_rollouts(tmp_path / "prefs", n=2)
+    with pytest.raises(ConfigError, match="returned 1 scores for 5 completions"):
+        rank(RankConfig(model="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge"))
