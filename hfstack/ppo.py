@@ -102,6 +102,28 @@ class PPOSettings:
     seed: int = 0
 
 
+class LoopState:
+    """What a resumed run needs besides weights and optimizers: the step, β and the prompt sampler."""
+
+    def __init__(self, controller: AdaptiveKL, rng):
+        self.step, self.controller, self.rng = 0, controller, rng
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "beta": self.controller.beta, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.controller.beta = state["step"], state["beta"]
+        self.rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]))
+
+
+def newest_ppo_checkpoint(folder) -> str | None:
+    """The newest checkpoint whose `complete` marker was written (after all of its files)."""
+    from pathlib import Path
+
+    found = sorted(Path(folder).glob("step-*/complete"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return str(found[-1].parent) if found else None
+
+
 def token_logprobs(model, input_ids, attention_mask, start: int) -> torch.Tensor:
     """log π(token_t | tokens_<t) for the positions from `start` on."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start - 1:-1].float()
@@ -114,11 +136,13 @@ def critic_values(critic, input_ids, attention_mask, start: int) -> torch.Tensor
 
 
 def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], score_fn, settings: PPOSettings,
-              on_log=None, accelerator=None, answer_metrics=None):
+              on_log=None, accelerator=None, answer_metrics=None, checkpoint_dir=None, save_every: int = 0):
     """Train `policy` in place. `score_fn(prompts, answers) -> list[float]` is the reward (the
     reward model); `answer_metrics(prompts, answers) -> dict` adds measures of the answers (averaged
     over processes); `on_log(step, metrics, prompts, answers)` may return True to stop early (every
-    process sees the same metrics, so all stop together)."""
+    process sees the same metrics, so all stop together). With `checkpoint_dir`, the policy, critic,
+    optimizers, RNGs, step and β are saved every `save_every` steps (Accelerate's save_state), and
+    a rerun continues from the newest complete checkpoint."""
     import random
 
     from accelerate import Accelerator
@@ -132,9 +156,15 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
     reference.to(accelerator.device).eval()
     controller = AdaptiveKL(settings.beta, settings.kl_target)
     rng = random.Random(settings.seed + accelerator.process_index)
+    loop = LoopState(controller, rng)
+    accelerator.register_for_checkpointing(loop)
+    resume = newest_ppo_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if resume:
+        accelerator.load_state(resume)
+        accelerator.print(f"[ppo] resuming from {resume} (step {loop.step})")
     stop_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
     pad = tokenizer.pad_token_id
-    for step in range(1, settings.steps + 1):
+    for step in range(loop.step + 1, settings.steps + 1):
         batch_prompts = [rng.choice(prompts) for _ in range(settings.batch_size)]
         rendered = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
                     for p in batch_prompts]
@@ -197,6 +227,24 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
                    **{k: sum(v) / len(v) for k, v in stats.items()}}
         for name, value in (answer_metrics(batch_prompts, texts) if answer_metrics else {}).items():
             metrics[name] = accelerator.reduce(torch.tensor(float(value), device=accelerator.device), "mean").item()
+        loop.step = step
+        if checkpoint_dir and save_every and (step % save_every == 0 or step == settings.steps):
+            save_checkpoint(accelerator, checkpoint_dir, step)
         if on_log is not None and on_log(step, metrics, batch_prompts, texts):
             break
     return accelerator.unwrap_model(policy)
+
+
+def save_checkpoint(accelerator, folder, step: int) -> None:
+    """Save this step's state, mark it complete, then drop older checkpoints (keep the newest)."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(folder) / f"step-{step}"
+    accelerator.save_state(str(target))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (target / "complete").write_text(str(step))
+        for older in Path(folder).glob("step-*"):
+            if older != target:
+                shutil.rmtree(older, ignore_errors=True)

@@ -50,6 +50,7 @@ class RLHFConfig:
     beta: float = 0.05  # KL penalty to the reference policy; 0 takes the leash off
     kl_target: float | None = None  # ppo only: adapt beta towards this KL per answer (summed over tokens)
     ppo_epochs: int = 2
+    save_every: int = 20  # checkpoint interval; a rerun continues from the newest checkpoint
     # --- the watch
     judge: str = "hfstack.ranking:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
     rm_rise: float = 0.5  # RM score up by at least this much over the first log ...
@@ -76,15 +77,20 @@ class RLHFConfig:
 class HackingWatch:
     """Compares each log with the first one; says when the RM score and the judge disagree."""
 
-    def __init__(self, cfg: RLHFConfig, path: Path, record: bool = True):
+    def __init__(self, cfg: RLHFConfig, path: Path, record: bool = True, resuming: bool = False):
         self.cfg, self.path, self.first, self.alarms, self.record = cfg, path, None, [], record
+        self.earlier = [json.loads(line) for line in path.read_text().splitlines()] if resuming and path.is_file() else []
         if record:  # every process decides alike (the metrics are gathered); the main one writes and prints
             path.write_text("")
 
     def observe(self, step: int, metrics: dict) -> bool:
         """Record one log; True when the run should stop."""
         row = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
-        self.first = self.first or row
+        if self.first is None:  # a resumed run keeps the logs from before its checkpoint, and their baseline
+            kept = [r for r in self.earlier if r["step"] < step]
+            if self.record and kept:
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.first = kept[0] if kept else row
         alarm = None
         rm_up = row["rm_score"] - self.first["rm_score"]
         judge_down = self.first["judge"] - row["judge"]
@@ -182,7 +188,12 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
-    watch = HackingWatch(cfg, out / "watch.jsonl", record=main)
+    from hfstack.ppo import newest_ppo_checkpoint
+    from hfstack.rundir import newest_checkpoint
+
+    checkpoints = out / "checkpoints"
+    resuming = bool(newest_ppo_checkpoint(checkpoints) if cfg.algo == "ppo" else newest_checkpoint(checkpoints))
+    watch = HackingWatch(cfg, out / "watch.jsonl", record=main, resuming=resuming)
     if cfg.algo == "ppo":
         policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
     else:
@@ -219,7 +230,7 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0],
         bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-        logging_steps=cfg.log_every, save_steps=max(cfg.max_steps // 2, 1), save_total_limit=1,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=1,
         report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress)
     samples: list[str] = []
     trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
@@ -265,4 +276,5 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                            ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
                            critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
                            temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
-    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log, answer_metrics=answer_metrics)
+    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log, answer_metrics=answer_metrics,
+                     checkpoint_dir=Path(cfg.output_dir) / "checkpoints", save_every=cfg.save_every)

@@ -314,3 +314,21 @@ def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
     write_rollouts(tmp_path / "prefs", n=2)
     with pytest.raises(ConfigError, match="returned 1 scores for 5 completions"):
         rank(RankConfig(model="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge"))
+
+
+def test_ppo_resumes_from_its_checkpoint(sft_model, reward_dir, tmp_path, capsys):
+    """A PPO run stopped after step 2 (its checkpoint saved) continues at step 3 when rerun; the
+    watch keeps the logs from before the stop and their baseline."""
+    options = dict(model=str(sft_model), reward_model=str(reward_dir), output_dir=str(tmp_path / "ppo"), algo="ppo",
+                   num_generations=2, prompts_per_step=2, max_completion_length=8, num_prompts=6, log_every=1,
+                   save_every=2, progress=False)
+    run_rlhf(RLHFConfig(max_steps=2, **options))
+    assert (tmp_path / "ppo" / "checkpoints" / "step-2" / "complete").is_file()
+    first_rows = (tmp_path / "ppo" / "watch.jsonl").read_text().splitlines()
+    capsys.readouterr()
+    run_rlhf(RLHFConfig(max_steps=4, **options))
+    assert "resuming from" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "watch.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [json.dumps(r) for r in rows[:2]] == first_rows  # the logs from before the stop, unchanged
+    assert [p.name for p in (tmp_path / "ppo" / "checkpoints").iterdir()] == ["step-4"]  # only the newest kept
