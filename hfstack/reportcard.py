@@ -193,6 +193,17 @@ def evals_section(report: Report, run: Path):
                                                    for t in rl["pass@1_before"]])
         report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {_number(rl['reward_first'])} → "
                     f"{_number(rl['reward_last'])}.")
+    final = _json(run / "final-eval" / "eval.json")
+    if sft and final:
+        report.heading("The final model against the SFT model, same held-out sets")
+        rows = []
+        for task in sft:
+            if task not in final:
+                continue
+            key = "refusal_rate_on_unknown" if task == "knowledge" else "accuracy"
+            rows.append([task + (" (refusals on unknown facts)" if task == "knowledge" else ""),
+                         sft[task][key], final[task][key]])
+        report.table(["task", "SFT", "final (after RL and RLHF)"], rows)
     rm = _json(run / "rm" / "eval.json")
     if rm:
         report.heading("Reward model")

@@ -3,8 +3,9 @@
     hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
 
 Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
-rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → report; RUN/rlhf is the final
-model, and RUN/report the report card (also the final model's README.md).
+rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
+held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
+card (also the final model's README.md).
 The tiny preset runs offline on CPU. A stage that left a completion marker is skipped, so rerunning
 after an interruption continues where it stopped (and each stage resumes its own unfinished work).
 """
@@ -219,6 +220,14 @@ def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
           run_rlhf, run / "rlhf")
 
 
+def _final_eval(cfg: SpeedrunConfig, run: Path) -> None:
+    """The final model on the same held-out sets as the SFT model: what RL and RLHF cost or gained."""
+    from hfstack.evaluation import EvalConfig, evaluate
+
+    evaluate(stage_config(EvalConfig, cfg, "eval", ["--model", str(run / "rlhf"),
+                                                    "--output", str(run / "final-eval" / "eval.json")]))
+
+
 def _report(cfg: SpeedrunConfig, run: Path) -> None:
     from hfstack.reportcard import ReportConfig, report
 
@@ -228,7 +237,7 @@ def _report(cfg: SpeedrunConfig, run: Path) -> None:
 STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
           ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval),
           ("rl", _rl), ("rank", _rank), ("reward", _reward), ("rlhf", _rlhf),
-          ("report", _report)]
+          ("final-eval", _final_eval), ("report", _report)]
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:

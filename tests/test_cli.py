@@ -99,6 +99,9 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     card = (run / "rlhf" / "README.md").read_text()  # the report card is its model card
     assert card.startswith("---\nlibrary_name: transformers") and "## Data: the funnel" in card
     assert "## RLHF (grpo" in card and (run / "report" / "pretraining.png").is_file()
+    assert "## The final model against the SFT model" in card  # final-eval ran on RUN/rlhf
+    assert set(json.loads((run / "final-eval" / "eval.json").read_text())) == set(
+        json.loads((run / "eval" / "eval.json").read_text()))
     assert "<table>" in (run / "report" / "report.html").read_text()
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
                      "--overrides", QUICK)
