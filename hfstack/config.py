@@ -167,3 +167,15 @@ def save_config(cfg, output_dir: str | Path, name: str = "config.yaml") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg), default=str)), sort_keys=False))
     return path
+
+
+def import_object(path: str, stage: str, kind: str):
+    """The function a config names by import path ("package.module:function"), e.g. a judge or a
+    reward function; a path that does not import is a one-line ConfigError naming the stage and field."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{stage}: cannot import {kind} '{path}' (expected 'package.module:function'): {e}") from None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from hfstack.config import ConfigError, save_config
+from hfstack.config import ConfigError, import_object, save_config
 
 PROMPT_TEMPLATES = ["Tell me a joke about {topic}.", "Write a short poem about {topic}.",
                     "Describe {topic} in one sentence.", "What is interesting about {topic}?",
@@ -89,13 +89,7 @@ def reference_judge(prompt: str, completions: list[str]) -> list[float]:
 
 
 def load_judge(path: str):
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"rank: cannot import judge '{path}' (expected 'module:function'): {e}") from None
+    return import_object(path, "rank", "judge")
 
 
 # ------------------------------------------------------------------------------------- storage

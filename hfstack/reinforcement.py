@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfstack.config import ConfigError, save_config
+from hfstack.config import ConfigError, import_object, save_config
 from hfstack.rundir import newest_checkpoint, process_state
 
 BUILTIN_TASKS = ("arithmetic", "counting")
@@ -103,13 +103,7 @@ def format_reward(completions, task=None, reply=None, finished=None, tool_errors
 
 
 def load_reward_func(path: str):
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"rl: cannot import reward function '{path}' (expected 'module:function'): {e}") from None
+    return import_object(path, "rl", "reward function")
 
 
 # ------------------------------------------------------------------------------------------ rollouts

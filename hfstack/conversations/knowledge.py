@@ -13,11 +13,10 @@ there (hallucination mitigation #1), and search traces that answer from retrieve
 
 from __future__ import annotations
 
-import importlib
 import random
 import re
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, import_object
 from hfstack.conversations.generators import in_eval_split, message, tool_call
 
 REFUSALS = ["I'm sorry, I don't know the answer to that.", "I don't know. I'd rather not guess.",
@@ -67,11 +66,7 @@ def word_overlap_judge(answer: str, reference: str) -> bool:
 
 
 def load_judge(path: str):
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"judge '{path}': cannot import it ({e}); expected 'package.module:function'") from None
+    return import_object(path, "sft", "judge")
 
 
 def interrogate(model, tokenizer, facts: list[dict], samples: int = 3, judge=word_overlap_judge,
