@@ -24,8 +24,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfstack.config import ConfigError, import_object, save_config
-from hfstack.rundir import newest_checkpoint, process_state
+from hfstack.config import ConfigError, import_object
+from hfstack.rundir import newest_checkpoint, start_output
 
 BUILTIN_TASKS = ("arithmetic", "counting")
 ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
@@ -210,11 +210,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
 
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
-    out = Path(cfg.output_dir)
-    main = process_state().is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out)
+    out, main = start_output(cfg)
     set_seed(cfg.seed)
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

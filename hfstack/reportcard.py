@@ -43,7 +43,9 @@ def _number(value) -> str:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    from hfstack.textfiles import read_jsonl
+
+    return [row for _, row in read_jsonl(str(path), "log")] if path.is_file() else []
 
 
 class Report:

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfstack.config import ConfigError, save_config
-from hfstack.rundir import newest_checkpoint, process_state
+from hfstack.config import ConfigError
+from hfstack.rundir import newest_checkpoint, start_output
 
 
 @dataclass
@@ -90,11 +90,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     test_rows = load_pairs(test_source, "test") if test_source else []
     if not train_rows:
         raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
-    out = Path(cfg.output_dir)
-    main = process_state().is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out)
+    out, main = start_output(cfg)
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
     on_gpu = torch.cuda.is_available()

@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfstack.config import ConfigError, save_config
-from hfstack.rundir import process_state
+from hfstack.config import ConfigError
+from hfstack.rundir import newest_checkpoint, process_state, start_output
 
 ALGORITHMS = ("rloo", "grpo", "ppo")
 
@@ -74,12 +74,18 @@ class RLHFConfig:
 # ----------------------------------------------------------------------------- the watch
 
 
+def read_watch(path: Path) -> list[dict]:
+    from hfstack.textfiles import read_jsonl
+
+    return [row for _, row in read_jsonl(str(path), "watch log")]
+
+
 class HackingWatch:
     """Compares each log with the first one; says when the RM score and the judge disagree."""
 
     def __init__(self, cfg: RLHFConfig, path: Path, record: bool = True, resuming: bool = False):
         self.cfg, self.path, self.first, self.alarms, self.record = cfg, path, None, [], record
-        self.earlier = [json.loads(line) for line in path.read_text().splitlines()] if resuming and path.is_file() else []
+        self.earlier = read_watch(path) if resuming and path.is_file() else []
         if record:  # every process decides alike (the metrics are gathered); the main one writes and prints
             path.write_text("")
 
@@ -171,26 +177,20 @@ def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
 def run_rlhf(cfg: RLHFConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+    from hfstack.ppo import newest_ppo_checkpoint
     from hfstack.ranking import load_judge
     from hfstack.reward_model import load_reward_model
 
     for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
-    out = Path(cfg.output_dir)
-    main = process_state().is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out)
+    out, main = start_output(cfg)
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model)
     reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
-    from hfstack.ppo import newest_ppo_checkpoint
-    from hfstack.rundir import newest_checkpoint
-
     checkpoints = out / "checkpoints"
     resuming = bool(newest_ppo_checkpoint(checkpoints) if cfg.algo == "ppo" else newest_checkpoint(checkpoints))
     watch = HackingWatch(cfg, out / "watch.jsonl", record=main, resuming=resuming)
@@ -205,7 +205,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     from hfstack.reinforcement import carry_run_files
 
     carry_run_files(Path(cfg.model), out)
-    rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
+    rows = read_watch(out / "watch.jsonl")
     report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
               "alarms": watch.alarms}
@@ -220,7 +220,6 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from hfstack.pretraining import wants_bf16
-    from hfstack.rundir import newest_checkpoint
     from hfstack.telemetry import available_trackers
 
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algo == "rloo" else (GRPOConfig, GRPOTrainer)

@@ -47,3 +47,14 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def start_output(cfg) -> tuple[Path, bool]:
+    """A training stage's output folder (cfg.output_dir) and whether this is the main process; the main
+    process writes the resolved config there, the others (under `accelerate launch`) write nothing."""
+    from hfstack.config import save_config
+
+    main = process_state().is_main_process
+    if main:
+        save_config(cfg, cfg.output_dir)  # creates the folder too
+    return Path(cfg.output_dir), main
