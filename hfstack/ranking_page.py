@@ -136,12 +136,8 @@ def make_server(store, host: str = "127.0.0.1", port: int = 7861) -> ThreadingHT
 
 
 def serve(store, host: str = "127.0.0.1", port: int = 7861) -> None:
+    from hfstack.serving import serve_until_interrupted
+
     server = make_server(store, host, port)
-    print(f"[rank] ranking page on http://{host}:{server.server_address[1]}/ (Ctrl-C when done; "
-          "every saved ranking is kept)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("\n[rank] stopped", flush=True)
-    finally:
-        server.server_close()
+    serve_until_interrupted(server, "rank", f"ranking page on http://{host}:{server.server_address[1]}/ "
+                                            "(Ctrl-C when done; every saved ranking is kept)")

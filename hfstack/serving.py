@@ -189,11 +189,16 @@ def make_server(cfg: ServeConfig) -> ThreadingHTTPServer:
 
 def serve(cfg: ServeConfig) -> None:
     server = make_server(cfg)
-    print(f"[serve] chat with {cfg.model} on http://{cfg.host}:{server.server_address[1]}/ (Ctrl-C to stop)",
-          flush=True)
+    serve_until_interrupted(server, "serve", f"chat with {cfg.model} on http://{cfg.host}:{server.server_address[1]}/ "
+                                             "(Ctrl-C to stop)")
+
+
+def serve_until_interrupted(server: ThreadingHTTPServer, tag: str, banner: str) -> None:
+    """Print where the page is, serve until Ctrl-C, then close the socket (the chat and ranking pages)."""
+    print(f"[{tag}] {banner}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("\n[serve] stopped", flush=True)
+        print(f"\n[{tag}] stopped", flush=True)
     finally:
         server.server_close()
