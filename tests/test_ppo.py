@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hfstack.ppo import AdaptiveKL, PPOSettings, gae, policy_loss, train_ppo, value_loss, whiten
+from tiny import tiny_tokenizer
 
 
 def test_gae_matches_hand_computed_values():
@@ -69,23 +70,13 @@ def test_adaptive_kl_moves_beta_towards_the_target_and_fixed_stays():
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
     """A random 1-layer Llama with hfstack's tokenizer and chat template (no training needed for PPO)."""
-    import json
-
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfstack.model import build_config, model_dims
     from hfstack.protocol import chat_template
-    from hfstack.tokenization import TokenizerConfig, run_tokenizer
-    from hfstack.web.synthetic import stdlib_articles
 
     root = tmp_path_factory.mktemp("ppo")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:20]))
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=300,
-                                  compare_cl100k=False, progress=False))
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(root / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer(root, docs=20, vocab_size=300))
     tokenizer.chat_template = chat_template()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_config(len(tokenizer), 128, model_dims(1), tokenizer))

@@ -12,26 +12,18 @@ import torch
 
 from hfstack.config import ConfigError
 from hfstack.finetuning import SFTStageConfig, run_sft
-from hfstack.pretraining import PretrainConfig, run_pretrain
 from hfstack.ranking import RankConfig, RankingStore, rank, ranking_to_pairs, reference_judge
 from hfstack.reinforcement import RLConfig, correctness_reward, format_reward, run_rl
 from hfstack.reward_model import RewardStageConfig, run_reward
 from hfstack.rlhf_training import HackingWatch, RLHFConfig, run_rlhf
-from hfstack.tokenization import TokenizerConfig, run_tokenizer
-from hfstack.web.synthetic import stdlib_articles
+from tiny import tiny_base
 
 
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """A tiny SFT model: tokenizer, a few pretraining steps, a few SFT steps (chat template, eval sets)."""
     root = tmp_path_factory.mktemp("rlbase")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:40]))
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=400,
-                                  compare_cl100k=False, progress=False))
-    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(root / "tok"), output_dir=str(root / "base"),
-                                depth=1, seq_len=64, micro_batch_size=4, batch_tokens=256, max_steps=5,
-                                eval_every=100, save_every=100, sample_prompts=[], progress=False))
+    tiny_base(root)
     run_sft(SFTStageConfig(model=str(root / "base"), output_dir=str(root / "sft"),
                            counts={"identity": 20, "arithmetic": 40, "counting": 40}, max_steps=15, micro_batch_size=4,
                            max_length=128, learning_rate=3e-3, warmup_steps=1, progress=False))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny import tiny_base
+
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,18 +23,9 @@ QUESTION = "What is 6 times 7?"
 def tool_model(tmp_path_factory):
     from hfstack.conversations.generators import message, python_turns
     from hfstack.finetuning import SFTStageConfig, run_sft
-    from hfstack.pretraining import PretrainConfig, run_pretrain
-    from hfstack.tokenization import TokenizerConfig, run_tokenizer
-    from hfstack.web.synthetic import stdlib_articles
 
     root = tmp_path_factory.mktemp("serve")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:20]))
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=300,
-                                  compare_cl100k=False, progress=False))
-    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(root / "tok"), output_dir=str(root / "base"),
-                                depth=1, seq_len=64, micro_batch_size=4, batch_tokens=256, max_steps=2,
-                                eval_every=100, save_every=100, sample_prompts=[], progress=False))
+    tiny_base(root, docs=20, vocab_size=300, steps=2)
     conversation = [message("user", QUESTION), *python_turns("Let me compute it.", "print(6 * 7)", "42",
                                                              "The answer is 42.")]
     chats = root / "chats.jsonl"

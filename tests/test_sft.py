@@ -11,23 +11,14 @@ from hfstack.config import ConfigError
 from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity
 from hfstack.conversations.mixture import build_mixture, load_chat_file
 from hfstack.finetuning import SFTStageConfig, run_sft
-from hfstack.pretraining import PretrainConfig, run_pretrain
-from hfstack.tokenization import TokenizerConfig, run_tokenizer
 from hfstack.web.synthetic import stdlib_articles
+from tiny import tiny_base
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny base model: tokenizer and a few pretraining steps on standard-library prose."""
-    root = tmp_path_factory.mktemp("sftbase")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:40]))
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(root / "tok"), vocab_size=400,
-                                  compare_cl100k=False, progress=False))
-    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(root / "tok"), output_dir=str(root / "base"),
-                                depth=1, seq_len=64, micro_batch_size=4, batch_tokens=256, max_steps=5,
-                                eval_every=100, save_every=100, sample_prompts=[], progress=False))
-    return root / "base"
+    return tiny_base(tmp_path_factory.mktemp("sftbase"))
 
 
 def keys(rows, key):
