@@ -155,8 +155,13 @@ class RankingStore:
                 self.export_pairs()
 
     def next_unranked(self) -> dict | None:
-        ranked = self.rankings()
-        return next((r for r in self.rollouts() if r["prompt_id"] not in ranked), None)
+        return self.progress()["item"]
+
+    def progress(self) -> dict:
+        """The first prompt not ranked yet (None when all are), with how many are ranked of how many."""
+        rollouts, ranked = self.rollouts(), self.rankings()
+        return {"item": next((r for r in rollouts if r["prompt_id"] not in ranked), None), "ranked": len(ranked),
+                "total": len(rollouts)}
 
     def export_pairs(self) -> dict[str, int]:
         """Write data/{train,test}.parquet from every saved ranking; returns the pair counts."""

@@ -111,9 +111,7 @@ def make_server(store, host: str = "127.0.0.1", port: int = 7861) -> ThreadingHT
             if self.path in ("/", "/index.html"):
                 self._send(200, PAGE, "text/html")
             elif self.path == "/api/next":
-                rollouts, ranked = store.rollouts(), store.rankings()
-                self._send(200, json.dumps({"item": store.next_unranked(), "ranked": len(ranked),
-                                            "total": len(rollouts)}))
+                self._send(200, json.dumps(store.progress()))
             else:
                 self._send(404, json.dumps({"error": "not found"}))
 
