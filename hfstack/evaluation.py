@@ -89,8 +89,23 @@ def prompt_of(row: dict) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} for m in messages[:last_user + 1]]
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def task_accuracy(model, tokenizer, task: str, rows: list[dict], max_new_tokens: int, tools: dict,
+                  max_tool_calls: int = 3) -> tuple[float, list]:
+    """Greedy answers (the tool loop running) to the held-out rows of one task, the share judged
+    right, and the replies. Search answers are judged by word overlap with the reference."""
     from hfstack.conversations.knowledge import word_overlap_judge
+    from hfstack.tools.loop import assistant_replies
+
+    replies = assistant_replies(model, tokenizer, [prompt_of(r) for r in rows], max_new_tokens,
+                                max_tool_calls=max_tool_calls, tools=tools)
+    if task == "search":
+        correct = [word_overlap_judge(reply.answer, r["answer"]) for r, reply in zip(rows, replies)]
+    else:
+        correct = [score(task, r, reply.answer) for r, reply in zip(rows, replies)]
+    return round(sum(correct) / len(rows), 4), replies
+
+
+def evaluate(cfg: EvalConfig) -> dict:
     from hfstack.generation import load_model
     from hfstack.textfiles import read_jsonl
     from hfstack.tools.loop import assistant_replies, default_tools
@@ -112,12 +127,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             results[task] = knowledge_entry(model, tokenizer, rows, tools, cfg.max_new_tokens)
             continue
         prompts = [prompt_of(r) for r in rows]
-        replies = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens, tools=tools)
-        if task == "search":
-            correct = [word_overlap_judge(reply.answer, r["answer"]) for r, reply in zip(rows, replies)]
-        else:
-            correct = [score(task, r, reply.answer) for r, reply in zip(rows, replies)]
-        entry = {"items": len(rows), "accuracy": round(sum(correct) / len(rows), 4)}
+        accuracy, replies = task_accuracy(model, tokenizer, task, rows, cfg.max_new_tokens, tools)
+        entry = {"items": len(rows), "accuracy": accuracy}
         if task in NO_TOOL_PREFILL:
             entry["tool_use_rate"] = round(sum(bool(r.tool_calls) for r in replies) / len(rows), 4)
             bare = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens, max_tool_calls=0,

@@ -182,18 +182,12 @@ def held_out(model_dir: str, limit: int, seed: int) -> dict[str, list[dict]]:
 
 def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, use_tools: bool) -> dict:
     """Greedy answers with tools, scored exactly as `hfstack eval` scores them."""
-    from hfstack.evaluation import prompt_of, score
-    from hfstack.tools.loop import assistant_replies, default_tools
+    from hfstack.evaluation import task_accuracy
+    from hfstack.tools.loop import default_tools
 
     tools = default_tools() if use_tools else {}
-    result = {}
-    for task, rows in sets.items():
-        if not rows:
-            continue
-        replies = assistant_replies(model, tokenizer, [prompt_of(r) for r in rows], max_new_tokens,
-                                    max_tool_calls=2 if use_tools else 0, tools=tools)
-        result[task] = round(sum(score(task, r, a.answer) for r, a in zip(rows, replies)) / len(rows), 4)
-    return result
+    return {task: task_accuracy(model, tokenizer, task, rows, max_new_tokens, tools,
+                                max_tool_calls=2 if use_tools else 0)[0] for task, rows in sets.items() if rows}
 
 
 # ------------------------------------------------------------------------------------------ the stage
