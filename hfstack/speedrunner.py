@@ -56,24 +56,16 @@ class SpeedrunConfig:
                               f"fields; got {self.overrides}")
 
 
-CONFIG_CLASSES = {"data": ("hfstack.web.config", "DataConfig"), "tokenizer": ("hfstack.tokenization", "TokenizerConfig"),
-                  "pretrain": ("hfstack.pretraining", "PretrainConfig"), "sft": ("hfstack.finetuning", "SFTStageConfig"),
-                  "eval": ("hfstack.evaluation", "EvalConfig"), "rl": ("hfstack.reinforcement", "RLConfig"),
-                  "rank": ("hfstack.ranking", "RankConfig"), "reward": ("hfstack.reward_model", "RewardStageConfig"),
-                  "rlhf": ("hfstack.rlhf_training", "RLHFConfig")}
-
-
 def recipe(stage: str, preset: str = "tiny", **fields):
     """A stage's config from a preset's recipe, with `fields` on top: the Python twin of
     `hfstack <stage> --config recipes/<preset>/<stage>.yaml --field value`."""
-    import importlib
-
+    from hfstack.cli import _commands
     from hfstack.config import from_dict, read_yaml
 
-    if stage not in CONFIG_CLASSES:
-        raise ConfigError(f"recipe: unknown stage '{stage}'; choose from {', '.join(CONFIG_CLASSES)}")
-    module, name = CONFIG_CLASSES[stage]
-    cls = getattr(importlib.import_module(module), name)
+    commands = _commands()  # the CLI's table of stage → (config class, runner)
+    if stage not in commands:
+        raise ConfigError(f"recipe: unknown stage '{stage}'; choose from {', '.join(commands)}")
+    cls, _ = commands[stage]()
     path = recipes_dir() / preset / f"{stage}.yaml"
     return from_dict(cls, (read_yaml(path) if path.is_file() else {}) | fields, f"recipe {preset}/{stage}")
 
