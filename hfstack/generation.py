@@ -8,7 +8,9 @@ the few-shot trick that gets an assistant out of a base model, and a regurgitati
 `generate` uses transformers' `generate` with its KV cache and streams tokens to the terminal. The
 same seed gives the same sample; temperature 0 is greedy. `regurgitation` prompts with the first K
 tokens of training documents and counts how many of the next M greedy tokens match the document
-verbatim, against the same measure on held-out documents the model never saw.
+verbatim, against the same measure on held-out documents the model never saw ("vague recollection"),
+and on held-out documents shown once in full before the prompt ("working memory": can the model copy
+from its context? Tool calls need that skill: operands and words are copied from the question).
 """
 
 from __future__ import annotations
@@ -139,12 +141,13 @@ class RegurgitationConfig:
 
 def regurgitation(cfg: RegurgitationConfig) -> dict:
     """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents."""
-    import torch
-
     from hfstack.tokenization import is_heldout, read_texts
 
     model, tokenizer = load_model(cfg.model)
     need = cfg.prefix_tokens + cfg.continuation_tokens
+    if 2 * need + 1 > model.config.max_position_embeddings:  # the in-context probe shows the passage twice
+        raise ConfigError(f"regurgitation: 2 x (prefix_tokens + continuation_tokens) + 1 = {2 * need + 1} is more "
+                          f"than the model's {model.config.max_position_embeddings} positions")
     sides: dict[str, list[list[int]]] = {"train": [], "heldout": []}
     for text in read_texts(cfg.data, cfg.text_column):
         side = "heldout" if is_heldout(text, cfg.val_fraction) else "train"
@@ -152,23 +155,17 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
             ids = prompt_ids(tokenizer, text)
             if len(ids) >= need:
                 sides[side].append(ids[:need])
-    report = {"prefix_tokens": cfg.prefix_tokens, "continuation_tokens": cfg.continuation_tokens}
-    for side, docs in sides.items():
-        matched, exact = [], 0
-        for ids in docs:
-            prompt = torch.tensor([ids[:cfg.prefix_tokens]])
-            with torch.no_grad():
-                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                     max_new_tokens=cfg.continuation_tokens, min_new_tokens=cfg.continuation_tokens,
-                                     pad_token_id=tokenizer.pad_token_id)
-            new, truth = out[0, cfg.prefix_tokens:].tolist(), ids[cfg.prefix_tokens:]
-            run = next((i for i, (a, b) in enumerate(zip(new, truth)) if a != b), len(truth))
-            matched.append(run)  # tokens reproduced verbatim before the first difference
-            exact += run == len(truth)
-        report[side] = {"docs": len(docs), "mean_matched_tokens": round(sum(matched) / max(1, len(docs)), 2),
-                        "exact_continuations": exact}
     if not sides["train"]:
         raise ConfigError(f"regurgitation: no training document in {cfg.data} has {need} tokens")
+    report = {"prefix_tokens": cfg.prefix_tokens, "continuation_tokens": cfg.continuation_tokens}
+    probes = {"train": [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in sides["train"]],
+              "heldout": [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in sides["heldout"]],
+              "heldout_in_context": [in_context_probe(ids, cfg.prefix_tokens, tokenizer.eos_token_id)
+                                     for ids in sides["heldout"]]}
+    for side, pairs in probes.items():
+        matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
+        report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),
+                        "exact_continuations": sum(run == cfg.continuation_tokens for run in matched)}
     output = Path(cfg.output or Path(cfg.model) / "regurgitation.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -176,5 +173,23 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
           f"matched verbatim: training docs {report['train']['mean_matched_tokens']} "
           f"({report['train']['exact_continuations']}/{report['train']['docs']} exact), held-out docs "
           f"{report['heldout']['mean_matched_tokens']} ({report['heldout']['exact_continuations']}/"
-          f"{report['heldout']['docs']} exact) → {output}")
+          f"{report['heldout']['docs']} exact), held-out docs already in the context "
+          f"{report['heldout_in_context']['mean_matched_tokens']} → {output}")
     return report
+
+
+def in_context_probe(ids: list[int], prefix_tokens: int, separator: int) -> tuple[list[int], list[int]]:
+    """(prompt, truth): the whole passage, a document boundary, then its first K tokens again."""
+    return ids + [separator] + ids[:prefix_tokens], ids[prefix_tokens:]
+
+
+def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:
+    """Greedy tokens after `prompt` reproduced verbatim before the first difference from `truth`."""
+    import torch
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(truth),
+                             min_new_tokens=len(truth), pad_token_id=tokenizer.pad_token_id)
+    new = out[0, len(prompt):].tolist()
+    return next((i for i, (a, b) in enumerate(zip(new, truth)) if a != b), len(truth))

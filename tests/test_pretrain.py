@@ -12,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from hfstack.config import ConfigError
-from hfstack.generation import GenerateConfig, RegurgitationConfig, generate, regurgitation
+from hfstack.generation import GenerateConfig, RegurgitationConfig, generate, in_context_probe, regurgitation
 from hfstack.model import model_dims
 from hfstack.pretraining import PretrainConfig, run_pretrain
 from hfstack.tokenization import TokenizerConfig, is_heldout, run_tokenizer
@@ -217,6 +217,13 @@ def test_as_assistant_stops_at_the_end_of_the_turn(trained):
     assert "Human:" not in answer
 
 
+def test_in_context_probe_shows_the_passage_before_its_prefix():
+    ids = list(range(100, 140))
+    prompt, truth = in_context_probe(ids, prefix_tokens=10, separator=0)
+    assert prompt == ids + [0] + ids[:10] and truth == ids[10:]
+    assert prompt[prompt.index(0) - 30:prompt.index(0)] == truth  # what must be produced is in the context
+
+
 def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     """A model trained hard on a few documents recites them; documents it never saw it cannot."""
     texts = [" ".join(paragraphs)[:600] for _, paragraphs in stdlib_articles()[:40]]
@@ -233,6 +240,6 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
                                 warmup_steps=5, learning_rate=1e-2, val_fraction=0.01, eval_every=1000,
                                 save_every=1000, log_every=20, sample_prompts=[], progress=False, seed=0))
     report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
-                                               continuation_tokens=16, val_fraction=0.5))
-    assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == 6
+                                               continuation_tokens=15, val_fraction=0.5))
+    assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == report["heldout_in_context"]["docs"] == 6
     assert report["train"]["mean_matched_tokens"] > report["heldout"]["mean_matched_tokens"] + 4, report
