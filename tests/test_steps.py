@@ -31,6 +31,25 @@ def test_url_filter_blocks_bundled_and_user_lists_offline():
     assert stats["dropped"] == 3 and stats["no_url"] == 1
 
 
+def test_url_filters_share_the_bundled_lists_but_not_each_others_extras():
+    import random
+
+    blocked = _blocklisted_domains(random.Random(0), 1)[0]
+    first = OfflineURLFilter(extra_domains=["first.example"], banned_words=["firstword"])
+    second = OfflineURLFilter(extra_domains=["second.example"])
+    plain = OfflineURLFilter()
+    urls = [f"https://{blocked}/", "https://first.example/", "https://ok.example/firstword",
+            "https://second.example/", "https://ok.example/"]
+    kept = {name: [d.metadata["url"] for d in f([doc("t", u) for u in urls])]
+            for name, f in (("first", first), ("second", second), ("plain", plain))}
+    assert kept["first"] == ["https://second.example/", "https://ok.example/"]
+    assert kept["second"] == ["https://first.example/", "https://ok.example/firstword", "https://ok.example/"]
+    assert kept["plain"] == urls[1:]
+    again = OfflineURLFilter()
+    list(again([doc("t", "https://ok.example/")]))
+    assert again.block_listed_domains is plain.block_listed_domains  # one parsed copy per process
+
+
 def test_language_filter_labels_and_drops():
     lang = Py3LangidFilter(["en"], threshold=0.65)
     docs = [doc("The weather today is lovely and we are going for a long walk in the park."),

@@ -8,7 +8,10 @@ from typing import Literal
 
 from hfstack.config import ConfigError
 
-QUALITY_FILTERS = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
+# The default order: the read-only Gopher filters first, cheap and selective before expensive (Gopher
+# quality drops most documents at ~5 ms each; repetition costs ~18 ms), then C4, which also removes
+# lines and so must come where it did in FineWeb's order (before FineWeb's own filter).
+QUALITY_FILTERS = ("gopher_quality", "gopher_repetition", "c4", "fineweb")
 EXECUTORS = ("local", "slurm", "ray")
 
 
