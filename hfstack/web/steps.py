@@ -24,6 +24,17 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 _URL_LISTS = ("block_listed_domains", "block_listed_url", "banned_words", "banned_subwords", "soft_banned_words")
 _BUNDLED_URL_LISTS: dict[str, set] = {}  # parsed once per process: 4.5M domains take ~2.5 s to read
+_LOOKUP_ONLY = ("block_listed_domains", "block_listed_url")  # the filter only asks `x in` these
+
+
+class _EitherSet:
+    """`x in` the shared bundled list or in one filter's own extras."""
+
+    def __init__(self, bundled: set, extra: set):
+        self.bundled, self.extra = bundled, extra
+
+    def __contains__(self, item) -> bool:
+        return item in self.extra or item in self.bundled
 
 
 class OfflineURLFilter(URLFilter):
@@ -58,8 +69,13 @@ class OfflineURLFilter(URLFilter):
             # triggers one every ~25 pages, +12% to trafilatura's time); frozen objects are skipped.
             gc.freeze()
         for name in _URL_LISTS:
-            bundled = _BUNDLED_URL_LISTS[name]
-            setattr(self, name, bundled | extras[name] if extras[name] else bundled)
+            bundled, extra = _BUNDLED_URL_LISTS[name], extras[name]
+            if not extra:
+                setattr(self, name, bundled)
+            elif name in _LOOKUP_ONLY:  # never copy the big ones: a copy would be GC-walked again
+                setattr(self, name, _EitherSet(bundled, extra))
+            else:  # word lists are small, and iterated
+                setattr(self, name, bundled | extra)
         self.banned_subwords_automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         for word in self.banned_subwords:
             self.banned_subwords_automaton.add_word(word, len(self.banned_subwords_automaton))
