@@ -170,6 +170,18 @@ def pretrain_section(report: Report, run: Path):
         ax.legend()
 
     report.plot("pretraining", draw)
+    recital = _json(run / "regurgitation" / "report.json")
+    if recital:
+        report.heading("Recitation and working memory")
+        report.text(f"After the first {recital['prefix_tokens']} tokens of a document, greedy tokens that match its "
+                    f"next {recital['continuation_tokens']} verbatim (mean, before the first difference): training "
+                    "documents (recitation) against held-out ones, and held-out ones shown once in full just "
+                    "before (copying from the context, which tool calls need).")
+        sides = [("training documents", "train"), ("held-out documents", "heldout"),
+                 ("held-out, passage in context", "heldout_in_context")]
+        report.table(["documents", "count", "mean matched tokens", "exact continuations"],
+                     [[label, recital[key]["docs"], recital[key]["mean_matched_tokens"],
+                       recital[key]["exact_continuations"]] for label, key in sides if key in recital])
     samples = _json(run / "generate" / "samples.json") or []
     if samples:
         report.heading("Samples from the base model")

@@ -18,11 +18,17 @@ def test_report_card_from_a_partial_run(tmp_path):
     (run / "base" / "summary.json").write_text(json.dumps({"parameters": 1234, "steps": 20, "tokens_seen": 5000,
                                                             "seconds": 3.0, "eval_loss": 6.2, "eval_bpb": 2.1}))
     (run / "base" / "config.json").write_text("{}")  # the newest model of this run: it gets the card
+    (run / "regurgitation").mkdir()
+    (run / "regurgitation" / "report.json").write_text(json.dumps({
+        "prefix_tokens": 32, "continuation_tokens": 32, "train": {"docs": 40, "mean_matched_tokens": 3.5,
+        "exact_continuations": 1}, "heldout": {"docs": 11, "mean_matched_tokens": 0.4, "exact_continuations": 0},
+        "heldout_in_context": {"docs": 11, "mean_matched_tokens": 0.5, "exact_continuations": 0}}))
     (run / "data" / ".hfstack-done").write_text(json.dumps({"stage": "data", "seconds": 1.5}))
     out = report(ReportConfig(run=str(run)))
     text = (out / "report.md").read_text()
     assert "## Data: the funnel" in text and "lang_fr=3" in text and "## Pretraining" in text
     assert "| 1,234 | 20 | 5,000 | 3.0 | 6.2 | 2.1 |" in text
+    assert "| held-out, passage in context | 11 | 0.5 | 0 |" in text and "| training documents | 40 | 3.5 | 1 |" in text
     assert "Pretraining throughput: 2,000 tokens/s" in text and "| data | 1.5 |" in text
     assert "## Tokenizer" not in text and "## RLHF" not in text  # those stages did not run
     assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "pretraining.png").is_file()
