@@ -140,7 +140,8 @@ class RegurgitationConfig:
 
 
 def regurgitation(cfg: RegurgitationConfig) -> dict:
-    """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents."""
+    """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents, and on
+    held-out documents shown in full just before their prefix (copying from the context)."""
     from hfstack.tokenization import is_heldout, read_texts
 
     model, tokenizer = load_model(cfg.model)
@@ -187,7 +188,7 @@ def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:
     """Greedy tokens after `prompt` reproduced verbatim before the first difference from `truth`."""
     import torch
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(truth),
                              min_new_tokens=len(truth), pad_token_id=tokenizer.pad_token_id)
