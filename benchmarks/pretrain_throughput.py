@@ -7,7 +7,8 @@ On the same model and batches prints:
      plain-PyTorch loop (forward, backward, clip, AdamW step); MFU = FLOPs per token × tokens/s ÷ the
      peak: a measured fp32 matmul on CPU ("CPU MFU"), the datasheet bf16 peak on a known GPU;
   2. decode tokens/s with and without the KV cache, generating up to 512 tokens of context, per
-     output token after the first (prefill left out); after a warm-up call, the two alternated and the best of rounds + 1 each.
+     output token after the first (prefill left out); after a warm-up call, the two alternated and
+     the best of rounds + 1 each.
 Goals: training overhead <= 5%; CPU MFU >= 60% (GPU bf16 >= 50%); KV cache >= 10x.
 """
 

@@ -159,10 +159,10 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
     if not sides["train"]:
         raise ConfigError(f"regurgitation: no training document in {cfg.data} has {need} tokens")
     report = {"prefix_tokens": cfg.prefix_tokens, "continuation_tokens": cfg.continuation_tokens}
-    probes = {"train": [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in sides["train"]],
-              "heldout": [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in sides["heldout"]],
-              "heldout_in_context": [in_context_probe(ids, cfg.prefix_tokens, tokenizer.eos_token_id)
-                                     for ids in sides["heldout"]]}
+    probes = {side: [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in docs]
+              for side, docs in sides.items()}
+    probes["heldout_in_context"] = [in_context_probe(ids, cfg.prefix_tokens, tokenizer.eos_token_id)
+                                    for ids in sides["heldout"]]
     for side, pairs in probes.items():
         matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
         report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),

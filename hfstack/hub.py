@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.config import ConfigError
-from hfstack.reportcard import FINAL_MODELS
+from hfstack.reportcard import FINAL_MODELS, card_front_matter, final_model
 
 PARENTS = {"sft": "base", "rl": "sft", "rlhf": "rl", "rm": "rl"}  # stage → the model it started from
 SKIP = ["checkpoints/*", "*.hfstack-done", ".hfstack-done", "cache/*"]
@@ -45,12 +45,7 @@ def model_card(folder: Path, repo_id: str, parent: str | None, datasets: list[st
     """The folder's README (the report card, when there is one) with lineage in its metadata."""
     body = (folder / "README.md").read_text() if (folder / "README.md").is_file() else f"# {repo_id}\n"
     body = re.sub(r"\A---\n.*?\n---\n\n?", "", body, flags=re.S)  # replace any earlier metadata
-    meta = ["library_name: transformers", "tags: [hfstack, text-generation]"]
-    if parent:
-        meta.append(f"base_model: {parent}")
-    if datasets:
-        meta.append("datasets: [" + ", ".join(datasets) + "]")
-    return "---\n" + "\n".join(meta) + "\n---\n\n" + body
+    return card_front_matter(parent, datasets) + body
 
 
 def push(cfg: PushConfig) -> dict[str, str]:
@@ -64,7 +59,7 @@ def push(cfg: PushConfig) -> dict[str, str]:
     except Exception as e:
         raise ConfigError(f"push: cannot use the Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "log in with `huggingface-cli login` or set HF_TOKEN") from None
-    final = next((name for name in FINAL_MODELS if (run / name / "config.json").is_file()), None)
+    final = final_model(run)
     if final is None:
         raise ConfigError(f"push: no model in '{run}' (looked for {', '.join(FINAL_MODELS)})")
     names = {stage: f"{cfg.repo_id}-{stage}" for stage in ("base", "sft", "rl", "rm")}

@@ -24,6 +24,21 @@ from hfstack.rundir import MARKER
 FINAL_MODELS = ("rlhf", "rl", "sft", "base")  # the newest stage's model is the run's final model
 
 
+def final_model(run: Path) -> str | None:
+    """The stage folder name of the run's final model (the newest stage that saved one), or None."""
+    return next((name for name in FINAL_MODELS if (run / name / "config.json").is_file()), None)
+
+
+def card_front_matter(base_model: str | None = None, datasets: list[str] = ()) -> str:
+    """Model-card metadata: the Hub reads the library, tags and lineage from it."""
+    meta = ["library_name: transformers", "tags: [hfstack, text-generation]"]
+    if base_model:
+        meta.append(f"base_model: {base_model}")
+    if datasets:
+        meta.append("datasets: [" + ", ".join(datasets) + "]")
+    return "---\n" + "\n".join(meta) + "\n---\n\n"
+
+
 @dataclass
 class ReportConfig:
     run: str = "runs/tiny"
@@ -286,12 +301,12 @@ def report(cfg: ReportConfig) -> Path:
     title = f"hfstack run {run.name}"
     (out / "report.md").write_text(f"# {title}\n\n" + card.markdown())
     (out / "report.html").write_text(card.html(title))
-    final = next((run / name for name in FINAL_MODELS if (run / name / "config.json").is_file()), None)
+    name = final_model(run)
+    final = run / name if name else None
     if final is not None:
         import shutil
 
-        front = "---\nlibrary_name: transformers\ntags: [hfstack, text-generation]\n---\n\n"
-        (final / "README.md").write_text(front + f"# {title}\n\n" + card.markdown())
+        (final / "README.md").write_text(card_front_matter() + f"# {title}\n\n" + card.markdown())
         for image in out.glob("*.png"):
             shutil.copy(image, final / image.name)
     print(f"[report] {out / 'report.md'} and report.html" + (f"; model card in {final / 'README.md'}" if final else ""))

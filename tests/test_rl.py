@@ -2,6 +2,7 @@
 model, RLHF with each algorithm, and the reward-hacking watch."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -239,7 +240,7 @@ def test_ppo_runs_as_two_processes_under_accelerate_launch(sft_model, reward_dir
                "--num_generations", "2", "--prompts_per_step", "2", "--max_completion_length", "8",
                "--num_prompts", "6", "--log_every", "1", "--progress", "false"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env=__import__("os").environ | {"HF_HUB_OFFLINE": "1"})
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
     assert report["processes"] == 2 and report["steps_logged"] == 2

@@ -7,6 +7,7 @@ stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`).
 
 from __future__ import annotations
 
+import functools
 import gc
 import re
 import signal
@@ -134,15 +135,12 @@ class Py3LangidFilter(BaseFilter):
         return True
 
 
-_PY3LANGID: list = []  # the model, loaded once per process (~0.5 s)
-
-
+@functools.cache
 def _py3langid_model():
-    if not _PY3LANGID:
-        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    """The model, loaded once per process (~0.5 s) and shared by every language filter in it."""
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
-        _PY3LANGID.append(LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True))
-    return _PY3LANGID[0]
+    return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
 class _ExtractionTimeout(Exception):
