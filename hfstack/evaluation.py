@@ -4,7 +4,8 @@
 
 Reads `MODEL/eval_sets.jsonl` (written by `hfstack sft`: items and question phrasings training never
 saw) and measures, with greedy decoding:
-- identity: the answer matches the identity card's answer for that question's topic;
+- identity: the answer states the identity card's facts for that question's topic (the name, the
+  creator, the purpose, the knowledge cutoff, or every "cannot"), in any wording;
 - arithmetic and counting with tools: the tool loop runs, and the final answer holds the right number;
 - arithmetic and counting without tools: the turn is pre-filled ("The answer is" / "Spelling it out:")
   so the model must produce the number itself, as in the notes' mental-arithmetic failure;
@@ -47,8 +48,9 @@ def number_in(answer: str, expected: str) -> bool:
 
 
 def score(task: str, row: dict, answer: str, no_tools: bool = False) -> bool:
-    if task == "identity":
-        return _normalise(answer) == _normalise(row["messages"][-1]["content"])
+    if task == "identity":  # states every fact of the card that the question asks about, in any wording
+        facts = row.get("facts") or [row["messages"][-1]["content"]]
+        return all(_normalise(fact) in _normalise(answer) for fact in facts)
     if task == "counting" and no_tools:  # the spelled-out path ends with "has N 'x'"
         match = re.search(r"has (\d+)", answer)
         return bool(match) and match.group(1) == row["answer"]

@@ -8,10 +8,14 @@ merges the most common adjacent pair into a new token until the vocabulary is fu
 alphabet is all 256 bytes, any Unicode string encodes and decodes back exactly.
 
 Before merging, text is split into pieces with GPT-4's pre-tokenization regex (words with their
-leading space, punctuation runs, whitespace), so merges never cross those boundaries. Digits are
-split one by one by default (`digits: single`) rather than in groups of up to 3: every number then
-has one spelling in tokens, digit by digit, which is what the arithmetic and counting tasks of the
-later stages need; `benchmarks/tokenizer_speed.py` measures what it costs in compression.
+leading space, punctuation runs, whitespace), so merges never cross those boundaries. Three digit
+rules: `single` splits digits one by one (every number spelled digit by digit); `groups3` is GPT-4's
+groups of up to 3, merged as BPE learns them; `numbers` is groups of up to 3 where every group
+("0"-"999", "00"-"99", "000"-"099") is guaranteed one token (1,110 of the vocabulary). With
+`numbers`, copying a number (an operand into a tool call, the tool's result into the answer) is
+copying one or two tokens, which a small model learns far sooner than copying digit by digit: that
+needs induction heads, which form only after much more training. `benchmarks/tokenizer_speed.py`
+measures what each rule costs in compression.
 
 Writes a Hugging Face tokenizer (loadable offline with `AutoTokenizer.from_pretrained(DIR)`) and
 `eval.json`: bytes per token on held-out documents, side by side with cl100k.
@@ -34,7 +38,9 @@ from hfstack.textfiles import open_text, read_jsonl
 # GPT-4's (cl100k) split pattern; only the digit rule differs between the two choices
 _SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
           r"""\s+(?!\S)|\s+""")
-SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _SPLIT.replace("DIGITS", r"\p{N}{1,3}")}
+SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _SPLIT.replace("DIGITS", r"\p{N}{1,3}"),
+                  "numbers": _SPLIT.replace("DIGITS", r"\p{N}{1,3}")}
+DIGIT_GROUPS = [f"{n:0{width}d}" for width in (1, 2, 3) for n in range(10 ** width)]  # 10 + 100 + 1000
 DIR_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt", ".txt.gz")  # a data-stage dir also has stats.json
 TEXT_SUFFIXES = DIR_SUFFIXES + (".json", ".json.gz")
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
@@ -51,7 +57,7 @@ class TokenizerConfig:
     text_column: str = "text"
     output_dir: str = "runs/tokenizer"
     vocab_size: int = 8192  # bytes (256) + special tokens + merges
-    digits: Literal["single", "groups3"] = "single"
+    digits: Literal["single", "groups3", "numbers"] = "single"
     min_frequency: int = 2  # a pair seen fewer times is never merged
     max_token_length: int | None = 32  # longest token in characters; keeps runs like '=====...' out
     max_chars: int = -1  # train on at most this many characters; -1 = the whole corpus
@@ -70,6 +76,9 @@ class TokenizerConfig:
                               f"{len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}")
         if self.digits not in SPLIT_PATTERNS:
             raise ConfigError(f"tokenizer: 'digits' must be one of {', '.join(SPLIT_PATTERNS)}, got {self.digits!r}")
+        if self.digits == "numbers" and self.vocab_size < MIN_VOCAB + len(DIGIT_GROUPS):
+            raise ConfigError(f"tokenizer: 'digits: numbers' needs 'vocab_size' of at least "
+                              f"{MIN_VOCAB + len(DIGIT_GROUPS)} (its {len(DIGIT_GROUPS)} digit groups), got {self.vocab_size}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError(f"tokenizer: 'heldout_fraction' must be in [0, 1), got {self.heldout_fraction}")
 
@@ -207,11 +216,32 @@ def train_bpe(texts, vocab_size: int, digits: str = "single", min_frequency: int
     from tokenizers import pre_tokenizers, trainers
 
     tokenizer = new_tokenizer(digits)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=progress,
-                                  special_tokens=SPECIAL_TOKENS, max_token_length=max_token_length,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    reserved = len(DIGIT_GROUPS) if digits == "numbers" else 0  # room for the digit groups BPE did not learn
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserved, min_frequency=min_frequency,
+                                  show_progress=progress, special_tokens=SPECIAL_TOKENS,
+                                  max_token_length=max_token_length, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
+    return with_digit_groups(tokenizer) if digits == "numbers" else tokenizer
+
+
+def with_digit_groups(tokenizer):
+    """Every group of up to 3 digits as one token: append the merges that build the missing ones.
+
+    Digit groups are pieces of their own after the split, so these merges never touch text. A group
+    "abc" gets both ("ab", "c") and ("a", "bc"): whichever pair the earlier merges form first, it
+    ends as one token.
+    """
+    from tokenizers import Tokenizer
+
+    state = json.loads(tokenizer.to_str())
+    vocab, merges = state["model"]["vocab"], state["model"]["merges"]
+    known = {tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in merges}
+    for group in DIGIT_GROUPS[10:]:  # the single digits are bytes, already in the alphabet
+        vocab.setdefault(group, len(vocab))
+        for pair in {(group[:-1], group[-1]), (group[0], group[1:])}:
+            if pair not in known:
+                merges.append(list(pair))
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def to_transformers(tokenizer):

@@ -42,7 +42,7 @@ def test_generators_are_deterministic_and_eval_never_overlaps_training():
     for templates in (ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS):  # held-out questions are paraphrases
         assert not set(phrasings(templates, "train")) & set(phrasings(templates, "eval"))
     eval_templates = phrasings(COUNTING_PHRASINGS, "eval")
-    assert all(any(question(r) == t.format(c=c, w=r["word"]) for t in eval_templates
+    assert all(any(t.format(c=c, w=r["word"]) in question(r) for t in eval_templates
                    for c in "abcdefghijklmnopqrstuvwxyz") for r in counts["eval"])
     ids = identity(IdentityCard(), 200, seed=0)
     user_questions = lambda rows: {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}  # noqa
@@ -54,6 +54,22 @@ def test_identity_answers_come_from_the_card():
     rows = identity(card, 30, seed=0)["train"]
     answers = " ".join(m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant")
     assert "Robin" in answers and "the Nest lab" in answers and "hfstack-assistant" not in answers
+
+
+def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
+    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_phrasings
+    from hfstack.evaluation import score
+
+    held_out = identity_phrasings("eval", 0.25)
+    assert {topic for topic, _ in held_out} == set(IDENTITY_QUESTIONS)  # every topic is measured
+    assert not set(held_out) & set(identity_phrasings("train", 0.25))
+    rows = {r["topic"]: r for r in identity(IdentityCard(), 200, seed=0)["eval"]}
+    # the creator stated in other words is right; the name alone, or a refusal, is not
+    assert score("identity", rows["creator"], "I am hfstack-assistant, an AI assistant made by the hfstack project.")
+    assert not score("identity", rows["creator"], "I am hfstack-assistant.")
+    assert not score("identity", rows["name"], "I don't know that one.")
+    limits = "I cannot browse the internet or remember past conversations."
+    assert score("identity", rows["limits"], limits) and not score("identity", rows["limits"], limits[:30])
 
 
 def test_chat_files_in_several_layouts_and_clear_errors(tmp_path):

@@ -97,6 +97,24 @@ def test_digits_split_one_by_one_or_in_groups_of_three(corpus):
     assert any(len(t) > 1 for t in digit_tokens(groups)) and all(len(t) <= 3 for t in digit_tokens(groups))
 
 
+def test_number_rule_makes_every_digit_group_one_token_and_keeps_the_vocab_size(corpus):
+    import random
+
+    texts = [json.loads(line)["text"] for line in corpus.open()][:5]
+    tok = train_bpe(texts, 1500, digits="numbers")
+    assert tok.get_vocab_size() <= 1500
+    plain = train_bpe(texts, 1500 - 1110, digits="groups3")
+    words = "".join(c for c in texts[0] if not c.isdigit())
+    assert tok.encode(words).tokens == plain.encode(words).tokens  # text is split as without the rule
+    for n in random.Random(0).sample(range(10 ** 8), 500) + [0, 7, 42, 100, 1000, 998001]:
+        pieces = tok.encode(f"x {n}.").tokens[2:-1]
+        assert "".join(pieces) == str(n) and all(len(p) == 3 for p in pieces[:-1]), (n, pieces)
+    sample = texts[0] + " 998001 and 1234567 or -42.5"
+    assert tiktoken_encoding(tok).encode_ordinary(sample) == tok.encode(sample).ids  # bulk encoding agrees
+    with pytest.raises(ConfigError, match="'digits: numbers' needs 'vocab_size' of at least 1380"):
+        TokenizerConfig(input=["x"], vocab_size=1000, digits="numbers")
+
+
 CONVERSATION = [
     {"role": "system", "content": "You are hfstack's assistant."},
     {"role": "user", "content": "What is 2**10, and who wrote Hamlet?"},

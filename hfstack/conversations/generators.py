@@ -57,27 +57,48 @@ class IdentityCard:
         return f"You are {self.name}, an AI assistant made by {self.creator}."
 
 
-IDENTITY_QUESTIONS = {  # topic → phrasings; the eval split gets phrasings training never sees
+IDENTITY_QUESTIONS = {  # topic → core phrasings; each topic's eval split gets phrasings training never sees
     "name": ["What is your name?", "Who are you?", "What should I call you?", "Tell me your name.",
              "what's your name", "Do you have a name?", "Introduce yourself.", "Who am I talking to?",
-             "Hi! Who is this?", "What are you called?", "Your name, please?", "May I know your name?"],
+             "Who is this?", "What are you called?", "Your name, please?", "May I know your name?",
+             "How should I address you?", "What do people call you?", "Identify yourself.",
+             "Which assistant are you?", "What is this assistant called?", "Are you a person or a program?",
+             "Tell me who you are.", "What name do you go by?"],
     "creator": ["Who made you?", "Who created you?", "Who built you?", "Who trained you?", "Who is your creator?",
                 "Where do you come from?", "Which company or project made you?", "Who developed you?",
                 "who built this assistant", "Who is responsible for you?", "Who programmed you?",
-                "Are you made by OpenAI?"],
+                "Are you made by OpenAI?", "Who designed you?", "Who is behind you?", "Who wrote you?",
+                "Which team made you?", "Who owns you?", "Who is your maker?", "Did Google make you?",
+                "What organisation created you?"],
     "purpose": ["What can you do?", "What are you for?", "How can you help me?", "What is your purpose?",
                 "What are you good at?", "What kind of help do you offer?", "What do you do?",
                 "Why do you exist?", "what are your abilities", "What tasks can you help with?",
-                "What is your job?", "How are you useful?"],
+                "What is your job?", "How are you useful?", "What are you able to do?", "Can you help me?",
+                "What services do you provide?", "What are your skills?", "How do you help people?",
+                "What is your function?", "What are you capable of?", "What should I use you for?"],
     "cutoff": ["What is your knowledge cutoff?", "How recent is your knowledge?", "Until when do you know things?",
                "What data were you trained on?", "Is your knowledge up to date?", "Where does your knowledge end?",
-               "what do you know about", "Do you know today's news?", "How current is your information?",
-               "What was your training data?", "When does your knowledge stop?", "Are you aware of recent events?"],
+               "Where does your knowledge come from?", "Do you know today's news?", "How current is your information?",
+               "What was your training data?", "When does your knowledge stop?", "Are you aware of recent events?",
+               "How old is your knowledge?", "What did you learn from?", "Do you know what happened this week?",
+               "What is the source of your knowledge?", "Is your information current?",
+               "How fresh is your knowledge?", "What text were you trained on?", "Do you know the latest news?"],
     "limits": ["What can't you do?", "Can you browse the internet?", "What are your limitations?",
                "Do you remember our past chats?", "Are there things you cannot do?", "Can you access the web?",
                "What are you unable to do?", "Any limits I should know about?", "can you look things up online",
-               "What are your weaknesses?", "Do you have memory of earlier conversations?", "Can you go online?"],
+               "What are your weaknesses?", "Do you have memory of earlier conversations?", "Can you go online?",
+               "What are your limits?", "Can you surf the web?", "Will you remember me next time?",
+               "What is beyond your abilities?", "Do you have internet access?", "What can you not do?",
+               "Can you open websites?", "Do you recall previous conversations?"],
 }
+# Openers and closers around a question: users rarely ask in exactly a template's words.
+OPENERS = ["", "", "", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Excuse me, ", "So, ", "Tell me, ",
+           "I wonder: ", "Good morning! "]
+CLOSERS = ["", "", "", " Thanks!", " Please answer briefly.", " I'm curious.", " Just wondering."]
+
+
+def dressed(rng: random.Random, question: str) -> str:
+    return rng.choice(OPENERS) + question + rng.choice(CLOSERS)
 
 
 def identity_answer(card: IdentityCard, topic: str) -> str:
@@ -90,20 +111,35 @@ def identity_answer(card: IdentityCard, topic: str) -> str:
     }[topic]
 
 
+def identity_facts(card: IdentityCard, topic: str) -> list[str]:
+    """What a correct answer on this topic must state: `hfstack eval` checks these, not the exact wording."""
+    return {"name": [card.name], "creator": [card.creator], "purpose": [card.purpose],
+            "cutoff": [card.knowledge_cutoff], "limits": list(card.cannot)}[topic]
+
+
+def identity_phrasings(split: str, eval_fraction: float) -> list[tuple[str, str]]:
+    """(topic, core phrasing) pairs of a split, held out per topic so every topic is measured."""
+    pairs = []
+    for topic, questions in IDENTITY_QUESTIONS.items():
+        by_hash = sorted(questions, key=lambda q: zlib.crc32(q.encode()))
+        held_out = set(by_hash[:max(1, round(len(questions) * eval_fraction))])
+        pairs += [(topic, q) for q in questions if (q in held_out) == (split == "eval")]
+    return pairs
+
+
 def identity(card: IdentityCard, n: int, seed: int, eval_fraction: float = 0.25) -> dict[str, list]:
     """Single- and multi-turn questions about the assistant, answered consistently from the card."""
     rng = random.Random(seed)
-    pools = {split: [(t, q) for t, qs in IDENTITY_QUESTIONS.items() for q in qs
-                     if in_eval_split(q, eval_fraction) == (split == "eval")] for split in ("train", "eval")}
     out: dict[str, list] = {"train": [], "eval": []}
-    for split, pool in pools.items():
-        count = n if split == "train" else max(1, int(n * eval_fraction))
-        for _ in range(count):
+    for split in ("train", "eval"):
+        pool = identity_phrasings(split, eval_fraction)
+        for _ in range(n if split == "train" else max(1, int(n * eval_fraction))):
             turns = []
-            for topic, question in rng.sample(pool, k=1 if rng.random() < 0.7 else 2):
-                turns += [message("user", question), message("assistant", identity_answer(card, topic))]
+            for topic, core in rng.sample(pool, k=1 if rng.random() < 0.7 else 2):
+                turns += [message("user", dressed(rng, core)), message("assistant", identity_answer(card, topic))]
             system = [message("system", card.system_message())] if rng.random() < 0.5 else []
-            out[split].append({"messages": system + turns, "task": "identity", "topic": topic})
+            out[split].append({"messages": system + turns, "task": "identity", "topic": topic,
+                               "facts": identity_facts(card, topic)})
     return out
 
 
@@ -114,7 +150,9 @@ OPERATIONS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a -
 ARITHMETIC_PHRASINGS = ["What is {a} {word} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
                         "Calculate {a} {word} {b}.", "what's {a} {op} {b}", "Please work out {a} {op} {b}.",
                         "Can you tell me {a} {op} {b}?", "I need {a} {word} {b}.", "Evaluate {a} {op} {b}",
-                        "How much is {a} {word} {b}?"]
+                        "How much is {a} {word} {b}?", "Find {a} {word} {b}.", "Quick math: {a} {op} {b}",
+                        "What does {a} {op} {b} equal?", "Solve {a} {op} {b}.", "Give me the result of {a} {word} {b}.",
+                        "{a} {word} {b} is what?", "Work out {a} {word} {b} for me."]
 WORD_PROBLEMS = ["A shop sells {a} apples in the morning and {b} in the afternoon. How many apples does it sell?",
                  "A train has {a} seats in each of {b} cars. How many seats are there?",
                  "Sam had {a} marbles and gave away {b}. How many are left?"]
@@ -143,7 +181,7 @@ def arithmetic(n: int, seed: int, max_operand: int = 999, eval_fraction: float =
         answer = OPERATIONS[op][1](a, b)
         turns = python_turns("Let me compute it with Python.", f"print({a} {op} {b})", str(answer),
                              f"The answer is {answer}.")
-        out[split].append({"messages": [message("user", question), *turns], "task": "arithmetic",
+        out[split].append({"messages": [message("user", dressed(rng, question)), *turns], "task": "arithmetic",
                            "answer": str(answer)})
     return out
 
@@ -153,7 +191,11 @@ def arithmetic(n: int, seed: int, max_operand: int = 999, eval_fraction: float =
 COUNTING_PHRASINGS = ["How many '{c}' are in '{w}'?", "Count the letter {c} in the word {w}.",
                       "How many times does '{c}' appear in \"{w}\"?", "how many {c}s in {w}",
                       "In the word '{w}', how many {c}'s are there?", "Number of '{c}' letters in '{w}'?",
-                      "Tell me how often {c} occurs in {w}.", "'{w}': how many '{c}'?"]
+                      "Tell me how often {c} occurs in {w}.", "'{w}': how many '{c}'?",
+                      "How many {c}'s does '{w}' have?", "Count how many times the letter '{c}' shows up in '{w}'.",
+                      "What is the number of '{c}' in the word \"{w}\"?", "How often does the letter {c} appear in {w}?",
+                      "Can you count the {c}'s in '{w}'?", "Letter count: '{c}' in '{w}'?",
+                      "How many occurrences of '{c}' are in '{w}'?", "Find the number of {c}'s in the word {w}."]
 
 
 def phrasings(templates: list[str], split: str, eval_fraction: float = 0.3) -> list[str]:
@@ -202,6 +244,6 @@ def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float
                     steps.append(f"{char}" + (f" ({seen})" if char == letter else ""))
                 turns = [message("assistant", f"Spelling it out: {', '.join(steps)}. "
                                               f"So '{word}' has {answer} '{letter}'.")]
-            out[split].append({"messages": [message("user", question), *turns], "task": "counting",
+            out[split].append({"messages": [message("user", dressed(rng, question)), *turns], "task": "counting",
                                "answer": str(answer), "word": word})
     return out
