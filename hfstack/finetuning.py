@@ -52,6 +52,7 @@ class SFTStageConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 256
     packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
+    group_by_length: bool = False  # batches of similar length: ~20% faster, but see the README (Step 4)
     assistant_only_loss: bool = True
     precision: str = "auto"  # auto: bf16 on GPUs that have it
     log_every: int = 10
@@ -144,6 +145,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         pad_token=tokenizer.pad_token, bf16=use_bf16, use_cpu=not on_gpu, gradient_checkpointing=False,
         logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, report_to=available_trackers(
             cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress, dataset_num_proc=None)
