@@ -8,7 +8,9 @@
 
 Every generator is seeded and returns a `train` and an `eval` split that never overlap: items
 (operand pairs, words, question phrasings) are assigned to a split by a stable hash, and the eval
-split of identity uses phrasings the training split never contains, so it measures paraphrases.
+split of identity uses phrasings the training split never contains (a quarter of each topic's), so
+it measures paraphrases. Every question also gets a random opener and closer ("Quick question: ...
+Thanks!"), as users rarely ask in a template's exact words.
 """
 
 from __future__ import annotations
