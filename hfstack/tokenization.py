@@ -35,7 +35,7 @@ from hfstack.config import ConfigError, save_config
 from hfstack.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
 from hfstack.textfiles import open_text, read_jsonl
 
-# GPT-4's (cl100k) split pattern; only the digit rule differs between the two choices
+# GPT-4's (cl100k) split pattern; only the digit rule differs between the choices
 _SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
           r"""\s+(?!\S)|\s+""")
 SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _SPLIT.replace("DIGITS", r"\p{N}{1,3}"),
@@ -239,8 +239,8 @@ def with_digit_groups(tokenizer):
     for group in DIGIT_GROUPS[10:]:  # the single digits are bytes, already in the alphabet
         vocab.setdefault(group, len(vocab))
         for pair in {(group[:-1], group[-1]), (group[0], group[1:])}:
-            if pair not in known:
-                merges.append(list(pair))
+            if pair not in known:  # in the file's own format: ["a", "b"], or "a b" in older tokenizers
+                merges.append(list(pair) if not merges or isinstance(merges[0], list) else " ".join(pair))
     return Tokenizer.from_str(json.dumps(state))
 
 
