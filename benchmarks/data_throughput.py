@@ -73,10 +73,10 @@ def main():
     fast = ResiliparseExtractor()
     fast_texts, fast_s = timed(fast.extract, html)
 
-    def pipeline_seconds(name: str, limit: int = -1) -> float:
+    def pipeline_seconds(name: str) -> float:
         start = time.perf_counter()  # the pipeline also reads and drops the non-HTML records around them
         run_data(DataConfig(input=[warc], output_dir=str(tmp / name), tasks=1, workers=1, progress=False,
-                            minhash={"num_buckets": 4}, limit=limit))
+                            minhash={"num_buckets": 4}))
         return time.perf_counter() - start
 
     cold_s = pipeline_seconds("cold")  # pays the once-per-process setup: URL blocklists, language model

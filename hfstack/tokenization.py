@@ -38,8 +38,8 @@ from hfstack.textfiles import open_text, read_jsonl
 # GPT-4's (cl100k) split pattern; only the digit rule differs between the choices
 _SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
           r"""\s+(?!\S)|\s+""")
-SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _SPLIT.replace("DIGITS", r"\p{N}{1,3}"),
-                  "numbers": _SPLIT.replace("DIGITS", r"\p{N}{1,3}")}
+_GROUPS3 = _SPLIT.replace("DIGITS", r"\p{N}{1,3}")
+SPLIT_PATTERNS = {"single": _SPLIT.replace("DIGITS", r"\p{N}"), "groups3": _GROUPS3, "numbers": _GROUPS3}
 DIGIT_GROUPS = [f"{n:0{width}d}" for width in (1, 2, 3) for n in range(10 ** width)]  # 10 + 100 + 1000
 DIR_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt", ".txt.gz")  # a data-stage dir also has stats.json
 TEXT_SUFFIXES = DIR_SUFFIXES + (".json", ".json.gz")
@@ -78,7 +78,8 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer: 'digits' must be one of {', '.join(SPLIT_PATTERNS)}, got {self.digits!r}")
         if self.digits == "numbers" and self.vocab_size < MIN_VOCAB + len(DIGIT_GROUPS):
             raise ConfigError(f"tokenizer: 'digits: numbers' needs 'vocab_size' of at least "
-                              f"{MIN_VOCAB + len(DIGIT_GROUPS)} (its {len(DIGIT_GROUPS)} digit groups), got {self.vocab_size}")
+                              f"{MIN_VOCAB + len(DIGIT_GROUPS)} (its {len(DIGIT_GROUPS)} digit groups), "
+                              f"got {self.vocab_size}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError(f"tokenizer: 'heldout_fraction' must be in [0, 1), got {self.heldout_fraction}")
 

@@ -70,6 +70,9 @@ def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
     assert not score("identity", rows["name"], "I don't know that one.")
     limits = "I cannot browse the internet or remember past conversations."
     assert score("identity", rows["limits"], limits) and not score("identity", rows["limits"], limits[:30])
+    older = {k: v for k, v in rows["creator"].items() if k != "facts"}  # a held-out set from before facts
+    assert score("identity", older, older["messages"][-1]["content"])
+    assert not score("identity", older, "I am hfstack-assistant, an AI assistant made by the hfstack project.")
 
 
 def test_chat_files_in_several_layouts_and_clear_errors(tmp_path):
