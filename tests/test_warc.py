@@ -5,7 +5,7 @@ from conftest import html_page, http_response, warc_record
 
 from hfstack.config import ConfigError
 from hfstack.web.sources import resolve_inputs
-from hfstack.web.warc import HttpResponseFilter, WarcResponseReader, decode_html
+from hfstack.web.warc import HttpResponseFilter, SamePageFilter, WarcResponseReader, decode_html
 
 
 def read_all(paths, **kwargs):
@@ -31,6 +31,25 @@ def test_every_response_kind_is_counted(tmp_path):
     assert http_stats["dropped_broken_http_headers"] == 1
     assert http_stats["dropped_too_large"] == 1
     assert http_stats["total"] == 5
+
+
+def test_same_page_filter_drops_exact_repeats_of_html_only(tmp_path):
+    crawl = tmp_path / "c.warc.gz"
+    crawl.write_bytes(b"".join([
+        warc_record("https://a.example/1", http_response(html_page("one")), 1),
+        warc_record("https://mirror.a.example/1", http_response(html_page("one")), 2),  # same bytes
+        warc_record("https://a.example/2", http_response(html_page("one ")), 3),  # one byte differs
+        warc_record("https://a.example/1?ref=x", http_response(html_page("one")), 4),
+    ]))
+    docs, _, _ = read_all([crawl])
+    same = SamePageFilter()
+    kept = list(same(iter(docs)))
+    assert [d.metadata["url"] for d in kept] == ["https://a.example/1", "https://a.example/2"]
+    assert same.stats.to_dict()["stats"]["dropped_duplicate_html"] == 2
+    from datatrove.data import Document
+
+    text_docs = [Document(text="same", id=str(i), metadata={}) for i in range(2)]  # not fetched: left to dedup
+    assert len(list(SamePageFilter()(iter(text_docs)))) == 2
 
 
 def test_truncated_and_corrupt_gzip_keep_what_came_before(tmp_path):

@@ -62,6 +62,7 @@ class DataConfig:
     block_words: list[str] = field(default_factory=list)  # a URL containing one of these words is dropped
     http_filter: bool = True
     max_page_bytes: int = 5_000_000
+    same_page_filter: bool = True  # drop a page whose HTML this task has already seen, before extracting it
     extractor: Literal["trafilatura", "resiliparse", "none"] = "trafilatura"
     extract_timeout: float = 10.0  # seconds per page
     extract_sandbox: bool = False  # extract in a subprocess (survives extractor crashes; ~25% slower)

@@ -113,7 +113,7 @@ class DataPipeline:
     def filter_steps(self, has_html: bool) -> list[tuple[str, object]]:
         from datatrove.pipeline.filters import LanguageFilter
 
-        from hfstack.web.warc import HttpResponseFilter
+        from hfstack.web.warc import HttpResponseFilter, SamePageFilter
 
         cfg, steps = self.cfg, []
         if cfg.url_filter:
@@ -123,6 +123,8 @@ class DataPipeline:
                                                          exclusion_writer=self._excluded("url"))))
         if has_html and cfg.http_filter:
             steps.append(("http status/type", HttpResponseFilter(exclusion_writer=self._excluded("http"))))
+        if has_html and cfg.same_page_filter:
+            steps.append(("same page (html)", SamePageFilter(exclusion_writer=self._excluded("same_page"))))
         if has_html and cfg.extractor == "trafilatura":
             steps.append(("extract (trafilatura)", TrafilaturaExtractor(cfg.extract_timeout, cfg.extract_sandbox)))
         elif has_html and cfg.extractor == "resiliparse":

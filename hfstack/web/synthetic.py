@@ -5,8 +5,9 @@
 English pages carry real prose: the docstrings of the Python standard library, reflowed into
 paragraphs and wrapped in site boilerplate (menus, cookie banners, footers). Around them is what a
 crawl really holds, so that every step of the data stage has something to drop: pages in French,
-German and Spanish, keyword spam, exact and near duplicates under other URLs, images, CSS and JS,
-redirects and 404s, blocklisted domains, a Latin-1 page and a record with broken HTTP headers.
+German and Spanish, keyword spam, exact copies, republished copies and near duplicates under other
+URLs, images, CSS and JS, redirects and 404s, blocklisted domains, a Latin-1 page and a record with
+broken HTTP headers.
 """
 
 from __future__ import annotations
@@ -156,9 +157,13 @@ def build_records(pages: int, seed: int) -> tuple[list[Record], dict]:
     for j in range(max(2, pages // 50)):
         spam = [" ".join(rng.choices(SPAM_WORDS, k=12)) + "!" for _ in range(30)]
         add("spam", Record(f"https://deals.example.shop/offer/{j}.html", body=_page("Best deals", spam, rng)))
-    for j, (url, title, paragraphs) in enumerate(rng.sample(english, k=max(2, pages // 30))):
+    for url, title, paragraphs in rng.sample(english, k=max(2, pages // 30)):
+        # the same bytes under a mirror's URL, and the same article in another site's template (other markup)
         add("exact_duplicate", Record(url.replace("https://", "https://mirror."), body=records[
             next(k for k, r in enumerate(records) if r.url == url)].body))
+        template = random.Random(f"{seed} {url}")  # its own stream, so the records after it stay as they were
+        add("republished", Record(url.replace("https://", "https://syndicated."), body=_page(title, paragraphs,
+                                                                                            template)))
     for url, title, paragraphs in rng.sample(english, k=max(2, pages // 30)):
         changed = paragraphs[:-1] + ["This page was last updated by the mirror maintainers."]
         add("near_duplicate", Record(url.replace("https://", "https://copy.") + "?ref=feed", body=_page(title, changed, rng)))

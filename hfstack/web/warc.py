@@ -8,6 +8,7 @@ record with broken HTTP headers, non-UTF-8 or huge pages, empty files) is counte
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import fsspec
@@ -169,4 +170,29 @@ class HttpResponseFilter(BaseFilter):
             return False, "not_200"
         if meta.get("content_type", "").split(";")[0].strip().lower() not in HTML_TYPES:
             return False, "not_html"
+        return True
+
+
+class SamePageFilter(BaseFilter):
+    """Drops a page whose HTML is byte-for-byte one this task has already passed, before extraction.
+
+    Crawls fetch the same page under several URLs (mirrors, tracking parameters, `index.html`), and
+    extraction is the costliest step, so a repeat is dropped (`duplicate_html`) before it is paid for.
+    It only sees its own task's pages and keeps a 16-byte digest per page; the exact and MinHash
+    dedup stages after extraction still catch repeats across tasks and pages that differ in markup.
+    """
+
+    name = "👯 Same page (HTML)"
+
+    def __init__(self, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.seen: set[bytes] = set()
+
+    def filter(self, doc: Document):
+        if "http_status" not in doc.metadata:  # text input: nothing was fetched, exact dedup handles it
+            return True
+        digest = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self.seen:
+            return False, "duplicate_html"
+        self.seen.add(digest)
         return True
