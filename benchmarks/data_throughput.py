@@ -75,35 +75,32 @@ def main():
     fast = ResiliparseExtractor()
     fast_texts, fast_s = timed(fast.extract, html)
 
-    extraction_seconds = {}
-
-    def pipeline_seconds(name: str) -> float:
+    def pipeline_run(name: str) -> tuple[float, float]:
+        """Seconds for the whole run, and for its extraction step (from the run's own step stats)."""
         start = time.perf_counter()  # the pipeline also reads and drops the non-HTML records around them
         run_data(DataConfig(input=[warc], output_dir=str(tmp / name), tasks=1, workers=1, progress=False,
                             minhash={"num_buckets": 4}))
         elapsed = time.perf_counter() - start
         steps = json.loads((tmp / name / "logs" / "filter" / "stats.json").read_text())
-        extraction_seconds[elapsed] = sum(s["time_stats"]["total"] for s in steps if "Trafilatura" in s["name"])
-        return elapsed
+        return elapsed, sum(s["time_stats"]["total"] for s in steps if "Trafilatura" in s["name"])
 
-    cold_s = pipeline_seconds("cold")  # pays the once-per-process setup: URL blocklists, language model
+    cold_s, _ = pipeline_run("cold")  # pays the once-per-process setup: URL blocklists, language model
     # This machine's speed drifts by 10-20% over minutes, so baseline and warm pipeline (a worker that
     # has already run a task, as trafilatura has seen a warm-up page) alternate and the best of each counts
     bare_runs, warm_runs = [traf_s], []
     for run in range(args.rounds):
-        warm_runs.append(pipeline_seconds(f"warm-{run}"))
+        warm_runs.append(pipeline_run(f"warm-{run}"))
         bare_runs.append(timed(trafilatura_extract, html)[1])
     base_rate = len(docs) / min(bare_runs)
 
     print(f"bare trafilatura          {base_rate:8.2f} docs/s (1 core, after a warm-up page; best of "
           f"{', '.join(f'{len(docs) / t:.2f}' for t in bare_runs)})")
-    rates = [len(docs) / t for t in warm_runs]
+    rates = [len(docs) / t for t, _ in warm_runs]
     print(f"full pipeline, warm       {max(rates):8.2f} docs/s per core  = {max(rates) / base_rate:.2f}x trafilatura"
           f"   (goal >= 0.9x; best of {', '.join(f'{r:.2f}' for r in rates)})")
-    best = min(warm_runs)  # its own split is free of the machine's drift between runs
-    print(f"  of which extraction     {extraction_seconds[best]:8.1f} s of {best:.1f} s; every other step and stage "
-          f"{best - extraction_seconds[best]:.1f} s = {(best - extraction_seconds[best]) / extraction_seconds[best]:.0%}"
-          f" of extraction")
+    best, extraction = min(warm_runs)  # its own split is free of the machine's drift between runs
+    print(f"  of which extraction     {extraction:8.1f} s of {best:.1f} s; every other step and stage "
+          f"{best - extraction:.1f} s = {(best - extraction) / extraction:.0%} of extraction")
     cold_rate = len(docs) / cold_s
     print(f"full pipeline, cold       {cold_rate:8.2f} docs/s per core  = {cold_rate / base_rate:.2f}x trafilatura"
           f"   (one run, in a fresh process)")
