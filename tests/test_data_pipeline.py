@@ -42,6 +42,24 @@ def test_sample_language_drops(sample_run):
 
 
 @pytest.mark.slow
+def test_sample_language_gate_drops_only_foreign_pages(sample_run, crawl_sample):
+    """The gate before extraction drops nothing the labels call English, and most of the foreign pages
+    (the rest are left to the language step after extraction)."""
+    _, funnel, labels = sample_run
+    from hfstack.web.steps import LanguageGate
+    from hfstack.web.warc import HttpResponseFilter, WarcResponseReader
+
+    pages = list(HttpResponseFilter()(WarcResponseReader([str(crawl_sample)])()))
+    passed = {d.metadata["url"] for d in LanguageGate(["en"])(pages)}
+    dropped = [d.metadata["url"] for d in pages if d.metadata["url"] not in passed]
+    assert all(labels[url]["expect"] == "drop:language" for url in dropped), dropped
+    foreign = sum(1 for label in labels.values() if label["expect"] == "drop:language")
+    assert len(dropped) >= 0.75 * foreign
+    gate_row = next(r for r in funnel["steps"] if r["step"] == "language gate (html)")
+    assert 0 < sum(gate_row["dropped"].values()) <= foreign
+
+
+@pytest.mark.slow
 def test_sample_keeps_at_most_one_of_each_duplicate_pair(sample_run):
     out, _, labels = sample_run
     kept = set(kept_urls(out))
@@ -96,14 +114,15 @@ def test_sample_quality_filters_report_their_drops(sample_run, tmp_path):
 @pytest.mark.slow
 def test_synthetic_crawl_gives_every_step_something_to_drop(tmp_path):
     crawl = write_crawl(tmp_path / "crawl" / "c.warc.gz", pages=60, seed=1)
-    assert set(crawl.counts) >= {"page", "foreign", "spam", "exact_duplicate", "republished", "not_html", "not_200",
+    assert set(crawl.counts) >= {"page", "foreign", "foreign_note", "spam", "exact_duplicate", "republished", "not_html", "not_200",
                                  "blocked_url"}
     out = tmp_path / "data"
     funnel = run_data(DataConfig(input=[str(tmp_path / "crawl")], output_dir=str(out), progress=False,
                                  quality_filters={"gopher_repetition": {}, "gopher_quality": {}},
                                  minhash={"num_buckets": 4, "hashes_per_bucket": 8}))
     rows = {r["step"]: r for r in funnel["steps"]}
-    for step in ("url filter", "http status/type", "same page (html)", "language", "quality: gopher_repetition",
+    for step in ("url filter", "http status/type", "same page (html)", "language gate (html)", "language",
+                 "quality: gopher_repetition",
                  "exact dedup"):
         assert sum(rows[step]["dropped"].values()) > 0, step
     assert rows["http status/type"]["dropped"]["broken_http_headers"] == 1

@@ -4,6 +4,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter
 
 from hfstack.web.steps import (
+    LanguageGate,
     Metered,
     OfflineURLFilter,
     OfflineWordTokenizer,
@@ -66,6 +67,28 @@ def test_language_filter_labels_and_drops():
 def test_language_filter_keeps_all_languages_when_list_empty():
     kept = list(Py3LangidFilter([], threshold=0.5)([doc("Los vecinos compran allí verduras frescas y pan.")]))
     assert kept[0].metadata["language"] == "es"
+
+
+def html_page(paragraph: str, repeat: int = 6) -> str:
+    return ("<html><body><nav>Home About Contact</nav><article><h1>Title</h1>"
+            + f"<p>{paragraph}</p>" * repeat + "</article><footer>Copyright 2024</footer></body></html>")
+
+
+def test_language_gate_drops_only_pages_it_is_sure_of():
+    gate = LanguageGate(["en"], threshold=0.9)
+    pages = {"en": html_page("The weather today is lovely and we are going for a long walk in the park."),
+             "fr": html_page("Le marché du village ouvre chaque samedi matin sur la place de l'église."),
+             "de": html_page("Der Wochenmarkt findet jeden Samstag auf dem Platz vor dem Rathaus statt."),
+             "short fr": html_page("Le marché ouvre le samedi.", repeat=1),  # too little to judge
+             "broken": "<html><body><p>" + "\x00" * 500}
+    kept = [d.id for d in gate([Document(text=html, id=name) for name, html in pages.items()])]
+    assert kept == ["en", "short fr", "broken"]
+    stats = gate.stats.to_dict()["stats"]
+    assert stats["dropped_lang_fr"] == 1 and stats["dropped_lang_de"] == 1
+    assert stats["wanted"] == 1 and stats["unsure"] == 2
+    # a higher bar than the identifier's confidence lets the foreign page through to the language step
+    strict = LanguageGate(["en"], threshold=1.01)
+    assert len(list(strict([Document(text=pages["fr"], id="fr")]))) == 1
 
 
 def test_resiliparse_extracts_main_text_without_boilerplate():

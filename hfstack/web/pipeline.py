@@ -3,7 +3,8 @@
     hfstack data --input crawl/*.warc.gz --output_dir runs/data [--config recipes/tiny/data.yaml]
 
 Everything is a datatrove step run by a datatrove executor, in up to eight stages:
-  filter:          read → URL filter → HTTP status/type → extract → language → quality → write
+  filter:          read → URL filter → HTTP status/type → same page → language gate → extract →
+                   language → quality → write
   exact dedup:     content-hash signatures → find duplicates → drop them
   MinHash dedup:   signatures → buckets → clusters → drop near-duplicates, then write the parquet shards
 Each stage logs under DIR/logs/<stage>/ with datatrove's completion markers, so rerunning the same
@@ -21,6 +22,7 @@ from datatrove.pipeline.readers import JsonlReader
 from hfstack.config import save_config
 from hfstack.web.config import DataConfig, quality_filter_classes
 from hfstack.web.steps import (
+    LanguageGate,
     Metered,
     OfflineURLFilter,
     OfflineWordTokenizer,
@@ -125,6 +127,10 @@ class DataPipeline:
             steps.append(("http status/type", HttpResponseFilter(exclusion_writer=self._excluded("http"))))
         if has_html and cfg.same_page_filter:
             steps.append(("same page (html)", SamePageFilter(exclusion_writer=self._excluded("same_page"))))
+        if (has_html and cfg.extractor == "trafilatura" and cfg.language_gate and cfg.language_filter
+                and cfg.languages and cfg.language_backend == "py3langid"):
+            steps.append(("language gate (html)", LanguageGate(cfg.languages, cfg.language_gate_threshold,
+                                                               exclusion_writer=self._excluded("language_gate"))))
         if has_html and cfg.extractor == "trafilatura":
             steps.append(("extract (trafilatura)", TrafilaturaExtractor(cfg.extract_timeout, cfg.extract_sandbox)))
         elif has_html and cfg.extractor == "resiliparse":

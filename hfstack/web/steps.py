@@ -1,4 +1,5 @@
-"""The data stage's own datatrove steps: offline URL filtering, offline language ID, a fast extractor,
+"""The data stage's own datatrove steps: offline URL filtering, offline language ID (and a quick
+language gate before extraction), a fast extractor,
 an offline word tokenizer for the quality filters, and a meter that counts documents and bytes.
 
 Each is a regular datatrove PipelineStep, so it runs under any datatrove executor and reports its
@@ -135,6 +136,49 @@ class Py3LangidFilter(BaseFilter):
         if self.languages and lang not in self.languages:
             return False, f"lang_{lang}"
         return True
+
+
+class LanguageGate(BaseFilter):
+    """Before the costly extractor: drop an HTML page that is confidently in a language the stage drops.
+
+    trafilatura takes ~0.15 s a page; resiliparse's main-content text of the page's first 100,000
+    characters plus py3langid take ~5 ms. A page leaves here only when that quick text is long enough
+    to judge (`min_chars`) and py3langid is sure (`threshold`, above the language step's own) that it
+    is in another language; every other page, unsure ones included, goes on to extraction and the
+    real language step. Drop reasons are `lang_<code>`; passes are counted as `unsure` or `wanted`.
+    """
+
+    name = "🚪 Language gate"
+    _requires_dependencies = ["resiliparse", "py3langid"]
+
+    def __init__(self, languages: list[str], threshold: float = 0.9, html_chars: int = 100_000,
+                 min_chars: int = 200, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.languages = set(languages)
+        self.threshold = threshold
+        self.html_chars = html_chars  # bounds the cost on huge pages; a language shows in the first part
+        self.min_chars = min_chars
+        self.identify = Py3LangidFilter()
+
+    def filter(self, doc: Document):
+        from resiliparse.extract.html2text import extract_plain_text
+
+        try:
+            text = extract_plain_text(doc.text[: self.html_chars], main_content=True, alt_texts=False, links=False,
+                                      form_fields=False, noscript=False)
+        except Exception:  # unparseable here: the extractor decides
+            text = ""
+        if len(text) < self.min_chars:
+            self.stat_update("unsure")
+            return True
+        lang, score = self.identify.classify(text)
+        if lang in self.languages:
+            self.stat_update("wanted")
+            return True
+        if score < self.threshold:
+            self.stat_update("unsure")
+            return True
+        return False, f"lang_{lang}"
 
 
 @functools.cache

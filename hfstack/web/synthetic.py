@@ -154,6 +154,10 @@ def build_records(pages: int, seed: int) -> tuple[list[Record], dict]:
         for j in range(max(2, pages // 40)):
             text = [" ".join(rng.sample(sentences, 4)) for _ in range(4)]
             add("foreign", Record(f"https://{lang}.example.eu/article/{j}.html", body=_page(lang, text, rng, lang)))
+        # a short note is too little for the language gate to judge: the language step after extraction drops it
+        own = random.Random(f"{seed} {lang} note")  # its own stream, so the records after it stay as they were
+        add("foreign_note", Record(f"https://{lang}.example.eu/note.html",
+                                   body=_page(lang, own.sample(sentences, 2), own, lang)))
     for j in range(max(2, pages // 50)):
         spam = [" ".join(rng.choices(SPAM_WORDS, k=12)) + "!" for _ in range(30)]
         add("spam", Record(f"https://deals.example.shop/offer/{j}.html", body=_page("Best deals", spam, rng)))
