@@ -3,8 +3,8 @@
     python benchmarks/data_throughput.py [--warc PATH] [--rounds 2]
 
 Prints, on the same HTML records (the shared crawl sample when present, else the synthetic crawl):
-  1. docs/s per core of the full pipeline (1 task: read, URL, HTTP, same page, language gate, trafilatura, language,
-     quality, exact + MinHash dedup, parquet) against bare `trafilatura.extract` on the same pages,
+  1. docs/s per core of the full pipeline (1 task: read, URL, HTTP, same page, language gate,
+     trafilatura, language, quality, exact + MinHash dedup, parquet) against bare `trafilatura.extract` on the same pages,
      warm (a worker that has already run a task: blocklists and language model loaded, as trafilatura
      is warmed up with one page) and cold (a fresh process, paying that setup once); and, from the best
      warm run's own step times, how long everything but extraction took;
