@@ -5,9 +5,10 @@
 Prints, on the same HTML records (the shared crawl sample when present, else the synthetic crawl):
   1. docs/s per core of the full pipeline (1 task: read, URL, HTTP, same page, language gate,
      trafilatura, language, quality, exact + MinHash dedup, parquet) against bare
-     `trafilatura.extract` on the same pages, warm (a worker that has already run a task: blocklists and language model loaded, as trafilatura
-     is warmed up with one page) and cold (a fresh process, paying that setup once); and, from the best
-     warm run's own step times, how long everything but extraction took;
+     `trafilatura.extract` on the same pages, warm (a worker that has already run a task: blocklists
+     and language model loaded, as trafilatura is warmed up with one page) and cold (a fresh
+     process, paying that setup once); and, from the best warm run's own step times, how long
+     everything but extraction took;
   2. docs/s of the fast extractor (resiliparse) against trafilatura, and the fraction of kept
      documents the two agree on (|kept by both| / |kept by either|), with the same language filter
      applied to both outputs, then the language filter plus the default quality filters.
