@@ -1,8 +1,8 @@
 """Knowledge: facts from the corpus, interrogating the model to find what it does not know, refusals
 there (hallucination mitigation #1), and search traces that answer from retrieved text (#2).
 
-- `derive_facts` turns definitional sentences of the pretraining corpus ("X is Y.", "X returns Y.")
-  into question/answer pairs with their source passage; `load_facts` reads a jsonl fact file.
+- `derive_facts` turns definitional sentences of the pretraining corpus ("X is Y.", "X returns Y.";
+  not clauses, imperatives or the passive voice) into question/answer pairs with their source passage; `load_facts` reads a jsonl fact file.
 - `interrogate` asks the model each question several times (sampled, through the few-shot
   conversation document a base model understands) and judges every answer against the reference;
   the judge is a function `judge(answer, reference) -> bool`, by default word overlap, or any
@@ -21,10 +21,42 @@ from hfstack.conversations.generators import in_eval_split, message, tool_call
 
 REFUSALS = ["I'm sorry, I don't know the answer to that.", "I don't know. I'd rather not guess.",
             "I am not sure about that, so I won't make something up.", "I don't know that one."]
-_DEFINITION = re.compile(r"^((?:The |A |An )?[A-Z][\w.()]*(?: [\w.()]+){0,3}) (is|are|returns|provides) (.{12,160}?)\.$")
+_VERBS = {"is": "What is {}?", "are": "What are {}?", "returns": "What does {} return?",
+          "provides": "What does {} provide?", "contains": "What does {} contain?",
+          "represents": "What does {} represent?", "implements": "What does {} implement?",
+          "supports": "What does {} support?", "defines": "What does {} define?"}
+_DEFINITION = re.compile(r"^((?:The |A |An )?[A-Z][\w.()]*(?: [\w.()]+){0,3}) (" + "|".join(_VERBS)
+                         + r") (.{12,160}?)\.$")
 _WORD = re.compile(r"[a-z0-9]{4,}")
+# A definition names something and says what it is ("A Counter is a dict subclass for counting things.").
+# Many sentences only look like one: a clause or an imperative docstring in front ("Since import
+# statements are ...", "Return None if there is ..."), the passive voice ("Symlinks are recreated ...",
+# "The GIL is not released"), or a subject that means nothing out of its page ("What is the line?").
 _NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those", "then", "otherwise", "each", "any",
-                  "all", "only", "also", "however", "note", "see", "both", "some", "what", "which", "here", "so"}
+                  "all", "only", "also", "however", "note", "see", "both", "some", "what", "which", "here", "so",
+                  "since", "once", "where", "whether", "while", "because", "although", "unless", "until", "after",
+                  "before", "for", "in", "on", "at", "by", "with", "from", "to", "as", "no", "its", "their", "other",
+                  "such", "possible", "additionally", "always", "never", "default", "return", "returns", "check",
+                  "checks", "block", "get", "set", "create", "raise", "open", "close", "read", "write", "add", "remove",
+                  "call", "make", "use", "test", "convert", "they", "we", "you", "he", "she", "true", "false", "none",
+                  "returned", "extending"}
+_CLAUSE_WORDS = {"if", "there", "that", "this", "which", "when", "where", "whether", "not", "no", "it", "passed",
+                 "also", "here"}
+_NOT_A_DEFINITION = {"not", "then", "also", "always", "never", "now", "still", "only", "usually", "normally",
+                     "typically", "automatically", "initially", "immediately", "done", "made", "written", "given",
+                     "shown", "taken", "known", "found", "built", "kept", "held", "sent", "set", "put", "read", "run",
+                     "left", "lost", "thrown", "drawn", "chosen", "broken", "hidden", "seen", "true", "false", "none"}
+
+
+def _is_definition(subject: str, predicate: str) -> bool:
+    words = subject.split()
+    if words[0].lower() in _NOT_A_SUBJECT or any(w.lower() in _CLAUSE_WORDS for w in words[1:]):
+        return False
+    named = words[1:] if words[0] in ("The", "A", "An") else words
+    if len(named) == 1 and words[0] == "The" and named[0].islower():  # "the line": which line?
+        return False
+    first = predicate.split()[0].lower().strip(",;:")
+    return not (first in _NOT_A_DEFINITION or first.endswith("ly") or first.endswith("ed"))  # passive voice
 
 
 def derive_facts(texts, limit: int = 500) -> list[dict]:
@@ -34,14 +66,12 @@ def derive_facts(texts, limit: int = 500) -> list[dict]:
         for line in text.splitlines():
             for sentence in re.split(r"(?<=\.)\s+", line.strip()):
                 match = _DEFINITION.match(sentence)
-                if not match or match.group(1).lower() in seen or \
-                        match.group(1).split()[0].lower() in _NOT_A_SUBJECT:
+                if not match or match.group(1).lower() in seen or not _is_definition(match.group(1), match.group(3)):
                     continue
-                subject, verb, rest = match.groups()
+                subject, verb, _ = match.groups()
                 seen.add(subject.lower())
                 subject = re.sub(r"^(The|A|An) ", lambda m: m.group(1).lower() + " ", subject)
-                question = {"is": f"What is {subject}?", "are": f"What are {subject}?",
-                            "returns": f"What does {subject} return?", "provides": f"What does {subject} provide?"}[verb]
+                question = _VERBS[verb].format(subject)
                 facts.append({"question": question, "answer": sentence, "passage": line.strip()[:600]})
                 if len(facts) >= limit:
                     return facts
