@@ -114,16 +114,15 @@ def test_sample_quality_filters_report_their_drops(sample_run, tmp_path):
 @pytest.mark.slow
 def test_synthetic_crawl_gives_every_step_something_to_drop(tmp_path):
     crawl = write_crawl(tmp_path / "crawl" / "c.warc.gz", pages=60, seed=1)
-    assert set(crawl.counts) >= {"page", "foreign", "foreign_note", "spam", "exact_duplicate", "republished", "not_html", "not_200",
-                                 "blocked_url"}
+    assert set(crawl.counts) >= {"page", "foreign", "foreign_note", "spam", "exact_duplicate", "republished",
+                                 "not_html", "not_200", "blocked_url"}
     out = tmp_path / "data"
     funnel = run_data(DataConfig(input=[str(tmp_path / "crawl")], output_dir=str(out), progress=False,
                                  quality_filters={"gopher_repetition": {}, "gopher_quality": {}},
                                  minhash={"num_buckets": 4, "hashes_per_bucket": 8}))
     rows = {r["step"]: r for r in funnel["steps"]}
     for step in ("url filter", "http status/type", "same page (html)", "language gate (html)", "language",
-                 "quality: gopher_repetition",
-                 "exact dedup"):
+                 "quality: gopher_repetition", "exact dedup"):
         assert sum(rows[step]["dropped"].values()) > 0, step
     assert rows["http status/type"]["dropped"]["broken_http_headers"] == 1
     texts = load_dataset("parquet", data_files=str(out / "*.parquet"), split="train")

@@ -2,7 +2,8 @@
 there (hallucination mitigation #1), and search traces that answer from retrieved text (#2).
 
 - `derive_facts` turns definitional sentences of the pretraining corpus ("X is Y.", "X returns Y.";
-  not clauses, imperatives or the passive voice) into question/answer pairs with their source passage; `load_facts` reads a jsonl fact file.
+  not clauses, imperatives or the passive voice) into question/answer pairs with their source
+  passage; `load_facts` reads a jsonl fact file.
 - `interrogate` asks the model each question several times (sampled, through the few-shot
   conversation document a base model understands) and judges every answer against the reference;
   the judge is a function `judge(answer, reference) -> bool`, by default word overlap, or any
