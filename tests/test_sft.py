@@ -196,15 +196,16 @@ def test_facts_are_derived_from_definitional_sentences():
                           "If the key is None, nothing happens.\nA Counter is a dict subclass for counting things."])
     assert [f["question"] for f in facts] == ["What does the heapq module provide?", "What is a Counter?"]
     assert facts[1]["answer"] == "A Counter is a dict subclass for counting things."
-    # sentences that only look like definitions: clauses, imperative docstrings, the passive voice,
-    # and subjects that mean nothing out of their page
+    # sentences that only look like facts about a named thing: clauses, imperative docstrings, pronouns,
+    # subjects that mean nothing out of their page, and remarks ("is always ...")
     lookalikes = ["Since import statements are recognized, this is fine.", "Return None if there is no more data.",
-                  "Symlinks are recreated under the new name.", "The GIL is not released by this call.",
-                  "The line is appended to a buffer for later.", "Inputs are losslessly converted to strings.",
-                  "Checks whether this line is typed at the prompt.", "They are all unsigned integers here."]
+                  "The line is appended to a buffer for later.", "Checks whether this line is typed at the prompt.",
+                  "They are all unsigned integers here.", "The rounding mode is always exact in this module."]
     assert derive_facts(["\n".join(lookalikes)]) == []
-    kept = derive_facts(["Path represents a filesystem path with methods.\nHeaps are arrays with an ordering rule."])
-    assert [f["question"] for f in kept] == ["What does Path represent?", "What are Heaps?"]
+    kept = derive_facts(["Path represents a filesystem path with methods.\nHeaps are arrays with an ordering rule.\n"
+                         "Symlinks are recreated under the new name.\nThe GIL is not released by this call."])
+    assert [f["question"] for f in kept] == ["What does Path represent?", "What are Heaps?",
+                                             "What happens to Symlinks?", "What happens to the GIL?"]
 
 
 def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):

@@ -1,9 +1,10 @@
 """Knowledge: facts from the corpus, interrogating the model to find what it does not know, refusals
 there (hallucination mitigation #1), and search traces that answer from retrieved text (#2).
 
-- `derive_facts` turns definitional sentences of the pretraining corpus ("X is Y.", "X returns Y.";
-  not clauses, imperatives or the passive voice) into question/answer pairs with their source
-  passage; `load_facts` reads a jsonl fact file.
+- `derive_facts` turns sentences about a named thing in the pretraining corpus ("X is Y." gives
+  "What is X?", "X returns Y." "What does X return?", "X is used for Y." "What happens to X?"; not
+  clauses or imperative docstrings) into question/answer pairs with their source passage;
+  `load_facts` reads a jsonl fact file.
 - `interrogate` asks the model each question several times (sampled, through the few-shot
   conversation document a base model understands) and judges every answer against the reference;
   the judge is a function `judge(answer, reference) -> bool`, by default word overlap, or any
@@ -29,10 +30,10 @@ _VERBS = {"is": "What is {}?", "are": "What are {}?", "returns": "What does {} r
 _DEFINITION = re.compile(r"^((?:The |A |An )?[A-Z][\w.()]*(?: [\w.()]+){0,3}) (" + "|".join(_VERBS)
                          + r") (.{12,160}?)\.$")
 _WORD = re.compile(r"[a-z0-9]{4,}")
-# A definition names something and says what it is ("A Counter is a dict subclass for counting things.").
-# Many sentences only look like one: a clause or an imperative docstring in front ("Since import
-# statements are ...", "Return None if there is ..."), the passive voice ("Symlinks are recreated ...",
-# "The GIL is not released"), or a subject that means nothing out of its page ("What is the line?").
+# A fact names something and says what it is or what happens to it ("A Counter is a dict subclass
+# for counting things.", "Symlinks are recreated under the new name ..."). Many sentences only look
+# like one: a clause or an imperative docstring in front ("Since import statements are ...", "Return
+# None if there is ..."), or a subject that means nothing out of its page ("What is the line?").
 _NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those", "then", "otherwise", "each", "any",
                   "all", "only", "also", "however", "note", "see", "both", "some", "what", "which", "here", "so",
                   "since", "once", "where", "whether", "while", "because", "although", "unless", "until", "after",
@@ -43,21 +44,30 @@ _NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those",
                   "returned", "extending"}
 _CLAUSE_WORDS = {"if", "there", "that", "this", "which", "when", "where", "whether", "not", "no", "it", "passed",
                  "also", "here"}
-_NOT_A_DEFINITION = {"not", "then", "also", "always", "never", "now", "still", "only", "usually", "normally",
-                     "typically", "automatically", "initially", "immediately", "done", "made", "written", "given",
-                     "shown", "taken", "known", "found", "built", "kept", "held", "sent", "set", "put", "read", "run",
-                     "left", "lost", "thrown", "drawn", "chosen", "broken", "hidden", "seen", "true", "false", "none"}
+_ADVERBS = {"not", "then", "also", "always", "never", "now", "still", "only", "usually", "normally", "typically",
+            "automatically", "initially", "immediately", "recursively", "losslessly"}
+_PARTICIPLES = {"done", "made", "written", "given", "shown", "taken", "known", "found", "built", "kept", "held",
+                "sent", "set", "put", "read", "run", "left", "lost", "thrown", "drawn", "chosen", "broken", "hidden",
+                "seen"}
 
 
-def _is_definition(subject: str, predicate: str) -> bool:
+def _question(subject: str, verb: str, predicate: str) -> str | None:
+    """The question a sentence answers, or None when it is not a fact about a named thing."""
     words = subject.split()
     if words[0].lower() in _NOT_A_SUBJECT or any(w.lower() in _CLAUSE_WORDS for w in words[1:]):
-        return False
+        return None
     named = words[1:] if words[0] in ("The", "A", "An") else words
     if len(named) == 1 and words[0] == "The" and named[0].islower():  # "the line": which line?
-        return False
-    first = predicate.split()[0].lower().strip(",;:")
-    return not (first in _NOT_A_DEFINITION or first.endswith("ly") or first.endswith("ed"))  # passive voice
+        return None
+    subject = re.sub(r"^(The|A|An) ", lambda m: m.group(1).lower() + " ", subject)
+    if verb not in ("is", "are"):
+        return _VERBS[verb].format(subject)
+    head = [w.lower().strip(",;:") for w in predicate.split()[:2]]
+    adverb = head[0] in _ADVERBS
+    action = head[int(adverb)] if len(head) > int(adverb) else ""
+    if action.endswith("ed") or action in _PARTICIPLES:  # the passive voice: something is done to it
+        return f"What happens to {subject}?"
+    return None if adverb else _VERBS[verb].format(subject)  # "is always exact": a remark, not a definition
 
 
 def derive_facts(texts, limit: int = 500) -> list[dict]:
@@ -67,12 +77,10 @@ def derive_facts(texts, limit: int = 500) -> list[dict]:
         for line in text.splitlines():
             for sentence in re.split(r"(?<=\.)\s+", line.strip()):
                 match = _DEFINITION.match(sentence)
-                if not match or match.group(1).lower() in seen or not _is_definition(match.group(1), match.group(3)):
+                question = _question(*match.groups()) if match else None
+                if question is None or match.group(1).lower() in seen:
                     continue
-                subject, verb, _ = match.groups()
-                seen.add(subject.lower())
-                subject = re.sub(r"^(The|A|An) ", lambda m: m.group(1).lower() + " ", subject)
-                question = _VERBS[verb].format(subject)
+                seen.add(match.group(1).lower())
                 facts.append({"question": question, "answer": sentence, "passage": line.strip()[:600]})
                 if len(facts) >= limit:
                     return facts
