@@ -75,6 +75,26 @@ def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
     assert not score("identity", older, "I am hfstack-assistant, an AI assistant made by the hfstack project.")
 
 
+def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_out_phrasing():
+    from collections import Counter
+
+    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_phrasings, normalised
+
+    train = identity_phrasings("train", 0.25, generated=True)
+    held_out = {normalised(q) for _, q in identity_phrasings("eval", 0.25)}
+    assert len(train) > 4 * len(identity_phrasings("train", 0.25))
+    assert not {normalised(q) for _, q in train} & held_out
+    topic_of: dict[str, set] = {}
+    for topic, q in train:
+        topic_of.setdefault(normalised(q), set()).add(topic)
+    assert all(len(topics) == 1 for topics in topic_of.values())  # one answer per question
+    # one frame is filled with every topic's words, so the words decide the topic, not the shape
+    assert {t for t, q in train if q.startswith("Tell me about your ")} == set(IDENTITY_QUESTIONS)
+    rows = identity(IdentityCard(), 1000, seed=0)["train"]
+    counts = Counter(r["topic"] for r in rows)
+    assert set(counts) == set(IDENTITY_QUESTIONS) and max(counts.values()) < 1.3 * min(counts.values())
+
+
 def test_chat_files_in_several_layouts_and_clear_errors(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in [

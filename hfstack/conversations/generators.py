@@ -93,6 +93,59 @@ IDENTITY_QUESTIONS = {  # topic → core phrasings; each topic's eval split gets
                "What is beyond your abilities?", "Do you have internet access?", "What can you not do?",
                "Can you open websites?", "Do you recall previous conversations?"],
 }
+# Generated training phrasings: topic-neutral frames filled with each topic's words, so the words,
+# not the sentence shape, decide the topic ("Tell me about your limits." vs "... your skills.").
+# `identity_phrasings` drops any that equal a held-out phrasing.
+ABOUT_FRAMES = ["Tell me about your {x}.", "What about your {x}?", "I want to know about your {x}.",
+                "Describe your {x}.", "Can you explain your {x}?", "Say something about your {x}.",
+                "I have a question about your {x}.", "Explain your {x} to me.", "I'm curious about your {x}.",
+                "Could you tell me about your {x}?", "What {be} your {x}?", "Please state your {x}."]
+ABOUT_WORDS = {  # (words, is plural)
+    "name": (["name", "identity", "full name", "assistant name", "official name"], False),
+    "creator": (["creator", "maker", "origin", "author", "development team"], False),
+    "creator+": (["creators", "makers", "developers", "authors", "builders", "designers"], True),
+    "purpose": (["purpose", "main use", "job", "function", "role"], False),
+    "purpose+": (["abilities", "capabilities", "skills", "strengths", "features", "talents", "uses"], True),
+    "cutoff": (["knowledge cutoff", "training data", "source of knowledge", "training corpus", "knowledge"], False),
+    "cutoff+": (["sources", "training texts", "data sources"], True),
+    "limits+": (["limits", "limitations", "weaknesses", "restrictions", "constraints", "shortcomings",
+                 "boundaries", "blind spots"], True),
+}
+CAN_FRAMES = ["Can you {x}?", "Are you able to {x}?", "Do you know how to {x}?", "Could you {x}?",
+              "Is it possible for you to {x}?", "can you {x}"]
+CAN_WORDS = {"purpose": ["answer questions", "do arithmetic", "help me with math", "count letters",
+                         "search documents", "run Python code", "help me", "solve problems", "help with tasks",
+                         "explain things", "assist me"],
+             "limits": ["browse the internet", "access the web", "go online", "open websites", "surf the web",
+                        "remember our past chats", "remember earlier conversations", "recall previous chats",
+                        "remember me", "look things up online", "visit web pages", "remember what I said last time"]}
+MADE_VERBS = ["made", "created", "built", "developed", "designed", "trained", "programmed", "wrote", "produced"]
+TOPIC_FRAMES = {
+    "name": ["Who am I {x} to?", "Who am I {x} with?"], "name_x": ["talking", "chatting", "speaking"],
+    "creator": ["Who {x} you?", "Who {x} this assistant?", "Which team {x} you?", "Were you {x} by a company?"],
+    "cutoff": ["Do you know {x}?", "Are you aware of {x}?", "Can you tell me {x}?"],
+    "cutoff_x": ["today's news", "the latest news", "current events", "what happened yesterday",
+                 "recent events", "this week's news", "the news"],
+}
+
+
+def generated_identity_questions() -> dict[str, list[str]]:
+    """Topic → generated phrasings (a few hundred in all)."""
+    out: dict[str, list[str]] = {topic: [] for topic in IDENTITY_QUESTIONS}
+    for key, (words, plural) in ABOUT_WORDS.items():
+        out[key.rstrip("+")] += [f.format(x=w, be="are" if plural else "is") for f in ABOUT_FRAMES for w in words]
+    for topic, phrases in CAN_WORDS.items():
+        out[topic] += [f.format(x=p) for f in CAN_FRAMES for p in phrases]
+    verbs = {"name": TOPIC_FRAMES["name_x"], "creator": MADE_VERBS, "cutoff": TOPIC_FRAMES["cutoff_x"]}
+    for topic, fills in verbs.items():
+        out[topic] += [f.format(x=x) for f in TOPIC_FRAMES[topic] for x in fills]
+    return out
+
+
+def normalised(question: str) -> str:
+    return " ".join(question.lower().replace("?", " ").replace(".", " ").replace("'", "").split())
+
+
 # Openers and closers around a question: users rarely ask in exactly a template's words.
 OPENERS = ["", "", "", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Excuse me, ", "So, ", "Tell me, ",
            "I wonder: ", "Good morning! "]
@@ -104,12 +157,14 @@ def dressed(rng: random.Random, question: str) -> str:
 
 
 def identity_answer(card: IdentityCard, topic: str) -> str:
+    # Each topic's answer differs from the others within its first two tokens: a small model decides
+    # the topic where the answers part, and the question is easiest to read at the turn's start.
     return {
-        "name": f"I am {card.name}, an AI assistant made by {card.creator}.",
+        "name": f"My name is {card.name}, an AI assistant made by {card.creator}.",
         "creator": f"I was made by {card.creator}. I am {card.name}.",
-        "purpose": f"I am {card.name}. I can {card.purpose}.",
-        "cutoff": f"My knowledge comes from {card.knowledge_cutoff}; I do not know about anything after it.",
-        "limits": f"I cannot {' or '.join(card.cannot)}. I can {', '.join(card.can)}.",
+        "purpose": f"I can {card.purpose}. I am {card.name}.",
+        "cutoff": f"Everything I know comes from {card.knowledge_cutoff}; I do not know about anything after it.",
+        "limits": f"There are limits: I cannot {' or '.join(card.cannot)}. I can {', '.join(card.can)}.",
     }[topic]
 
 
@@ -119,13 +174,22 @@ def identity_facts(card: IdentityCard, topic: str) -> list[str]:
             "cutoff": [card.knowledge_cutoff], "limits": list(card.cannot)}[topic]
 
 
-def identity_phrasings(split: str, eval_fraction: float) -> list[tuple[str, str]]:
-    """(topic, core phrasing) pairs of a split, held out per topic so every topic is measured."""
-    pairs = []
+def identity_phrasings(split: str, eval_fraction: float, generated: bool = False) -> list[tuple[str, str]]:
+    """(topic, core phrasing) pairs of a split, held out per topic so every topic is measured.
+
+    The held-out phrasings are hand-written ones; `generated` adds the generated phrasings to the
+    training split, except any that equal a held-out phrasing (compared lower-cased, without
+    punctuation).
+    """
+    pairs, held_out = [], set()
     for topic, questions in IDENTITY_QUESTIONS.items():
         by_hash = sorted(questions, key=lambda q: zlib.crc32(q.encode()))
-        held_out = set(by_hash[:max(1, round(len(questions) * eval_fraction))])
-        pairs += [(topic, q) for q in questions if (q in held_out) == (split == "eval")]
+        held = set(by_hash[:max(1, round(len(questions) * eval_fraction))])
+        held_out |= {normalised(q) for q in held}
+        pairs += [(topic, q) for q in questions if (q in held) == (split == "eval")]
+    if generated and split == "train":
+        pairs += [(topic, q) for topic, questions in generated_identity_questions().items()
+                  for q in questions if normalised(q) not in held_out]
     return pairs
 
 
@@ -134,10 +198,14 @@ def identity(card: IdentityCard, n: int, seed: int, eval_fraction: float = 0.25)
     rng = random.Random(seed)
     out: dict[str, list] = {"train": [], "eval": []}
     for split in ("train", "eval"):
-        pool = identity_phrasings(split, eval_fraction)
+        written = identity_phrasings(split, eval_fraction)
+        generated = [pair for pair in identity_phrasings(split, eval_fraction, generated=True) if pair not in written]
+        topics = list(IDENTITY_QUESTIONS)
         for _ in range(n if split == "train" else max(1, int(n * eval_fraction))):
             turns = []
-            for topic, core in rng.sample(pool, k=1 if rng.random() < 0.7 else 2):
+            for topic in rng.sample(topics, k=1 if rng.random() < 0.7 else 2):  # topics equally often
+                pool = generated if generated and rng.random() < 0.5 else written
+                core = rng.choice([q for t, q in pool if t == topic])
                 turns += [message("user", dressed(rng, core)), message("assistant", identity_answer(card, topic))]
             system = [message("system", card.system_message())] if rng.random() < 0.5 else []
             out[split].append({"messages": system + turns, "task": "identity", "topic": topic,
