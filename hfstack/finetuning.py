@@ -39,6 +39,7 @@ class SFTStageConfig:
     facts_from: list[str] = field(default_factory=list)  # corpus: data-stage dir(s) or text files
     facts_file: str | None = None  # jsonl with question, answer (and passage)
     interrogation_samples: int = 3
+    knowledge_repeats: int = 1  # conversations per training fact (the copies get an opener and closer)
     judge: str = "hfstack.conversations.knowledge:word_overlap_judge"
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
@@ -70,6 +71,8 @@ class SFTStageConfig:
         if unknown:
             raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: identity, "
                               "arithmetic, counting, knowledge, search (chat data goes in chat_files / chat_hub)")
+        if self.knowledge_repeats < 1:
+            raise ConfigError(f"sft: 'knowledge_repeats' must be at least 1, got {self.knowledge_repeats}")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
@@ -192,7 +195,7 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple
         report |= {"known_facts": sum(r["known"] for r in results), "unknown_facts": sum(not r["known"] for r in results)}
         print(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
               f"does not know {report['unknown_facts']} (those get refusals)", flush=True)
-        extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed)
+        extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed, repeats=cfg.knowledge_repeats)
     if wanted["search"] and texts:
         from hfstack.tools.search import SearchIndex
 

@@ -78,7 +78,8 @@ def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
 def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_out_phrasing():
     from collections import Counter
 
-    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_phrasings, normalised
+    from hfstack.conversations.generators import (IDENTITY_QUESTIONS, identity_answer, identity_phrasings,
+                                                  normalised)
 
     train = identity_phrasings("train", 0.25, generated=True)
     held_out = {normalised(q) for _, q in identity_phrasings("eval", 0.25)}
@@ -90,6 +91,8 @@ def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_o
     assert all(len(topics) == 1 for topics in topic_of.values())  # one answer per question
     # one frame is filled with every topic's words, so the words decide the topic, not the shape
     assert {t for t, q in train if q.startswith("Tell me about your ")} == set(IDENTITY_QUESTIONS)
+    openings = [" ".join(identity_answer(IdentityCard(), t).split()[:2]) for t in IDENTITY_QUESTIONS]
+    assert len(set(openings)) == len(openings)  # every topic's answer parts from the others at once
     rows = identity(IdentityCard(), 1000, seed=0)["train"]
     counts = Counter(r["topic"] for r in rows)
     assert set(counts) == set(IDENTITY_QUESTIONS) and max(counts.values()) < 1.3 * min(counts.values())
@@ -243,6 +246,14 @@ def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
     for row, fact in zip(rows, results):
         reply = row["messages"][-1]["content"]
         assert (reply == fact["answer"]) if fact["known"] else (reply in REFUSALS)
+    repeated = knowledge_conversations(results, seed=0, eval_fraction=0.0, repeats=3)["train"]
+    assert len(repeated) == 3 * len(results)
+    for fact in results:  # each fact asked as is once, then dressed, always with the same kind of answer
+        asked = [r["messages"][0]["content"] for r in repeated if fact["question"] in r["messages"][0]["content"]]
+        assert len(asked) == 3 and asked.count(fact["question"]) >= 1
+    assert all((r["messages"][-1]["content"] == r["answer"]) == r["known"] for r in repeated)
+    held_out = knowledge_conversations(results, seed=0, eval_fraction=1.0, repeats=3)["eval"]
+    assert [r["messages"][0]["content"] for r in held_out] == [f["question"] for f in results]
     assert load_judge("hfstack.conversations.knowledge:word_overlap_judge")("It is a dict subclass", "a dict subclass")
     with pytest.raises(ConfigError, match="cannot import"):
         load_judge("nowhere.module:judge")

@@ -19,7 +19,7 @@ import random
 import re
 
 from hfstack.config import ConfigError, import_object
-from hfstack.conversations.generators import in_eval_split, message, tool_call
+from hfstack.conversations.generators import dressed, in_eval_split, message, tool_call
 
 REFUSALS = ["I'm sorry, I don't know the answer to that.", "I don't know. I'd rather not guess.",
             "I am not sure about that, so I won't make something up.", "I don't know that one."]
@@ -127,16 +127,24 @@ def interrogate(model, tokenizer, facts: list[dict], samples: int = 3, judge=wor
             for f, c in zip(facts, correct)]
 
 
-def knowledge_conversations(results: list[dict], seed: int, eval_fraction: float = 0.2) -> dict[str, list]:
-    """Known facts keep their answer; unknown ones get a refusal. Split by question, stably."""
+def knowledge_conversations(results: list[dict], seed: int, eval_fraction: float = 0.2,
+                            repeats: int = 1) -> dict[str, list]:
+    """Known facts keep their answer; unknown ones get a refusal. Split by question, stably.
+
+    A training fact appears `repeats` times: as asked, then with a random opener and closer ("Hi! …
+    Thanks!"), so a mixture with thousands of other conversations still teaches the refusals. The
+    held-out question is asked once, as it is.
+    """
     rng = random.Random(seed)
     out: dict[str, list] = {"train": [], "eval": []}
     for fact in results:
-        answer = fact["answer"] if fact["known"] else rng.choice(REFUSALS)
         split = "eval" if in_eval_split(fact["question"], eval_fraction) else "train"
-        out[split].append({"messages": [message("user", fact["question"]), message("assistant", answer)],
-                           "task": "knowledge", "known": fact["known"], "answer": fact["answer"],
-                           "passage": fact.get("passage", "")})
+        for copy in range(repeats if split == "train" else 1):
+            answer = fact["answer"] if fact["known"] else rng.choice(REFUSALS)
+            question = dressed(rng, fact["question"]) if copy else fact["question"]
+            out[split].append({"messages": [message("user", question), message("assistant", answer)],
+                               "task": "knowledge", "known": fact["known"], "answer": fact["answer"],
+                               "passage": fact.get("passage", "")})
     return out
 
 
