@@ -1,6 +1,7 @@
 """Synthetic conversations that teach the assistant who it is and how to think in tokens.
 
-- identity: questions about itself, many phrasings, multi-turn, answered from an identity card;
+- identity: questions about itself, multi-turn, answered from an identity card; 20 hand-written
+  phrasings per topic and, for training only, a few hundred generated from topic-neutral frames;
 - arithmetic: sums, products, differences and word problems, computed with a Python tool call
   ("models need tokens to think": the computation goes to the tool, the model copies the result);
 - counting and spelling: letters in a word, solved by spelling the word out letter by letter or
@@ -119,13 +120,13 @@ CAN_WORDS = {"purpose": ["answer questions", "do arithmetic", "help me with math
              "limits": ["browse the internet", "access the web", "go online", "open websites", "surf the web",
                         "remember our past chats", "remember earlier conversations", "recall previous chats",
                         "remember me", "look things up online", "visit web pages", "remember what I said last time"]}
-MADE_VERBS = ["made", "created", "built", "developed", "designed", "trained", "programmed", "wrote", "produced"]
-TOPIC_FRAMES = {
-    "name": ["Who am I {x} to?", "Who am I {x} with?"], "name_x": ["talking", "chatting", "speaking"],
-    "creator": ["Who {x} you?", "Who {x} this assistant?", "Which team {x} you?", "Were you {x} by a company?"],
-    "cutoff": ["Do you know {x}?", "Are you aware of {x}?", "Can you tell me {x}?"],
-    "cutoff_x": ["today's news", "the latest news", "current events", "what happened yesterday",
-                 "recent events", "this week's news", "the news"],
+TOPIC_FRAMES = {  # topic → (frames, what fills them)
+    "name": (["Who am I {x} to?", "Who am I {x} with?"], ["talking", "chatting", "speaking"]),
+    "creator": (["Who {x} you?", "Who {x} this assistant?", "Which team {x} you?", "Were you {x} by a company?"],
+                ["made", "created", "built", "developed", "designed", "trained", "programmed", "wrote", "produced"]),
+    "cutoff": (["Do you know {x}?", "Are you aware of {x}?", "Can you tell me {x}?"],
+               ["today's news", "the latest news", "current events", "what happened yesterday", "recent events",
+                "this week's news", "the news"]),
 }
 
 
@@ -136,9 +137,8 @@ def generated_identity_questions() -> dict[str, list[str]]:
         out[key.rstrip("+")] += [f.format(x=w, be="are" if plural else "is") for f in ABOUT_FRAMES for w in words]
     for topic, phrases in CAN_WORDS.items():
         out[topic] += [f.format(x=p) for f in CAN_FRAMES for p in phrases]
-    verbs = {"name": TOPIC_FRAMES["name_x"], "creator": MADE_VERBS, "cutoff": TOPIC_FRAMES["cutoff_x"]}
-    for topic, fills in verbs.items():
-        out[topic] += [f.format(x=x) for f in TOPIC_FRAMES[topic] for x in fills]
+    for topic, (frames, fills) in TOPIC_FRAMES.items():
+        out[topic] += [f.format(x=x) for f in frames for x in fills]
     return out
 
 
