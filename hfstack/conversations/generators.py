@@ -157,7 +157,7 @@ def dressed(rng: random.Random, question: str) -> str:
 
 
 def identity_answer(card: IdentityCard, topic: str) -> str:
-    # Each topic's answer differs from the others within its first two tokens: a small model decides
+    # Each topic's answer differs from the others within its first two words: a small model decides
     # the topic where the answers part, and the question is easiest to read at the turn's start.
     return {
         "name": f"My name is {card.name}, an AI assistant made by {card.creator}.",
@@ -200,12 +200,15 @@ def identity(card: IdentityCard, n: int, seed: int, eval_fraction: float = 0.25)
     for split in ("train", "eval"):
         written = identity_phrasings(split, eval_fraction)
         generated = [pair for pair in identity_phrasings(split, eval_fraction, generated=True) if pair not in written]
+        # each topic's phrasings, gathered once rather than for every conversation
+        by_topic = lambda pairs: {t: [q for u, q in pairs if u == t] for t in IDENTITY_QUESTIONS}  # noqa: E731
+        written_by_topic, generated_by_topic = by_topic(written), by_topic(generated)
         topics = list(IDENTITY_QUESTIONS)
         for _ in range(n if split == "train" else max(1, int(n * eval_fraction))):
             turns = []
             for topic in rng.sample(topics, k=1 if rng.random() < 0.7 else 2):  # topics equally often
-                pool = generated if generated and rng.random() < 0.5 else written
-                core = rng.choice([q for t, q in pool if t == topic])
+                pool = generated_by_topic if generated and rng.random() < 0.5 else written_by_topic
+                core = rng.choice(pool[topic])
                 turns += [message("user", dressed(rng, core)), message("assistant", identity_answer(card, topic))]
             system = [message("system", card.system_message())] if rng.random() < 0.5 else []
             out[split].append({"messages": system + turns, "task": "identity", "topic": topic,
