@@ -90,11 +90,50 @@ def test_loss_goes_down_and_every_parameter_changes(trained):
     assert not unchanged
     records = [json.loads(line) for line in (out / "log.jsonl").open()]
     evals = [r for r in records if "eval_bpb" in r]
-    assert evals and all(r["eval_bpb"] > 0 for r in evals) and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    # the last step's own evaluation; the one after it measures the saved weights (unseen tokens spread)
+    last = [r for r in evals if r["step"] == 30]
+    assert evals and all(r["eval_bpb"] > 0 for r in evals) and last[0]["eval_loss"] < evals[0]["eval_loss"]
+    assert len(last) == 2 and json.loads((out / "summary.json").read_text())["eval_loss"] == last[1]["eval_loss"]
     assert any("samples" in r for r in records) and any("mfu" in r and "tokens_per_s" in r for r in records)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["world_size"] == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-24", "checkpoint-30"]
+
+
+def test_spreading_pulls_collapsed_unseen_rows_apart_and_leaves_the_rest():
+    from hfstack.pretraining import spread_unseen_tokens
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.get_input_embeddings = lambda: embedding
+    embedding = torch.nn.Embedding(40, 16)
+    with torch.no_grad():  # rows 20-39: one shared vector plus a little noise, as pretraining leaves them
+        embedding.weight[20:] = 3.0 + 0.01 * torch.randn(20, 16)
+        embedding.weight[39] = 0.0  # a padding row
+    before = embedding.weight.detach().clone()
+    spread_unseen_tokens(model, torch.arange(20, 40))
+    after = embedding.weight.detach()
+    assert torch.equal(after[:20], before[:20]) and torch.equal(after[39], before[39])
+    rows = torch.nn.functional.normalize(after[20:39], dim=1)
+    cosines = (rows @ rows.T)[~torch.eye(19, dtype=torch.bool)]
+    assert abs(cosines.mean().item() - 0.2) < 0.05, cosines.mean()  # from cosine ~1.0
+    mean_norm = before[:20].norm(dim=1).mean()
+    assert abs(after[20:39].norm(dim=1).mean() / (mean_norm * 1.25 ** 0.5) - 1) < 0.1  # the seen rows' scale
+
+
+def test_pretraining_saves_unseen_tokens_spread_apart(trained):
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    out, before = trained
+    (stream,) = (out / "cache").glob("tokens-*/train.bin")
+    counts = np.bincount(np.fromfile(stream, dtype=np.uint16), minlength=len(before["model.embed_tokens.weight"]))
+    final = AutoModelForCausalLM.from_pretrained(out).model.embed_tokens.weight.detach()
+    unseen = [i for i in np.flatnonzero(counts == 0) if final[i].norm() > 0]
+    assert len(unseen) > 5
+    rows = torch.nn.functional.normalize(final[unseen], dim=1)
+    cosines = (rows @ rows.T)[~torch.eye(len(unseen), dtype=torch.bool)]
+    assert abs(cosines.mean().item() - 0.2) < 0.1, cosines.mean()
 
 
 def test_saved_model_loads_in_a_fresh_offline_process_and_generates(trained):
