@@ -146,8 +146,9 @@ def unseen_token_ids(train_tokens, vocab_size: int):
     return torch.from_numpy(np.flatnonzero(counts == 0))
 
 
-def spread_unseen_tokens(model, unseen) -> None:
-    """Pull the embeddings of tokens training never saw apart again, before saving.
+def spread_unseen_tokens(model, unseen) -> int:
+    """Pull the embeddings of tokens training never saw apart again, before saving; returns how
+    many rows moved (none when fewer than two non-zero rows are unseen).
 
     An unseen token's only gradient comes from the output softmax pushing it down, the same push
     for all of them, so their tied rows drift into one shared vector (measured on the tiny preset:
@@ -168,7 +169,7 @@ def spread_unseen_tokens(model, unseen) -> None:
         live = rows.norm(dim=1) > 0  # the padding row starts at zero and stays there
         rows, ids = rows[live], unseen[live.cpu()]
         if len(ids) < 2:
-            return
+            return 0
         seen = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
         seen[unseen] = False
         norm = weight[seen].norm(dim=1).mean()
@@ -176,6 +177,7 @@ def spread_unseen_tokens(model, unseen) -> None:
         own = rows - shared
         weight[ids] = (shared / shared.norm() * norm / 2
                        + own / own.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm)
+    return len(ids)
 
 
 def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_cpu: bool, evaluate: bool):
@@ -270,7 +272,9 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     if not len(val) and state.is_main_process:
         print(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
               "(raise val_fraction)", flush=True)
-    unseen = unseen_token_ids(train.tokens, len(tokenizer)) if cfg.spread_unseen_tokens else []
+    # a continued run's unseen rows already carry what an earlier corpus taught them: left alone
+    wants_spread = cfg.spread_unseen_tokens and not cfg.init_from
+    unseen = unseen_token_ids(train.tokens, len(tokenizer)) if wants_spread else None
     on_cpu = not torch.cuda.is_available()
     use_bf16 = wants_bf16(cfg.precision)
     args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
@@ -280,7 +284,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         print(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
               f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
               f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
-              f"per step; {len(unseen)} tokens absent from the training blocks", flush=True)
+              f"per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""),
+              flush=True)
     tokens_per_step = args.gradient_accumulation_steps * cfg.micro_batch_size * cfg.seq_len * state.num_processes
     peak = cfg.peak_flops or peak_flops_per_device(use_bf16)
     logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
@@ -302,9 +307,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.state.global_step < cfg.max_steps:  # stopped early (a callback): keep checkpoints, no final model
         return out
-    spread = len(unseen) > 1 and not cfg.init_from
-    if spread:
-        spread_unseen_tokens(model, unseen)
+    spread = wants_spread and spread_unseen_tokens(model, unseen) > 0
     if len(val) and (spread or trainer.state.global_step % cfg.eval_every):  # the saved weights' own figures
         trainer.evaluate()
     model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
