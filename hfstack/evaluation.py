@@ -42,9 +42,12 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def number_in(answer: str, expected: str) -> bool:
-    """The expected integer appears as a number of its own in the answer (not inside a longer one)."""
-    return re.search(rf"(?<![\d-]){re.escape(expected)}(?!\d)", answer) is not None
+def stated_number(answer: str) -> str | None:
+    """The number an answer ends on: its result. Only the last one counts, because an answer that
+    lists many numbers ("p (1), o (2), ...") would otherwise contain the right one by chance; RL
+    on the tiny preset learned exactly that when any number in the answer was accepted."""
+    numbers = re.findall(r"(?<![\w-])-?\d+(?!\w)", answer.replace(",", ""))
+    return numbers[-1] if numbers else None
 
 
 def score(task: str, row: dict, answer: str, no_tools: bool = False) -> bool:
@@ -53,9 +56,9 @@ def score(task: str, row: dict, answer: str, no_tools: bool = False) -> bool:
             return _normalise(answer) == _normalise(row["messages"][-1]["content"])
         return all(_normalise(fact) in _normalise(answer) for fact in row["facts"])
     if task == "counting" and no_tools:  # the spelled-out path ends with "has N 'x'"
-        match = re.search(r"has (\d+)", answer)
+        match = re.search(r"has (\d+) '.'\.?$", answer.strip())
         return bool(match) and match.group(1) == row["answer"]
-    return number_in(answer, row["answer"])
+    return stated_number(answer) == row["answer"]
 
 
 def is_refusal(answer: str) -> bool:

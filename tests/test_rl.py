@@ -35,14 +35,16 @@ def sft_model(tmp_path_factory):
 
 
 def test_builtin_rewards_score_correctness_and_format():
-    tasks = ["arithmetic", "arithmetic", "counting", "user"]
-    answers = ["7", "7", "2", "x"]
-    replies = ["The answer is 7.", "the result: 17", "There are 2 'l' in 'hello'.", "anything"]
+    tasks = ["arithmetic", "arithmetic", "counting", "user", "counting", "arithmetic", "arithmetic"]
+    answers = ["7", "7", "2", "x", "2", "-1234", "7"]
+    replies = ["The answer is 7.", "the result: 17", "There are 2 'l' in 'hello'.", "anything",
+               # the hack RL found when any number in the answer counted: list many, one is right
+               "Spelling it out: p (1), o (2), l (3), e, s", "The answer is -1,234.", "7 or 8"]
     logged = {}
     assert correctness_reward(None, task=tasks, answer=answers, reply=replies,
-                              log_metric=logged.__setitem__) == [1.0, 0.0, 1.0, None]
-    assert logged == {"correct/arithmetic": 0.5, "correct/counting": 1.0}
-    scores = format_reward(None, task=tasks, reply=replies, finished=[True, False, True, True],
+                              log_metric=logged.__setitem__) == [1.0, 0.0, 1.0, None, 0.0, 1.0, 0.0]
+    assert logged == {"correct/arithmetic": 0.5, "correct/counting": 0.5}
+    scores = format_reward(None, task=tasks[:4], reply=replies[:4], finished=[True, False, True, True],
                            tool_errors=[0, 1, 0, 0])
     assert scores[:3] == [1.0, 0.0, 1.0] and scores[3] is None
 
