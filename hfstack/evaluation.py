@@ -6,7 +6,8 @@ Reads `MODEL/eval_sets.jsonl` (written by `hfstack sft`: items and question phra
 saw) and measures, with greedy decoding:
 - identity: the answer states the identity card's facts for that question's topic (the name, the
   creator, the purpose, the knowledge cutoff, or every "cannot"), in any wording;
-- arithmetic and counting with tools: the tool loop runs, and the final answer holds the right number;
+- arithmetic and counting with tools: the tool loop runs, and the number the final answer ends on is
+  the right one; alongside, the one-answer baseline (always giving the most common expected answer);
 - arithmetic and counting without tools: the turn is pre-filled ("The answer is" / "Spelling it out:")
   so the model must produce the number itself, as in the notes' mental-arithmetic failure;
 - knowledge: the refusal rate on facts the base model did not know, against the accuracy on facts it
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def score(task: str, row: dict, answer: str, no_tools: bool = False) -> bool:
         match = re.search(r"has (\d+) '.'\.?$", answer.strip())
         return bool(match) and match.group(1) == row["answer"]
     return stated_number(answer) == row["answer"]
+
+
+def one_answer_baseline(rows: list[dict]) -> float:
+    """The accuracy of a model that gives every item the most common expected answer: the floor
+    an accuracy has to beat to show the model read the question."""
+    counts = Counter(r["answer"] for r in rows)
+    return round(counts.most_common(1)[0][1] / len(rows), 4) if rows else 0.0
 
 
 def is_refusal(answer: str) -> bool:
@@ -142,12 +150,13 @@ def evaluate(cfg: EvalConfig) -> dict:
             entry["accuracy_without_tools"] = round(
                 sum(score(task, r, b.answer, True) for r, b in zip(rows, bare))
                 / len(rows), 4)
+            entry["one_answer_baseline"] = one_answer_baseline(rows)
         entry["examples"] = [{"question": p[-1]["content"], "answer": reply.answer, "tool_calls": reply.tool_calls}
                              for p, reply in list(zip(prompts, replies))[:3]]
         results[task] = entry
     output = Path(cfg.output or Path(cfg.model) / "eval.json")
     output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9}")
+    print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9} {'one answer':>10}")
     for task, entry in results.items():
         if task == "knowledge":
             pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
@@ -158,6 +167,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             continue
         no_tools = f"{entry['accuracy_without_tools']:.1%}" if "accuracy_without_tools" in entry else "-"
         tool_use = f"{entry['tool_use_rate']:.1%}" if "tool_use_rate" in entry else "-"
-        print(f"{task:<12} {entry['items']:>6} {entry['accuracy']:>9.1%} {no_tools:>9} {tool_use:>9}")
+        baseline = f"{entry['one_answer_baseline']:.1%}" if "one_answer_baseline" in entry else "-"
+        print(f"{task:<12} {entry['items']:>6} {entry['accuracy']:>9.1%} {no_tools:>9} {tool_use:>9} {baseline:>10}")
     print(f"→ {output}")
     return results

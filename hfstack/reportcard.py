@@ -212,10 +212,11 @@ def evals_section(report: Report, run: Path):
         rows = []
         for task, entry in sft.items():
             if task == "knowledge":
-                rows.append([task, f"refuses {entry['refusal_rate_on_unknown']} of unknown facts", "-"])
+                rows.append([task, f"refuses {entry['refusal_rate_on_unknown']} of unknown facts", "-", "-"])
             else:
-                rows.append([task, entry["accuracy"], entry.get("accuracy_without_tools", "-")])
-        report.table(["task", "accuracy", "without tools"], rows)
+                rows.append([task, entry["accuracy"], entry.get("accuracy_without_tools", "-"),
+                             entry.get("one_answer_baseline", "-")])
+        report.table(["task", "accuracy", "without tools", "one-answer baseline"], rows)
     if rl:
         report.heading("RL on verifiable tasks (GRPO): pass@1 before and after")
         report.table(["task", "SFT", "after RL"], [[t, rl["pass@1_before"][t], rl["pass@1_after"].get(t, "-")]

@@ -37,6 +37,9 @@ def test_generators_are_deterministic_and_eval_never_overlaps_training():
     word = lambda r: r["word"]  # noqa: E731
     assert counts["eval"] and not keys(counts["train"], word) & keys(counts["eval"], word)
     assert all(r["word"] in question(r) for r in counts["train"] + counts["eval"])
+    for split in counts.values():  # no single count is most answers, so always saying "1" scores low
+        answers = [r["answer"] for r in split if r["task"] == "counting"]
+        assert max(map(answers.count, set(answers))) < 0.45 * len(answers) and {"0", "1", "2"} <= set(answers)
     from hfstack.conversations.generators import ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS, phrasings
 
     for templates in (ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS):  # held-out questions are paraphrases
@@ -210,6 +213,9 @@ def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
     report = evaluate(EvalConfig(model=str(out), limit=20))
     assert report["arithmetic"]["items"] == 20 and report["arithmetic"]["tool_use_rate"] > 0.5
     assert 0 <= report["arithmetic"]["accuracy"] <= 1 and "accuracy_without_tools" in report["arithmetic"]
+    answers = [json.loads(line)["answer"] for line in (out / "eval_sets.jsonl").open()
+               if json.loads(line)["task"] == "arithmetic"][:20]
+    assert report["arithmetic"]["one_answer_baseline"] == max(map(answers.count, answers)) / 20
 
 
 def test_facts_are_derived_from_definitional_sentences():

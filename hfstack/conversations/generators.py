@@ -17,7 +17,9 @@ Thanks!"), as users rarely ask in a template's exact words.
 from __future__ import annotations
 
 import random
+import string
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from hfstack.protocol import TOOL_ARGUMENT
@@ -289,6 +291,16 @@ def word_list(min_len: int = 4, max_len: int = 12, limit: int = 4000) -> list[st
     return sorted(words)[:limit] if len(words) > limit else sorted(words)
 
 
+def letter_to_count(rng: random.Random, word: str) -> str:
+    """A letter whose count in the word is 0, 1 or 2+, each as likely as the word allows. Picking a
+    letter of the word at random makes 1 the answer two times in three, and a model that always
+    says 1 would look good (RL on the tiny preset found that)."""
+    by_count: dict[int, list[str]] = defaultdict(list)
+    for letter in string.ascii_lowercase:
+        by_count[min(word.count(letter), 2)].append(letter)
+    return rng.choice(by_count[rng.choice(sorted(by_count))])
+
+
 def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float = 0.5) -> dict[str, list]:
     """Letter counting solved by spelling the word out (a running count) or with Python; and spelling."""
     rng = random.Random(seed)
@@ -304,7 +316,7 @@ def counting(n: int, seed: int, eval_fraction: float = 0.2, tool_fraction: float
                 out[split].append({"messages": conversation, "task": "spelling", "answer": "-".join(word),
                                    "word": word})
                 continue
-            letter = rng.choice(word) if rng.random() < 0.85 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+            letter = letter_to_count(rng, word)
             answer = word.count(letter)
             question = rng.choice(phrasings(COUNTING_PHRASINGS, split)).format(c=letter, w=word)
             if rng.random() < tool_fraction:
