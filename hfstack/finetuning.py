@@ -8,6 +8,9 @@ only the assistant's tokens, tool calls included, through the chat template's ge
 tool outputs and user turns are context. The identity card's system message is built into the saved
 chat template as the default. `peft:` in the recipe trains LoRA adapters instead of all weights
 (`quantize_4bit: true` for QLoRA on a GPU); the adapters are merged into the saved model.
+`first_phase:` trains on part of the mixture alone before the whole of it (a curriculum): the tiny
+model learns to copy numbers from the question only when arithmetic is all it sees, and then keeps
+the skill in the mixture.
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
@@ -45,6 +48,9 @@ class SFTStageConfig:
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
     chat_limit: int = -1
     seed: int = 0
+    # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
+    #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
+    first_phase: dict | None = None
     # --- training
     max_steps: int = 300
     learning_rate: float = 1e-3
@@ -73,11 +79,25 @@ class SFTStageConfig:
                               "arithmetic, counting, knowledge, search (chat data goes in chat_files / chat_hub)")
         if self.knowledge_repeats < 1:
             raise ConfigError(f"sft: 'knowledge_repeats' must be at least 1, got {self.knowledge_repeats}")
+        if self.first_phase is not None:
+            phase = self.first_phase
+            if not isinstance(phase, dict) or not isinstance(phase.get("counts"), dict) or "max_steps" not in phase:
+                raise ConfigError("sft: 'first_phase' must be a mapping with 'counts' (a mixture) and 'max_steps', "
+                                  "e.g. {counts: {arithmetic: 2400}, max_steps: 800}")
+            unknown = set(phase) - set(PHASE_FIELDS)
+            if unknown:
+                raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; valid: {', '.join(PHASE_FIELDS)}")
+            unknown = set(phase["counts"]) - {"identity", "arithmetic", "counting"}
+            if unknown:
+                raise ConfigError(f"sft: 'first_phase.counts' takes identity, arithmetic, counting; got {sorted(unknown)}")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
     def card(self) -> IdentityCard:
         return IdentityCard(**self.identity)
+
+
+PHASE_FIELDS = ("counts", "max_steps", "micro_batch_size", "learning_rate", "warmup_steps")
 
 
 def lora_config(options: dict):
@@ -116,14 +136,10 @@ def load_base(cfg: SFTStageConfig, on_gpu: bool):
 
 def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     import torch
-    from datasets import Dataset
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
 
     from hfstack.conversations.mixture import build_mixture
-    from hfstack.pretraining import wants_bf16
     from hfstack.protocol import END_OF_TURN, chat_template
-    from hfstack.telemetry import available_trackers
 
     out = Path(cfg.output_dir)
     on_gpu = torch.cuda.is_available()
@@ -142,21 +158,10 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         for rows in held_out.values():
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-    use_bf16 = wants_bf16(cfg.precision)
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
-        pad_token=tokenizer.pad_token, bf16=use_bf16, use_cpu=not on_gpu, gradient_checkpointing=False,
-        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, report_to=available_trackers(
-            cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress, dataset_num_proc=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                         processing_class=tokenizer, peft_config=lora_config(cfg.peft) if cfg.peft else None,
-                         callbacks=callbacks or [])
-    checkpoint = newest_checkpoint(out / "checkpoints")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    phase_steps = 0
+    if cfg.first_phase:
+        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks)
+    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks)
     model = trainer.model
     if cfg.peft:
         model = model.merge_and_unload()  # a plain model again: loadable without peft
@@ -167,10 +172,62 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     summary = {"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1], "last_loss": losses[-1:],
-               "lora": bool(cfg.peft)} | knowledge_report
+               "lora": bool(cfg.peft)} | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[sft] done: {json.dumps(summary)}", flush=True)
     return out
+
+
+def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, callbacks: list | None,
+          **overrides):
+    """One SFTTrainer run over `rows`, checkpointing under `out/checkpoints` and resuming from there."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from hfstack.pretraining import wants_bf16
+    from hfstack.protocol import END_OF_TURN
+    from hfstack.telemetry import available_trackers
+
+    on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), max_steps=on["max_steps"], learning_rate=on["learning_rate"],
+        warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine", per_device_train_batch_size=on["micro_batch_size"],
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        pad_token=tokenizer.pad_token, bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False, logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
+        dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
+    trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
+    return trainer
+
+
+def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None):
+    """Train on the first phase's own mixture (training rows only: the held-out items are the main
+    mixture's, and the generators never put a held-out item in any training split), save it under
+    `out/first_phase`, and hand the model on. A rerun finds it saved and goes straight on."""
+    from transformers import AutoModelForCausalLM
+
+    from hfstack.conversations.mixture import build_mixture
+
+    folder = out / "first_phase"
+    if (folder / "summary.json").is_file():
+        print(f"[sft] first phase already done: {folder}", flush=True)
+        return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
+    rows, _ = build_mixture(cfg.first_phase["counts"], card, [], [], -1, cfg.seed, {})
+    print(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
+          f"{cfg.first_phase['max_steps']} steps", flush=True)
+    trainer = train(cfg, model, tokenizer, rows, folder, callbacks,
+                    **{k: v for k, v in cfg.first_phase.items() if k != "counts"})
+    model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
+    model.save_pretrained(folder)
+    (folder / "summary.json").write_text(json.dumps({"steps": trainer.state.global_step,
+                                                       "conversations": len(rows)}) + "\n")
+    return model, trainer.state.global_step
 
 
 def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple[dict, dict]:

@@ -180,6 +180,41 @@ def test_sft_lowers_the_loss_and_changes_every_parameter(base, tmp_path):
     assert {r["task"] for r in rows} >= {"identity", "arithmetic", "counting"}
 
 
+class RunLog(TrainerCallback):
+    """Each trainer run's steps, batch size, and weights at its start and end."""
+
+    def __init__(self):
+        self.runs = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.runs.append({"steps": state.max_steps, "batch": args.per_device_train_batch_size,
+                          "before": {n: p.detach().clone() for n, p in model.named_parameters()}})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.runs[-1]["after"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_first_phase_trains_its_own_mixture_then_the_whole_one(base, tmp_path):
+    log = RunLog()
+    cfg = small_sft(base, tmp_path / "sft", first_phase={"counts": {"arithmetic": 30}, "max_steps": 4,
+                                                         "micro_batch_size": 2})
+    out = run_sft(cfg, callbacks=[log])
+    first, main = log.runs
+    assert (first["steps"], first["batch"], main["steps"], main["batch"]) == (4, 2, 15, 4)
+    changed = lambda a, b: [n for n in a if not torch.equal(a[n], b[n])]  # noqa: E731
+    assert changed(first["before"], first["after"]) and changed(main["before"], main["after"])
+    assert not changed(first["after"], main["before"])  # the whole mixture starts where the phase ended
+    assert json.loads((out / "first_phase" / "summary.json").read_text()) == {"steps": 4, "conversations": 30}
+    assert json.loads((out / "summary.json").read_text())["first_phase_steps"] == 4
+    rerun = RunLog()
+    run_sft(cfg, callbacks=[rerun])
+    assert len(rerun.runs) == 1  # the saved first phase is picked up, not trained again
+    with pytest.raises(ConfigError, match="first_phase"):
+        small_sft(base, tmp_path / "bad", first_phase={"counts": {"arithmetic": 30}})
+    with pytest.raises(ConfigError, match="first_phase.counts"):
+        small_sft(base, tmp_path / "bad", first_phase={"counts": {"knowledge": 30}, "max_steps": 4})
+
+
 def test_lora_changes_only_adapters_and_merges(base, tmp_path):
     snapshot = Snapshot()
     out = run_sft(small_sft(base, tmp_path / "lora", peft={"r": 4, "lora_alpha": 8}), callbacks=[snapshot])
