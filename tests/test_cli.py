@@ -41,7 +41,8 @@ def test_errors_are_one_line(tmp_path):
 
 
 QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20, arithmetic: 20, counting: 20, "
-         "knowledge: 20, search: 20}, interrogation_samples: 1}, eval: {limit: 8, max_new_tokens: 16}, "
+         "knowledge: 20, search: 20}, interrogation_samples: 1, "
+         "first_phase: {counts: {arithmetic: 20}, max_steps: 3, micro_batch_size: 4}}, eval: {limit: 8, max_new_tokens: 16}, "
          "rl: {max_steps: 2, tasks: {arithmetic: 8, counting: 8}, num_generations: 2, prompts_per_step: 2, "
          "max_completion_length: 24, eval_limit: 4}, rank: {num_prompts: 12, max_new_tokens: 12}, "
          "reward: {max_steps: 4}, rlhf: {max_steps: 2, num_generations: 2, prompts_per_step: 2, "
@@ -71,6 +72,7 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     first = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "pretrain: already done" in first.stdout and "sft: starting" in first.stdout
+    assert "first phase already done" in first.stdout  # killed in the main phase: the first one is kept
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert stats["documents_kept"] > 10
     assert (run / "data" / "config.yaml").is_file() and (run / "data" / MARKER).is_file()
@@ -87,6 +89,7 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert (run / "generate" / "samples.json").is_file()
     assert json.loads((run / "regurgitation" / "report.json").read_text())["train"]["docs"] > 0
     assert json.loads((run / "sft" / "summary.json").read_text())["steps"] == 10
+    assert json.loads((run / "sft" / "summary.json").read_text())["first_phase_steps"] == 3
     assert {"identity", "arithmetic", "counting"} <= set(json.loads((run / "eval" / "eval.json").read_text()))
     rl = json.loads((run / "rl" / "eval.json").read_text())
     assert rl["steps"] == 2 and set(rl["pass@1_after"]) == {"arithmetic", "counting"}
