@@ -219,6 +219,9 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
         print(f"[sft] first phase already done: {folder}", flush=True)
         return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
     rows, _ = build_mixture(cfg.first_phase["counts"], card, [], [], -1, cfg.seed, {})
+    if not rows:
+        raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got "
+                          f"{cfg.first_phase['counts']}")
     print(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
           f"{cfg.first_phase['max_steps']} steps", flush=True)
     trainer = train(cfg, model, tokenizer, rows, folder, callbacks,

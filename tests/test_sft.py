@@ -213,6 +213,8 @@ def test_first_phase_trains_its_own_mixture_then_the_whole_one(base, tmp_path):
         small_sft(base, tmp_path / "bad", first_phase={"counts": {"arithmetic": 30}})
     with pytest.raises(ConfigError, match="first_phase.counts"):
         small_sft(base, tmp_path / "bad", first_phase={"counts": {"knowledge": 30}, "max_steps": 4})
+    with pytest.raises(ConfigError, match="first phase's mixture is empty"):
+        run_sft(small_sft(base, tmp_path / "empty", first_phase={"counts": {"arithmetic": 0}, "max_steps": 4}))
 
 
 def test_lora_changes_only_adapters_and_merges(base, tmp_path):
