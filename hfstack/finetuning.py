@@ -73,10 +73,10 @@ class SFTStageConfig:
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
             raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; valid: {sorted(asdict(IdentityCard()))}")
-        unknown = set(self.counts) - {"identity", "arithmetic", "counting", "knowledge", "search"}
+        unknown = set(self.counts) - set(SOURCES)
         if unknown:
-            raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: identity, "
-                              "arithmetic, counting, knowledge, search (chat data goes in chat_files / chat_hub)")
+            raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: "
+                              f"{', '.join(SOURCES)} (chat data goes in chat_files / chat_hub)")
         if self.knowledge_repeats < 1:
             raise ConfigError(f"sft: 'knowledge_repeats' must be at least 1, got {self.knowledge_repeats}")
         if self.first_phase is not None:
@@ -87,9 +87,9 @@ class SFTStageConfig:
             unknown = set(phase) - set(PHASE_FIELDS)
             if unknown:
                 raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; valid: {', '.join(PHASE_FIELDS)}")
-            unknown = set(phase["counts"]) - {"identity", "arithmetic", "counting"}
+            unknown = set(phase["counts"]) - set(GENERATED_SOURCES)
             if unknown:
-                raise ConfigError(f"sft: 'first_phase.counts' takes identity, arithmetic, counting; got {sorted(unknown)}")
+                raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; got {sorted(unknown)}")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
@@ -98,6 +98,10 @@ class SFTStageConfig:
 
 
 PHASE_FIELDS = ("counts", "max_steps", "micro_batch_size", "learning_rate", "warmup_steps")
+# Mixture sources: the generated ones need only the identity card, so a first phase can use them;
+# knowledge and search need the corpus and the base model's interrogation.
+GENERATED_SOURCES = ("identity", "arithmetic", "counting")
+SOURCES = GENERATED_SOURCES + ("knowledge", "search")
 
 
 def lora_config(options: dict):
