@@ -9,8 +9,9 @@ tool outputs and user turns are context. The identity card's system message is b
 chat template as the default. `peft:` in the recipe trains LoRA adapters instead of all weights
 (`quantize_4bit: true` for QLoRA on a GPU); the adapters are merged into the saved model.
 `first_phase:` trains on part of the mixture alone before the whole of it (a curriculum): the tiny
-model learns to copy numbers from the question only when arithmetic is all it sees, and then keeps
-the skill in the mixture.
+model learns to copy numbers from the question only when arithmetic is all it sees (and from many
+distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
+part of the mixture.
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
