@@ -11,7 +11,8 @@ chat template as the default. `peft:` in the recipe trains LoRA adapters instead
 `first_phase:` trains on part of the mixture alone before the whole of it (a curriculum): the tiny
 model learns to copy numbers from the question only when arithmetic is all it sees (and from many
 distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
-part of the mixture.
+part of the mixture. `freeze:` holds named parameters fixed after the first phase (with the
+embeddings fixed the tiny model keeps the copying, but no longer learns identity: README, Step 4).
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
@@ -52,6 +53,9 @@ class SFTStageConfig:
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
     #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
     first_phase: dict | None = None
+    # --- parameters whose names contain any of these stay as they are after the first phase, e.g.
+    #     [self_attn]: the mixture trains the rest and cannot undo the attention the first phase formed
+    freeze: list[str] = field(default_factory=list)
     # --- training
     max_steps: int = 300
     learning_rate: float = 1e-3
@@ -91,6 +95,10 @@ class SFTStageConfig:
             unknown = set(phase["counts"]) - set(GENERATED_SOURCES)
             if unknown:
                 raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; got {sorted(unknown)}")
+        if self.freeze and (not isinstance(self.freeze, list) or not all(isinstance(f, str) and f for f in self.freeze)):
+            raise ConfigError(f"sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; got {self.freeze!r}")
+        if self.freeze and self.peft:
+            raise ConfigError("sft: 'freeze' is for full finetuning; with 'peft', choose peft.target_modules instead")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
@@ -150,6 +158,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     on_gpu = torch.cuda.is_available()
     set_seed(cfg.seed)
     model, tokenizer = load_base(cfg, on_gpu)
+    frozen_names = to_freeze(model, cfg.freeze)
     card = cfg.card()
     tokenizer.chat_template = chat_template(default_system=card.system_message())
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +175,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     phase_steps = 0
     if cfg.first_phase:
         model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks)
+    frozen = freeze(model, frozen_names)
     trainer = train(cfg, model, tokenizer, train_rows, out, callbacks)
     model = trainer.model
     if cfg.peft:
@@ -178,6 +188,8 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     summary = {"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1], "last_loss": losses[-1:],
                "lora": bool(cfg.peft)} | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
+    if cfg.freeze:
+        summary["frozen_parameters"] = frozen
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[sft] done: {json.dumps(summary)}", flush=True)
     return out
@@ -209,6 +221,27 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
                          peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     return trainer
+
+
+def to_freeze(model, parts: list[str]) -> list[str]:
+    """Names of the parameters that contain one of `parts`. A part that names no parameter is an
+    error (caught before any training), not a silent no-op."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [part for part in parts if not any(part in name for name in names)]
+    if unmatched:
+        raise ConfigError(f"sft: 'freeze' part(s) {unmatched} match no parameter; names look like {names[:3]}")
+    return [name for name in names if any(part in name for part in parts)]
+
+
+def freeze(model, names: list[str]) -> int:
+    """Stop the gradient of the named parameters; returns how many values that holds fixed."""
+    parameters = dict(model.named_parameters())
+    for name in names:
+        parameters[name].requires_grad_(False)
+    frozen = sum(parameters[name].numel() for name in names)
+    if names:
+        print(f"[sft] frozen for the mixture: {frozen:,} values in {len(names)} parameters", flush=True)
+    return frozen
 
 
 def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None):

@@ -217,6 +217,25 @@ def test_first_phase_trains_its_own_mixture_then_the_whole_one(base, tmp_path):
         run_sft(small_sft(base, tmp_path / "empty", first_phase={"counts": {"arithmetic": 0}, "max_steps": 4}))
 
 
+def test_freeze_keeps_the_first_phase_attention_through_the_mixture(base, tmp_path):
+    log = RunLog()
+    out = run_sft(small_sft(base, tmp_path / "sft", first_phase={"counts": {"arithmetic": 30}, "max_steps": 3},
+                            freeze=["self_attn"]), callbacks=[log])
+    first, main = log.runs
+    changed = lambda a, b: {n for n in a if not torch.equal(a[n], b[n])}  # noqa: E731
+    assert any("self_attn" in n for n in changed(first["before"], first["after"]))  # the phase trains attention
+    in_mixture = changed(main["before"], main["after"])
+    assert in_mixture and not any("self_attn" in n for n in in_mixture) and any("mlp" in n for n in in_mixture)
+    attention = sum(p.numel() for n, p in main["after"].items() if "self_attn" in n)
+    assert json.loads((out / "summary.json").read_text())["frozen_parameters"] == attention
+    with pytest.raises(ConfigError, match="match no parameter"):
+        run_sft(small_sft(base, tmp_path / "typo", freeze=["self_atn"]))
+    with pytest.raises(ConfigError, match="freeze"):
+        small_sft(base, tmp_path / "bad", freeze="self_attn")
+    with pytest.raises(ConfigError, match="peft.target_modules"):
+        small_sft(base, tmp_path / "bad", freeze=["mlp"], peft={"r": 4})
+
+
 def test_lora_changes_only_adapters_and_merges(base, tmp_path):
     snapshot = Snapshot()
     out = run_sft(small_sft(base, tmp_path / "lora", peft={"r": 4, "lora_alpha": 8}), callbacks=[snapshot])
