@@ -53,8 +53,8 @@ class SFTStageConfig:
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
     #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
     first_phase: dict | None = None
-    # --- parameters whose names contain any of these stay as they are after the first phase, e.g.
-    #     [self_attn]: the mixture trains the rest and cannot undo the attention the first phase formed
+    # --- parameters whose names contain any of these stay as they are after the first phase (from the
+    #     start without one), e.g. [self_attn]: the mixture trains the rest
     freeze: list[str] = field(default_factory=list)
     # --- training
     max_steps: int = 300
@@ -230,7 +230,10 @@ def to_freeze(model, parts: list[str]) -> list[str]:
     unmatched = [part for part in parts if not any(part in name for name in names)]
     if unmatched:
         raise ConfigError(f"sft: 'freeze' part(s) {unmatched} match no parameter; names look like {names[:3]}")
-    return [name for name in names if any(part in name for part in parts)]
+    chosen = [name for name in names if any(part in name for part in parts)]
+    if chosen and len(chosen) == len(names):
+        raise ConfigError(f"sft: 'freeze' {parts} matches every parameter; the mixture would have nothing to train")
+    return chosen
 
 
 def freeze(model, names: list[str]) -> int:

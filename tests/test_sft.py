@@ -230,6 +230,8 @@ def test_freeze_keeps_the_first_phase_attention_through_the_mixture(base, tmp_pa
     assert json.loads((out / "summary.json").read_text())["frozen_parameters"] == attention
     with pytest.raises(ConfigError, match="match no parameter"):
         run_sft(small_sft(base, tmp_path / "typo", freeze=["self_atn"]))
+    with pytest.raises(ConfigError, match="matches every parameter"):
+        run_sft(small_sft(base, tmp_path / "all", freeze=["model."]))
     with pytest.raises(ConfigError, match="freeze"):
         small_sft(base, tmp_path / "bad", freeze="self_attn")
     with pytest.raises(ConfigError, match="peft.target_modules"):
