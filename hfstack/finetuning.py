@@ -12,7 +12,8 @@ chat template as the default. `peft:` in the recipe trains LoRA adapters instead
 model learns to copy numbers from the question only when arithmetic is all it sees (and from many
 distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
 part of the mixture. `freeze:` holds named parameters fixed after the first phase (with the
-embeddings fixed the tiny model keeps the copying, but no longer learns identity: README, Step 4).
+embeddings fixed the tiny model keeps the copying on every seed tried, and identity drops: README,
+Step 4).
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
