@@ -2,7 +2,8 @@
 
     cfg = load_config(DataConfig, yaml_path="recipes/tiny/data.yaml", cli_args=["--tasks", "2"])
 
-CLI flags override YAML values, which override the dataclass defaults. Unknown keys are a one-line
+CLI flags override YAML values, which override the dataclass defaults; a recipe can start from
+another with `extends: other.yaml` and list only what it changes. Unknown keys are a one-line
 `ConfigError` that names the key and lists the valid ones. Each stage validates its own fields in
 `__post_init__` and writes the resolved config next to its output with `save_config`.
 """
@@ -131,7 +132,10 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cls(**kwargs)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's options. `extends: other.yaml` (relative to this file) starts from that recipe's
+    options and overrides them key by key, so a variant lists only what it changes; a mapping such
+    as `counts` is replaced whole, not merged, so the variant reads as exactly what runs."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -141,7 +145,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
-    return data
+    if "extends" not in data:
+        return data
+    parent = data.pop("extends")
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: 'extends' must name a recipe file, e.g. extends: sft.yaml; got {parent!r}")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: 'extends' names {parent_path}, which does not exist")
+    chain = _extended_by + (path.resolve(),)
+    if parent_path.resolve() in chain:
+        raise ConfigError(f"{path}: 'extends' loops back to {parent_path}")
+    return read_yaml(parent_path, chain) | data
 
 
 def load_config(cls: type[T], yaml_path: str | Path | None = None, cli_args: list[str] | None = None) -> T:

@@ -74,6 +74,34 @@ def test_cli_parser_shapes():
         parse_cli_args(["--tasks"], fields)
 
 
+def test_a_recipe_extends_another_and_lists_only_what_it_changes(tmp_path):
+    (tmp_path / "base.yaml").write_text("input: [a.warc.gz]\ntasks: 3\nlanguages: [en, fr]\n")
+    (tmp_path / "variant.yaml").write_text("extends: base.yaml\ntasks: 5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deeper.yaml").write_text("extends: ../variant.yaml\nlanguages: [de]\n")
+    cfg = load_config(DataConfig, tmp_path / "sub" / "deeper.yaml", ["--quality", "false"])
+    assert (cfg.input, cfg.tasks, cfg.languages, cfg.quality) == (["a.warc.gz"], 5, ["de"], False)
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    for recipe, message in [("loop.yaml", "loops back to"), ("missing.yaml", "which does not exist")]:
+        if recipe == "missing.yaml":
+            (tmp_path / recipe).write_text("extends: nowhere.yaml\n")
+        with pytest.raises(ConfigError, match=f"'extends' .*{message}"):
+            load_config(DataConfig, tmp_path / recipe)
+    (tmp_path / "listed.yaml").write_text("extends: [base.yaml]\n")
+    with pytest.raises(ConfigError, match="'extends' must name a recipe file"):
+        load_config(DataConfig, tmp_path / "listed.yaml")
+
+
+def test_the_variant_recipes_change_only_what_they_say():
+    from hfstack.config import read_yaml
+
+    base, variant = (read_yaml(REPO / "recipes/tiny" / name) for name in ("sft.yaml", "sft-identity.yaml"))
+    changed = {key for key in base.keys() | variant.keys() if base.get(key) != variant.get(key)}
+    assert changed == {"counts", "first_phase", "max_steps"}
+    assert variant["first_phase"]["counts"] == {"arithmetic": 2400} and variant["max_steps"] == 3000
+
+
 def test_resolved_config_is_saved_and_reloads(tmp_path):
     cfg = DataConfig(input=["a.warc.gz"], tasks=7, block_domains=["x.example"])
     path = save_config(cfg, tmp_path)
