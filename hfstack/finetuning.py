@@ -11,9 +11,9 @@ chat template as the default. `peft:` in the recipe trains LoRA adapters instead
 `first_phase:` trains on part of the mixture alone before the whole of it (a curriculum): the tiny
 model learns to copy numbers from the question only when arithmetic is all it sees (and from many
 distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
-part of the mixture. `freeze:` holds named parameters fixed after the first phase (with the
-embeddings fixed the tiny model keeps the copying on every seed tried, and identity drops: README,
-Step 4).
+part of the mixture. `freeze:` holds named parameters fixed after the first phase (the tiny recipe
+fixes the embeddings: what the first phase learned then holds through the mixture on every seed
+tried, and identity drops: README, Step 4).
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
@@ -99,7 +99,8 @@ class SFTStageConfig:
         if self.freeze and (not isinstance(self.freeze, list) or not all(isinstance(f, str) and f for f in self.freeze)):
             raise ConfigError(f"sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; got {self.freeze!r}")
         if self.freeze and self.peft:
-            raise ConfigError("sft: 'freeze' is for full finetuning; with 'peft', choose peft.target_modules instead")
+            raise ConfigError("sft: 'freeze' is for full finetuning; with 'peft', choose peft.target_modules instead "
+                              "and set freeze: [] (on the command line: --freeze with no parts)")
         if self.peft is not None and not isinstance(self.peft, dict):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
