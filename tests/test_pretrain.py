@@ -275,7 +275,7 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     run_tokenizer(TokenizerConfig(input=[str(all_file)], output_dir=str(tmp_path / "tok"), vocab_size=400,
                                   heldout_fraction=0, compare_cl100k=False, progress=False))
     run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "m"),
-                                depth=2, seq_len=64, micro_batch_size=8, batch_tokens=512, max_steps=400,
+                                depth=2, seq_len=64, micro_batch_size=8, batch_tokens=512, max_steps=800,
                                 warmup_steps=5, learning_rate=1e-2, val_fraction=0.01, eval_every=1000,
                                 save_every=1000, log_every=20, sample_prompts=[], progress=False, seed=0))
     report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
