@@ -83,9 +83,8 @@ def test_a_recipe_extends_another_and_lists_only_what_it_changes(tmp_path):
     assert (cfg.input, cfg.tasks, cfg.languages, cfg.quality) == (["a.warc.gz"], 5, ["de"], False)
     (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
     (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
     for recipe, message in [("loop.yaml", "loops back to"), ("missing.yaml", "which does not exist")]:
-        if recipe == "missing.yaml":
-            (tmp_path / recipe).write_text("extends: nowhere.yaml\n")
         with pytest.raises(ConfigError, match=f"'extends' .*{message}"):
             load_config(DataConfig, tmp_path / recipe)
     (tmp_path / "listed.yaml").write_text("extends: [base.yaml]\n")
