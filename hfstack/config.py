@@ -132,10 +132,15 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cls(**kwargs)
 
 
-def read_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
     """A recipe's options. `extends: other.yaml` (relative to this file) starts from that recipe's
     options and overrides them key by key, so a variant lists only what it changes; a mapping such
     as `counts` is replaced whole, not merged, so the variant reads as exactly what runs."""
+    return read_recipe(path)[0]
+
+
+def read_recipe(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`read_yaml`, plus the file each option came from, so an error can name the recipe that set it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -146,7 +151,7 @@ def read_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
     if "extends" not in data:
-        return data
+        return data, dict.fromkeys(data, path)
     parent = data.pop("extends")
     if not isinstance(parent, str) or not parent:
         raise ConfigError(f"{path}: 'extends' must name a recipe file, e.g. extends: sft.yaml; got {parent!r}")
@@ -156,18 +161,19 @@ def read_yaml(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> dict[str
     chain = _extended_by + (path.resolve(),)
     if parent_path.resolve() in chain:
         raise ConfigError(f"{path}: 'extends' loops back to {parent_path}")
-    return read_yaml(parent_path, chain) | data
+    values, origins = read_recipe(parent_path, chain)
+    return values | data, origins | dict.fromkeys(data, path)
 
 
 def load_config(cls: type[T], yaml_path: str | Path | None = None, cli_args: list[str] | None = None) -> T:
     """Defaults < YAML < CLI flags. A `--config PATH` inside cli_args is honoured too."""
     cli = parse_cli_args(list(cli_args or []), _field_types(cls) | {"config": str})
     yaml_path = cli.pop("config", None) or yaml_path
-    values: dict[str, Any] = read_yaml(yaml_path) if yaml_path else {}
+    values, origins = read_recipe(yaml_path) if yaml_path else ({}, {})
     source = str(yaml_path) if yaml_path else "command line"
     for key in values:
         if key not in _field_types(cls):
-            from_dict(cls, {key: None}, source)  # raises the unknown-key error with the file named
+            from_dict(cls, {key: None}, str(origins[key]))  # the unknown-key error, naming the file that set it
     values.update(cli)
     return from_dict(cls, values, source)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hfstack.config import ConfigError, save_config
 from hfstack.conversations.generators import IdentityCard
+from hfstack.conversations.mixture import GENERATED_SOURCES
 from hfstack.rundir import newest_checkpoint
 
 
@@ -111,7 +112,6 @@ class SFTStageConfig:
 PHASE_FIELDS = ("counts", "max_steps", "micro_batch_size", "learning_rate", "warmup_steps")
 # Mixture sources: the generated ones need only the identity card, so a first phase can use them;
 # knowledge and search need the corpus and the base model's interrogation.
-GENERATED_SOURCES = ("identity", "arithmetic", "counting")
 SOURCES = GENERATED_SOURCES + ("knowledge", "search")
 
 

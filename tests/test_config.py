@@ -90,6 +90,11 @@ def test_a_recipe_extends_another_and_lists_only_what_it_changes(tmp_path):
     (tmp_path / "listed.yaml").write_text("extends: [base.yaml]\n")
     with pytest.raises(ConfigError, match="'extends' must name a recipe file"):
         load_config(DataConfig, tmp_path / "listed.yaml")
+    # a misspelt key is reported under the recipe that holds it, not the one being loaded
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\ntaks: 5\n")
+    (tmp_path / "child.yaml").write_text("extends: typo.yaml\ntasks: 6\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key 'taks'"):
+        load_config(DataConfig, tmp_path / "child.yaml")
 
 
 def test_the_variant_recipes_change_only_what_they_say():

@@ -14,6 +14,14 @@ from hfstack.config import ConfigError
 from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity, message
 from hfstack.protocol import contains_protocol_token
 
+# The sources generated from the identity card alone (no corpus, no model), each drawing its own
+# seeded stream so that changing one source's count leaves the others' conversations as they were.
+GENERATORS = {
+    "identity": lambda n, card, seed: identity(card, n, seed),
+    "arithmetic": lambda n, card, seed: arithmetic(n, seed + 1),
+    "counting": lambda n, card, seed: counting(n, seed + 2),
+}
+GENERATED_SOURCES = tuple(GENERATORS)
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PAIR_LAYOUTS = [("prompt", "response"), ("instruction", "output"), ("question", "answer"), ("prompt", "completion")]
@@ -90,11 +98,7 @@ def build_mixture(counts: dict, card: IdentityCard, chat_files: list[str], chat_
     holds already generated sources ({name: {"train": rows, "eval": rows}}), e.g. knowledge."""
     import random
 
-    generated = (extra or {}) | {
-        "identity": identity(card, counts.get("identity", 0), seed),
-        "arithmetic": arithmetic(counts.get("arithmetic", 0), seed + 1),
-        "counting": counting(counts.get("counting", 0), seed + 2),
-    }
+    generated = (extra or {}) | {name: make(counts.get(name, 0), card, seed) for name, make in GENERATORS.items()}
     train = [row for name, splits in generated.items() if counts.get(name, 0) for row in splits["train"]]
     held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0) and splits["eval"]}
     for path in chat_files:
