@@ -1,9 +1,12 @@
 """`hfstack push` against a loopback server that speaks the Hub protocol (tests/hub_server.py), with
 the real huggingface_hub, transformers and datasets clients: push a run, then load the model with
-`from_pretrained` and the datasets with `load_dataset`, and compare with the local files."""
+`from_pretrained` and the datasets with `load_dataset`, and compare with the local files. A run
+seeded with secrets, logs, checkpoints and held-out sets shows that only the allowlist goes up,
+checked on what the server received."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -75,13 +78,19 @@ def run_dir(tmp_path):
     return run
 
 
+def hub_env(server, tmp_path, token: str | None = "hf_dummy") -> dict:
+    """The clients' environment for the loopback Hub; without a token, an empty HF_HOME holds none either."""
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_DISABLE_XET": "1",
+                        "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0",
+                        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+    env.pop("HF_TOKEN", None)
+    return env | ({"HF_TOKEN": token} if token else {})
+
+
 def test_push_then_load_back_models_and_datasets(run_dir, tmp_path):
     server, state = start_hub()
-    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_DISABLE_XET": "1",
-                        "HF_TOKEN": "hf_dummy", "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0",
-                        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
-    done = subprocess.run([sys.executable, "-c", CLIENT, str(run_dir)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", CLIENT, str(run_dir)], capture_output=True, text=True,
+                          env=hub_env(server, tmp_path), timeout=300)
     server.shutdown()
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout[-2000:] + done.stderr[-3000:] + "\n".join(state.log[-30:])
@@ -103,3 +112,168 @@ def test_push_needs_a_repo_id_and_a_login(tmp_path):
 
     with pytest.raises(ConfigError, match="USER/NAME"):
         PushConfig(run=str(tmp_path), repo_id="no-slash")
+    with pytest.raises(ConfigError, match="--license"):
+        PushConfig(run=str(tmp_path), repo_id="tester/tiny", license="Not A License")
+    assert PushConfig(run=str(tmp_path), repo_id="tester/tiny").private  # new repos are private unless asked
+
+
+SECRET = "hf_xxxSECRETxxx"
+MODEL_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja"}  # what this repo's model and tokenizer save
+CARD_PLOTS = {"funnel.png", "rm_vs_kl.png"}
+PUSH = "import sys\nfrom hfstack.cli import main\nprint('EXIT', main(sys.argv[1:]))\n"
+ALL_REPOS = ["--datasets", "true", "--intermediate", "true"]
+
+
+@pytest.fixture
+def seeded_run(run_dir):
+    """run_dir as real runs leave it: a token in .env and in logs, wandb and tensorboard logs, checkpoints,
+    a pickle, the held-out sets, a nested first-phase model, and the report card's plots."""
+    leftovers = {".env": f"HF_TOKEN={SECRET}\n", "nohup.out": f"export HF_TOKEN={SECRET}\n",
+                 "wandb/run-1/files/x.log": SECRET, "runs/events.out.tfevents.1": SECRET,
+                 "checkpoints/checkpoint-5/model.safetensors": SECRET, "training_args.bin": SECRET,
+                 "eval_sets.jsonl": json.dumps({"task": "identity", "question": SECRET}) + "\n",
+                 "first_phase/config.json": "{}", "first_phase/model.safetensors": SECRET,
+                 "stray.png": SECRET, "stats.json": SECRET, "summary.json": SECRET, "logs/filter/x.log": SECRET}
+    for folder in ("", "sft", "rl", "rlhf", "data", "prefs"):
+        for name, text in leftovers.items():
+            (run_dir / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / folder / name).write_text(text)
+    (run_dir / "report").mkdir()
+    for plot in CARD_PLOTS:
+        (run_dir / "report" / plot).write_bytes(b"\x89PNG " + plot.encode())
+    funnel = (run_dir / "report" / "funnel.png").read_bytes()
+    (run_dir / "rlhf" / "funnel.png").write_bytes(funnel)  # as `hfstack report` copies its plots
+    (run_dir / "rlhf" / "README.md").write_text(  # rm_vs_kl.png only in RUN/report: it must still go up
+        "---\nlibrary_name: transformers\n---\n\n# report card\n\n![funnel](funnel.png)\n\n"
+        "![rm_vs_kl](rm_vs_kl.png)\n\n![badge](https://example.com/badge.png)\n")
+    assert (run_dir / "prefs" / "data" / "test.parquet").is_file()  # the rank stage's held-out pairs
+    return run_dir
+
+
+def run_push(server, tmp_path, run, *flags, token: str | None = "hf_dummy") -> str:
+    done = subprocess.run([sys.executable, "-c", PUSH, "push", "--run", str(run), "--repo_id", "tester/tiny", *flags],
+                          capture_output=True, text=True, env=hub_env(server, tmp_path, token), timeout=300)
+    assert "EXIT 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def commits(state) -> list[str]:
+    return [line for line in state.log if re.fullmatch(r"POST /api/(models|datasets)/[^/]+/[^/]+/commit/\w+", line)]
+
+
+def test_push_uploads_only_the_allowlist(seeded_run, tmp_path):
+    server, state = start_hub()
+    run_push(server, tmp_path, seeded_run, *ALL_REPOS)
+    server.shutdown()
+    assert {key: set(files) for key, files in state.repos.items()} == {
+        "model:tester/tiny": MODEL_FILES | CARD_PLOTS, "model:tester/tiny-rl": MODEL_FILES,
+        "model:tester/tiny-sft": MODEL_FILES, "dataset:tester/tiny-data": {"README.md", "00000.parquet"},
+        "dataset:tester/tiny-prefs": {"README.md", "data/train.parquet"}}
+    received = [data for files in state.repos.values() for data in files.values()] + list(state.lfs.values())
+    assert not any(SECRET.encode() in data for data in received)  # not under another name either
+    assert state.repos["model:tester/tiny"]["rm_vs_kl.png"] == (seeded_run / "report" / "rm_vs_kl.png").read_bytes()
+    assert sorted(commits(state)) == sorted(f"POST /api/{kind}s/{repo}/commit/main" for kind, repo in
+                                            (key.split(":") for key in state.repos))  # one commit per repo
+    data_card = state.repos["dataset:tester/tiny-data"]["README.md"].decode()
+    prefs_card = state.repos["dataset:tester/tiny-prefs"]["README.md"].decode()
+    for card in (data_card, prefs_card):
+        meta = card.split("---\n")[1]
+        assert card.startswith("---\n") and "license: other\n" in meta and "configs:\n" in meta, card
+        assert "hfstack run `run`" in card and "tester/tiny" in card.split("---\n", 2)[2], card
+    assert "- split: train\n    path: [00000.parquet]\n" in data_card and "train: 7 rows" in data_card
+    assert "path: [data/train.parquet]" in prefs_card and "split: test" not in prefs_card
+
+
+def parse_listing(stdout: str) -> dict[str, dict[str, int]]:
+    """The dry run's listing as {repo: {path: size}}."""
+    listed, repo = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("[push] ") and " (" in line:
+            repo = line.split()[1]
+            listed[repo] = {}
+        elif line.startswith("  ") and repo:
+            size, name = line.split()[:2]
+            listed[repo][name] = int(size.replace(",", ""))
+    return listed
+
+
+def test_dry_run_lists_exactly_what_a_push_uploads(seeded_run, tmp_path):
+    server, state = start_hub()
+    listing = run_push(server, tmp_path, seeded_run, "--dry_run", "true", *ALL_REPOS, token=None)
+    assert state.log == []  # no login, no repo, no commit: the server heard nothing
+    listed = parse_listing(listing)
+    assert set(listed["tester/tiny"]) == MODEL_FILES | CARD_PLOTS
+    assert set(listed["tester/tiny-prefs"]) == {"README.md", "data/train.parquet"}
+    run_push(server, tmp_path, seeded_run, *ALL_REPOS)
+    server.shutdown()
+    assert listed == {key.split(":", 1)[1]: {path: len(data) for path, data in files.items()}
+                      for key, files in state.repos.items()}
+
+
+def test_include_eval_sets_adds_the_held_out_sets(seeded_run, tmp_path):
+    server, state = start_hub()
+    run_push(server, tmp_path, seeded_run, "--datasets", "true", "--include_eval_sets", "true")
+    server.shutdown()
+    model = state.repos["model:tester/tiny"]
+    assert set(model) == MODEL_FILES | CARD_PLOTS | {"eval_sets.jsonl"}
+    assert model["eval_sets.jsonl"] == (seeded_run / "rlhf" / "eval_sets.jsonl").read_bytes()
+    prefs = state.repos["dataset:tester/tiny-prefs"]
+    assert set(prefs) == {"README.md", "data/train.parquet", "data/test.parquet"}
+    assert "- split: test\n    path: [data/test.parquet]\n" in prefs["README.md"].decode()
+
+
+def test_files_to_push_takes_weights_tokenizer_and_adapters_only(tmp_path):
+    from hfstack.hub import files_to_push
+
+    allowed = {"adapter_config.json", "adapter_model.safetensors", "model-00001-of-00002.safetensors",
+               "model-00002-of-00002.safetensors", "model.safetensors.index.json", "config.json",
+               "generation_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt", "vocab.json",
+               "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+    refused = {"pytorch_model.bin", "optimizer.pt", "trainer_state.json", "training_args.bin", ".env", "README.md",
+               "eval_sets.jsonl", "plot.png", "eval.json", "log.jsonl", "config.yaml", "nohup.out"}
+    for name in allowed | refused:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-1" / "model.safetensors").write_text("x")
+    assert set(files_to_push(tmp_path, "model")) == allowed
+    assert set(files_to_push(tmp_path, "model", card="![p](plot.png) ![q](checkpoints/x.png) ![r](gone.png)",
+                             include_eval_sets=True)) == allowed | {"plot.png", "eval_sets.jsonl"}
+    with pytest.raises(ValueError, match="kind"):
+        files_to_push(tmp_path, "space")
+
+
+def test_push_names_hf_auth_login_and_creates_private_repos(run_dir, monkeypatch):
+    import huggingface_hub
+
+    import hfstack.hub
+    from hfstack.config import ConfigError
+    from hfstack.hub import PushConfig, push
+
+    calls = []
+
+    class RecordingApi:
+        endpoint, logged_in = "http://hub.invalid", False
+
+        def whoami(self):
+            if not RecordingApi.logged_in:
+                raise OSError("401 Client Error: Unauthorized")
+            return {"name": "tester"}
+
+        def create_repo(self, repo_id, **options):
+            calls.append(("create_repo", repo_id, options["private"]))
+
+        def create_commit(self, repo_id, operations, **options):
+            calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    with pytest.raises(ConfigError, match="hf auth login"):
+        push(PushConfig(run=str(run_dir), repo_id="tester/tiny"))
+    assert calls == [] and "hf auth login" in hfstack.hub.__doc__
+    RecordingApi.logged_in = True
+    push(PushConfig(run=str(run_dir), repo_id="tester/tiny"))
+    push(PushConfig(run=str(run_dir), repo_id="tester/tiny", private=False))
+    files = sorted(["README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                    "tokenizer.json", "tokenizer_config.json"])
+    assert calls == [("create_repo", "tester/tiny", True), ("create_commit", "tester/tiny", files),
+                     ("create_repo", "tester/tiny", False), ("create_commit", "tester/tiny", files)]
