@@ -45,11 +45,14 @@ import time
 from dataclasses import dataclass
 
 SANDBOX_UID = 65534  # "nobody"
+MAX_FILES = 4096  # inodes in /tmp: empty files cost kernel memory that the size cap does not count
+MAX_TASKS = 256  # threads and processes in the sandbox's user namespace (the kernel counts them there)
 
 # runs inside the sandbox before the model's code: clear messages for what the OS refuses anyway
 _BOOTSTRAP = r'''
-import sys
+import resource, sys
 sys.dont_write_bytecode = True
+resource.setrlimit(resource.RLIMIT_NPROC, (int(sys.argv[1]), int(sys.argv[1])))  # a thread bomb stops here
 _BLOCKED_MODULES = ("_posixsubprocess", "multiprocessing", "pty")
 _REFUSED_EVENTS = ("socket.", "subprocess.", "os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn",
                    "os.system")
@@ -72,10 +75,10 @@ exec(compile(_code, "<tool>", "exec"), {"__name__": "__main__", "__builtins__": 
 # unprivileged uid when we are root) can then reach even where the host path is not traversable.
 _SETUP = r'''
 set -e
-work=$1; size=$2; shift 2
-mount -t tmpfs -o mode=0755,size=64k hfstack-sandbox "$work"
+work=$1; size=$2; inodes=$3; shift 3
+mount -t tmpfs -o mode=0755,size=64k,nr_inodes=256 hfstack-sandbox "$work"
 mkdir "$work/tmp"
-mount -t tmpfs -o noexec,nosuid,nodev,mode=1777,size=$size hfstack-tool "$work/tmp"
+mount -t tmpfs -o noexec,nosuid,nodev,mode=1777,size=$size,nr_inodes=$inodes hfstack-tool "$work/tmp"
 i=0
 while [ "$1" != "--" ]; do
   mkdir "$work/lib$i"; mount --rbind -- "$1" "$work/lib$i"; i=$((i + 1)); shift
@@ -117,17 +120,44 @@ _DENIED = {
     "memfd_create": (319, 279), "memfd_secret": (447, 447), "kcmp": (312, 272), "syslog": (103, 116),
     "uselib": (134, None), "ioperm": (173, None), "iopl": (172, None), "personality": (135, 92),
 }
+# SysV IPC and POSIX message queues hold kernel memory outside RLIMIT_AS; fanotify watches files
+_DENIED |= {
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197), "semget": (64, 190),
+    "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192), "msgget": (68, 186), "msgsnd": (69, 189),
+    "msgrcv": (70, 188), "msgctl": (71, 187), "mq_open": (240, 180), "mq_unlink": (241, 181),
+    "mq_timedsend": (242, 182), "mq_timedreceive": (243, 183), "mq_notify": (244, 184),
+    "mq_getsetattr": (245, 185), "fanotify_init": (300, 262),
+}
+# calls numbered from 436 on (the same numbers on both architectures) were added after this table was
+# reviewed: they answer ENOSYS, as on an older kernel, except these, which the C library uses
+_NEWEST_REVIEWED = 436
+_NEWER_ALLOWED = {"close_range": 436, "openat2": 437, "faccessat2": 439, "epoll_pwait2": 441,
+                  "futex_waitv": 449, "fchmodat2": 452}
 _CLONE, _CLONE3 = {"x86_64": 56, "aarch64": 220}, 435
-_CLONE_THREAD = 0x00010000
+_SOCKETS = {"x86_64": (41, 53), "aarch64": (198, 199)}  # socket, socketpair
+_MMAP = {"x86_64": 9, "aarch64": 222}
+_MPROTECT = {"x86_64": (10, 329), "aarch64": (226, 288)}  # mprotect, pkey_mprotect
+_CLONE_THREAD, _PROT_EXEC, _MAP_ANONYMOUS = 0x00010000, 0x4, 0x20
+_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6: not vsock, packet, netlink, alg, ...
 _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 _KILL_PROCESS, _ALLOW = 0x80000000, 0x7FFF0000
-_EPERM, _ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+_EPERM, _ENOSYS, _EAFNOSUPPORT = 0x00050000 | 1, 0x00050000 | 38, 0x00050000 | 97
+_ARG = {0: 16, 2: 32, 3: 40}  # offsets of syscall arguments' low words in struct seccomp_data
+
+
+def _when(number: int, block: list[tuple]) -> list[tuple]:
+    """`block` (which always returns) runs for syscall `number`; other calls skip over it."""
+    return [(_JEQ, 0, len(block), number), *block]
 
 
 def seccomp_program(machine: str | None = None) -> bytes | None:
-    """The filter as packed `struct sock_filter`s, or None on an architecture without a table. Threads
-    stay allowed (clone with CLONE_THREAD); clone3 answers ENOSYS, so the C library falls back to clone,
-    whose flags a filter can read."""
+    """The filter as packed `struct sock_filter`s, or None on an architecture without a table.
+    - Threads stay allowed (clone with CLONE_THREAD); clone3 answers ENOSYS, so the C library falls
+      back to clone, whose flags a filter can read; any other clone (a process) is refused.
+    - No executable memory that is not a file's: mmap of anonymous memory with PROT_EXEC, and any
+      mprotect to PROT_EXEC, are refused, so code the program writes never runs (with the noexec /tmp
+      and memfd refused, only the host's own libraries are executable).
+    - Sockets only of the families a Python program needs, inside the empty network namespace."""
     machine = machine or platform.machine()
     if machine not in _ARCHES:
         return None
@@ -135,12 +165,23 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     prog = [(_LD_W_ABS, 0, 0, 4), (_JEQ, 1, 0, _ARCHES[machine]), (_RET, 0, 0, _KILL_PROCESS), (_LD_W_ABS, 0, 0, 0)]
     if machine == "x86_64":  # the x32 ABI's numbers alias the 64-bit ones plus this bit
         prog += [(_JGE, 0, 1, 0x40000000), (_RET, 0, 0, _EPERM)]
+    for number in _NEWER_ALLOWED.values():
+        prog += [(_JEQ, 0, 1, number), (_RET, 0, 0, _ALLOW)]
+    prog += [(_JGE, 0, 1, _NEWEST_REVIEWED), (_RET, 0, 0, _ENOSYS)]
     for numbers in _DENIED.values():
         if numbers[column] is not None:
             prog += [(_JEQ, 0, 1, numbers[column]), (_RET, 0, 0, _EPERM)]
     prog += [(_JEQ, 0, 1, _CLONE3), (_RET, 0, 0, _ENOSYS)]
-    prog += [(_JEQ, 0, 3, _CLONE[machine]), (_LD_W_ABS, 0, 0, 16),  # clone: the low word of its flags
-             (_JSET, 1, 0, _CLONE_THREAD), (_RET, 0, 0, _EPERM)]
+    prog += _when(_CLONE[machine], [(_LD_W_ABS, 0, 0, _ARG[0]), (_JSET, 1, 0, _CLONE_THREAD),
+                                    (_RET, 0, 0, _EPERM), (_RET, 0, 0, _ALLOW)])
+    for number in _SOCKETS[machine]:
+        checks = [(_JEQ, len(_FAMILIES) - i, 0, family) for i, family in enumerate(_FAMILIES)]
+        prog += _when(number, [(_LD_W_ABS, 0, 0, _ARG[0]), *checks, (_RET, 0, 0, _EAFNOSUPPORT), (_RET, 0, 0, _ALLOW)])
+    prog += _when(_MMAP[machine], [(_LD_W_ABS, 0, 0, _ARG[2]), (_JSET, 0, 3, _PROT_EXEC), (_LD_W_ABS, 0, 0, _ARG[3]),
+                                   (_JSET, 0, 1, _MAP_ANONYMOUS), (_RET, 0, 0, _EPERM), (_RET, 0, 0, _ALLOW)])
+    for number in _MPROTECT[machine]:
+        prog += _when(number, [(_LD_W_ABS, 0, 0, _ARG[2]), (_JSET, 0, 1, _PROT_EXEC), (_RET, 0, 0, _EPERM),
+                               (_RET, 0, 0, _ALLOW)])
     prog += [(_RET, 0, 0, _ALLOW)]
     return b"".join(struct.pack("HBBI", *instruction) for instruction in prog)
 
@@ -170,7 +211,9 @@ def _system_binds() -> list[str]:
 
 def _command(work: str, file_mb: int, seccomp_fd: int | None, as_root: bool, read_only: list[str]) -> list[str]:
     roots = _interpreter_roots() + [os.path.realpath(p) for p in read_only]
+    # --as-pid-1: the interpreter is the namespace's first process (it cannot fork, so needs no reaper)
     bwrap = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+             "--as-pid-1",
              "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", *_system_binds(),
              "--proc", "/proc", "--dev", "/dev", "--bind", f"{work}/tmp", "/tmp"]
     for i, root in enumerate(roots):  # after /tmp, so a folder under /tmp (a venv, a test's) shows through
@@ -182,14 +225,14 @@ def _command(work: str, file_mb: int, seccomp_fd: int | None, as_root: bool, rea
         bwrap += ["--setenv", key, value]
     if seccomp_fd is not None:
         bwrap += ["--seccomp", str(seccomp_fd)]
-    bwrap += [sys.executable, "-I", "-c", _BOOTSTRAP]
+    bwrap += [sys.executable, "-I", "-c", _BOOTSTRAP, str(MAX_TASKS)]
     if as_root:  # the namespaces are set up with root's rights, then everything runs as host uid 65534
         drop = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
         outer = ["unshare", "--mount", "--propagation", "private"]
     else:  # an unprivileged user gets the same from a user namespace of its own
         drop, outer = [], ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
-    return [*outer, "sh", "-c", _SETUP, "hfstack-sandbox", work, f"{file_mb}m", *roots, "--", *drop, *bwrap]
+    return [*outer, "sh", "-c", _SETUP, "hfstack-sandbox", work, f"{file_mb}m", str(MAX_FILES), *roots, "--", *drop, *bwrap]
 
 
 def _limits(cpu_seconds: int, memory_mb: int, file_mb: int):
@@ -281,10 +324,11 @@ def _run_sandboxed(code: str, timeout: float, memory_mb: int, file_mb: int, max_
         note = f"\n[killed: over the {timeout:g}s time limit]"
     elif over_size:
         note = f"\n[killed: more than {max_output_bytes} bytes of output]"
-    elif process.returncode and process.returncode < 0:
-        note = f"\n[killed by signal {-process.returncode}: a resource limit was hit]"
-    elif process.returncode and process.returncode > 128:  # bwrap reports a signal-killed child as 128+N
-        note = f"\n[killed by signal {process.returncode - 128}: a resource limit was hit]"
+    else:
+        signal_number = -process.returncode if process.returncode < 0 else process.returncode - 128
+        if process.returncode < 0 or process.returncode > 128:  # bwrap reports a killed child as 128+N
+            why = "a forbidden system call" if signal_number == signal.SIGSYS else "a resource limit was hit"
+            note = f"\n[killed by signal {signal_number}: {why}]"
     exit_code = None if (over_time or over_size) else process.returncode
     return output.decode("utf-8", "replace"), note, exit_code, over_time
 
