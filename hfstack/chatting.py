@@ -15,21 +15,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
 
 
 @dataclass
 class ChatConfig:
-    model: str = "runs/tiny/sft"
+    model: str = model_folder("runs/tiny/sft", must_exist=True)
     input: str | None = None  # batch mode: jsonl with messages (or prompt) per line
     output: str | None = None  # batch mode: where answers go (default: stdout)
     system: str | None = None  # replaces the model's default system message
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    max_tool_calls: int = 3
-    batch_size: int = 32
+    max_new_tokens: int = bounded(128, ge=1)
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")
+    max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")
+    batch_size: int = bounded(32, ge=1)
 
     def __post_init__(self):
+        check_fields(self, "chat")
         if self.input is not None and not Path(self.input).is_file():
             raise ConfigError(f"chat: --input '{self.input}' does not exist")
 

@@ -165,15 +165,27 @@ def _with_positional(command: str, args: list[str]) -> list[str]:
 def _field_help(config_cls) -> str:
     import dataclasses
 
+    import typing
+
+    from hfstack.config import _field_types, _type_name, _unwrap_optional
+
     lines = [f"fields of {config_cls.__name__} (set in YAML or as --field value):"]
+    types = _field_types(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        lines.append(f"  --{f.name:<22} default: {default!r}")
+        bounds = f.metadata.get("range")  # declared with hfstack.config.bounded
+        literal = f.name in types and typing.get_origin(_unwrap_optional(types[f.name])[0]) is typing.Literal
+        if bounds is None and literal:
+            bounds = _type_name(types[f.name])  # the choices
+        lines.append(f"  --{f.name:<22} default: {default!r}" + (f"  range: {bounds}" if bounds else ""))
     return "\n".join(lines)
 
 
 DISTRIBUTED = {"pretrain", "sft", "rl", "reward", "rlhf"}  # stages that train on every launched process
+# the speedrun's config has launcher/num_processes/launch_config fields of its own: it launches each
+# training stage itself, so the flags are its fields rather than a relaunch of the whole run
+SELF_LAUNCHING = {"speedrun"}
 LAUNCH_FLAGS = ("--launcher", "--num_processes", "--launch_config")
 
 
@@ -196,12 +208,18 @@ def _launch(command: str, launch: dict, args: list[str]) -> int:
     """Re-run this stage under `accelerate launch` on N processes."""
     import subprocess
 
+    problem = None
+    processes, config = launch.get("num_processes", ""), launch.get("launch_config")
     if launch.get("launcher") != "accelerate":
-        print(f"hfstack {command}: error: --launcher must be 'accelerate', got '{launch.get('launcher')}'",
-              file=sys.stderr)
+        problem = f"--launcher must be 'accelerate', got '{launch.get('launcher')}'"
+    elif "num_processes" in launch and not (processes.isdigit() and int(processes) >= 1):
+        problem = f"--num_processes must be a whole number >= 1, got '{processes}'"
+    elif "launch_config" in launch and not (config and os.path.isfile(config)):
+        problem = f"--launch_config '{config}' is not a file (an accelerate config YAML)"
+    if problem:
+        print(f"hfstack {command}: error: {problem}", file=sys.stderr)
         return 2
-    return subprocess.call(launch_command(command, int(launch.get("num_processes") or 0), launch.get("launch_config"),
-                                          args))
+    return subprocess.call(launch_command(command, int(processes or 0), config, args))
 
 
 def launch_command(command: str, num_processes: int, config: str | None, args: list[str]) -> list[str]:
@@ -228,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _with_positional(command, args)
     commands = _commands()
     if command not in commands:
-        print(f"hfstack: unknown command '{command}'; choose from: {', '.join(commands)}", file=sys.stderr)
+        print(f"hfstack: error: unknown command '{command}'; choose from: {', '.join(commands)}", file=sys.stderr)
         return 2
-    launch, args = _pop_launch_flags(args)
+    launch, args = ({}, args) if command in SELF_LAUNCHING else _pop_launch_flags(args)
     if launch:
         return _launch(command, launch, args)
     if command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
@@ -240,16 +258,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: hfstack {command} [--config recipe.yaml] [--field value ...]\n")
         print(_field_help(config_cls))
         return 0
-    from hfstack.config import ConfigError, load_config
+    from hfstack.config import load_config
 
     try:
         cfg = load_config(config_cls, cli_args=args)
         runner(cfg)
-    except ConfigError as e:
-        print(f"hfstack {command}: error: {e}", file=sys.stderr)
+    except user_errors() as e:
+        if os.environ.get("HFSTACK_DEBUG", "0") not in ("0", ""):
+            raise  # the traceback, for whoever debugs hfstack itself
+        print(f"hfstack {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix: a ConfigError, or a file that is missing, unreadable, a directory, or not
+    text/JSON/YAML where a stage reads one. These print one line and exit 2; any other exception is a
+    bug in hfstack and keeps its traceback."""
+    import json
+
+    import yaml
+
+    from hfstack.config import ConfigError
+
+    return (ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            json.JSONDecodeError, UnicodeDecodeError, yaml.YAMLError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line that says what and where (an OSError's own text leads with its errno)."""
+    import json
+
+    from hfstack.config import ConfigError
+
+    if isinstance(error, ConfigError):
+        text = str(error)
+    elif isinstance(error, OSError):
+        text = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+    elif isinstance(error, json.JSONDecodeError):
+        text = f"an input file is not valid JSON ({error}); HFSTACK_DEBUG=1 shows which"
+    elif isinstance(error, UnicodeDecodeError):
+        text = f"an input file is not UTF-8 text ({error.reason} at byte {error.start}); HFSTACK_DEBUG=1 shows which"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,14 +4,22 @@
 
 CLI flags override YAML values, which override the dataclass defaults; a recipe can start from
 another with `extends: other.yaml` and list only what it changes. Unknown keys are a one-line
-`ConfigError` that names the key and lists the valid ones. Each stage validates its own fields in
-`__post_init__` and writes the resolved config next to its output with `save_config`.
+`ConfigError` that names the key and lists the valid ones.
+
+Validation happens when the config is built, before a stage does any work: `_coerce` turns each
+value into its declared type (no null where the type has no `| None`, no NaN or infinity, a
+`Literal` lists its choices); each stage's `__post_init__` calls `check_fields` first, which checks
+the ranges declared on the fields themselves with `bounded(...)`, refuses an empty name where the
+default is a name, and looks inside model folders declared with `model_folder(...)`. The stage then
+checks what involves several fields, and writes the resolved config next to its output with
+`save_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -24,6 +32,116 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config problem the user can fix: the message names the file/field and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: bounds (inclusive ge/le, exclusive gt/lt), plus an optional
+    `unset` value outside them that means "no limit", and `why`, what an edge value means."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    unset: float | None = None
+    why: str = ""
+
+    def contains(self, value) -> bool:
+        if self.unset is not None and value == self.unset:
+            return True
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else ""
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else ""
+        if low and high:
+            text = f"in {low}, {high}"  # interval notation: [ ] include the bound, ( ) exclude it
+        elif low:
+            text = (">= " if self.ge is not None else "> ") + low[1:]
+        else:
+            text = ("<= " if self.le is not None else "< ") + high[:-1]
+        return text + (f", or {self.unset}" if self.unset is not None else "") + (f" ({self.why})" if self.why else "")
+
+
+def bounded(default, *, ge=None, gt=None, le=None, lt=None, unset=None, why: str = ""):
+    """A numeric field and its valid range, checked by `check_fields` and listed by `--help`:
+
+        max_steps: int = bounded(200, ge=1)
+        beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")
+        limit: int = bounded(-1, ge=1, unset=-1, why="-1 reads everything")
+    """
+    return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt, unset, why)})
+
+
+def model_folder(default, *, must_exist: bool = False):
+    """A field naming a local model folder. A folder that holds a config.json must be loadable (valid
+    JSON, weights beside it) as soon as the config is built. A missing folder is an error at once only
+    with `must_exist` (stages that use the model right away); a recipe's training stages name folders
+    that earlier stages of the run have not written yet, so those stages check when they load."""
+    return dataclasses.field(default=default, metadata={"model_folder": "must_exist" if must_exist else "if_present"})
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(path: str | Path, stage: str = "", what: str = "model") -> None:
+    """A folder transformers can load without surprises: config.json parses (with a model_type) and a
+    weights file is there; otherwise a one-line ConfigError naming the folder."""
+    folder, prefix = Path(path).expanduser(), f"{stage}: " if stage else ""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{prefix}no {what} at '{path}' (expected config.json there; has the stage that writes "
+                          "it finished?)")
+    try:
+        settings = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{prefix}{what} '{path}': config.json is unreadable ({e})") from None
+    if not isinstance(settings, dict) or "model_type" not in settings:
+        raise ConfigError(f"{prefix}{what} '{path}': config.json has no 'model_type'; is it a transformers model?")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"{prefix}{what} '{path}' has config.json but no weights ({' or '.join(WEIGHT_FILES)})")
+
+
+def check_fields(cfg, stage: str) -> None:
+    """What every stage config checks first in `__post_init__`, so it holds when built from Python too:
+    no null where the type has no `| None`, finite floats, each `bounded` range, no empty name where
+    the default is one (an empty path would silently mean the current directory); then model folders,
+    last, so a mistyped number is reported before anything on disk is looked at."""
+    hints = _field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if f.name not in hints:
+            continue
+        value, (base, optional) = getattr(cfg, f.name), _unwrap_optional(hints[f.name])
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{stage}: field '{f.name}': expected {_type_name(base)}, got null")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{stage}: field '{f.name}': expected a finite number, got {value}")
+        bounds = f.metadata.get("range")
+        if bounds is not None and not bounds.contains(value):
+            raise ConfigError(f"{stage}: '{f.name}' must be {bounds}, got {value}")
+        if base is str and value == "" and isinstance(f.default, str) and f.default:
+            raise ConfigError(f"{stage}: '{f.name}' is empty; it names something (default: '{f.default}')")
+    for f in dataclasses.fields(cfg):
+        folder, value = f.metadata.get("model_folder"), getattr(cfg, f.name)
+        if folder and value and (folder == "must_exist" or (Path(value).expanduser() / "config.json").exists()):
+            check_model_folder(value, stage, "model" if f.name == "model" else f"model ('{f.name}')")
+
+
+def check_values(cls, values: dict[str, Any], source: str) -> None:
+    """Names, types and ranges of some of a config's fields (a speedrun's overrides for a stage) without
+    building the config, whose other fields are only known when the stage runs."""
+    field_types, fields = _field_types(cls), {f.name: f for f in dataclasses.fields(cls)}
+    for key, raw in values.items():
+        if key not in field_types:
+            valid = ", ".join(sorted(field_types))
+            raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; valid keys: {valid}")
+        value, bounds = _coerce(key, raw, field_types[key]), fields[key].metadata.get("range")
+        if value is not None and bounds is not None and not bounds.contains(value):
+            raise ConfigError(f"{source}: '{key}' must be {bounds}, got {value}")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -47,8 +165,10 @@ def _is_list(tp) -> bool:
 def _coerce(name: str, value: Any, tp) -> Any:
     """Convert a YAML or CLI value to the field's declared type, or raise ConfigError naming the field."""
     base, optional = _unwrap_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+    if optional and (value is None or isinstance(value, str) and value.lower() in ("none", "null")):
         return None
+    if value is None:  # YAML `key: ~` or `key:` on a field that needs a value
+        raise ConfigError(f"field '{name}': expected {_type_name(base)}, got null")
     origin = typing.get_origin(base)
     try:
         if base is bool:
@@ -60,11 +180,16 @@ def _coerce(name: str, value: Any, tp) -> Any:
                 return False
             raise ValueError
         if base is int:
-            if isinstance(value, bool):
-                raise ValueError
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+                raise ValueError  # int(2.5) would quietly train 2 steps
             return int(value)
         if base is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"field '{name}': expected a finite number, got {value!r}")
+            return number
         if base is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -75,20 +200,29 @@ def _coerce(name: str, value: Any, tp) -> Any:
             return [_coerce(name, v, item_tp) if item_tp is not Any else v for v in items]
         if origin is dict or base is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"field '{name}': not a valid YAML mapping ({str(e).splitlines()[0]})") from None
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-        if typing.get_origin(base) is typing.Literal:
+        if origin is typing.Literal:
             if value not in typing.get_args(base):
-                raise ValueError
+                choices = ", ".join(str(c) for c in typing.get_args(base))
+                raise ConfigError(f"field '{name}': expected one of: {choices}; got {value!r}")
             return value
+    except ConfigError:
+        raise  # already names the field and what was expected
     except (TypeError, ValueError):
         raise ConfigError(f"field '{name}': expected {_type_name(tp)}, got {value!r}") from None
     return value
 
 
 def _type_name(tp) -> str:
+    base, optional = _unwrap_optional(tp)
+    if typing.get_origin(base) is typing.Literal:
+        return "one of: " + ", ".join(str(c) for c in typing.get_args(base)) + (" or none" if optional else "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -141,11 +275,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def read_recipe(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """`read_yaml`, plus the file each option came from, so an error can name the recipe that set it."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; expected a YAML recipe")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); expected a YAML recipe") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -168,6 +308,8 @@ def read_recipe(path: str | Path, _extended_by: tuple[Path, ...] = ()) -> tuple[
 def load_config(cls: type[T], yaml_path: str | Path | None = None, cli_args: list[str] | None = None) -> T:
     """Defaults < YAML < CLI flags. A `--config PATH` inside cli_args is honoured too."""
     cli = parse_cli_args(list(cli_args or []), _field_types(cls) | {"config": str})
+    if "config" in cli and not cli["config"]:
+        raise ConfigError("option --config needs a recipe file, got an empty path")
     yaml_path = cli.pop("config", None) or yaml_path
     values, origins = read_recipe(yaml_path) if yaml_path else ({}, {})
     source = str(yaml_path) if yaml_path else "command line"

@@ -25,18 +25,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
 
 NO_TOOL_PREFILL = {"arithmetic": "The answer is", "counting": "Spelling it out:"}
 
 
 @dataclass
 class EvalConfig:
-    model: str = "runs/tiny/sft"
+    model: str = model_folder("runs/tiny/sft", must_exist=True)
     eval_sets: str | None = None  # default: <model>/eval_sets.jsonl
-    limit: int = 200  # items per task
+    limit: int = bounded(200, ge=1)  # items per task
     output: str | None = None
-    max_new_tokens: int = 96
+    max_new_tokens: int = bounded(96, ge=1)
+
+    def __post_init__(self):
+        check_fields(self, "eval")
 
 
 def _normalise(text: str) -> str:

@@ -24,19 +24,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from hfstack.config import ConfigError, save_config
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
-from hfstack.rundir import newest_checkpoint
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
 
 
 @dataclass
 class SFTStageConfig:
     """Base model, conversation mixture, training and optional LoRA."""
 
-    model: str = "runs/tiny/base"
+    model: str = model_folder("runs/tiny/base")
     output_dir: str = "runs/tiny/sft"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- mixture: generated conversations per source, plus chat data
     identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
     counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
@@ -45,12 +47,12 @@ class SFTStageConfig:
     #     does not know; search traces over a BM25 index of the same corpus
     facts_from: list[str] = field(default_factory=list)  # corpus: data-stage dir(s) or text files
     facts_file: str | None = None  # jsonl with question, answer (and passage)
-    interrogation_samples: int = 3
-    knowledge_repeats: int = 1  # conversations per training fact (the copies get an opener and closer)
+    interrogation_samples: int = bounded(3, ge=1)
+    knowledge_repeats: int = bounded(1, ge=1)  # conversations per training fact (the copies get an opener and closer)
     judge: str = "hfstack.conversations.knowledge:word_overlap_judge"
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
-    chat_limit: int = -1
+    chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")
     seed: int = 0
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
     #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
@@ -59,24 +61,25 @@ class SFTStageConfig:
     #     start without one), e.g. [self_attn]: the mixture trains the rest
     freeze: list[str] = field(default_factory=list)
     # --- training
-    max_steps: int = 300
-    learning_rate: float = 1e-3
-    warmup_steps: int = 20
-    micro_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 256
+    max_steps: int = bounded(300, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    warmup_steps: int = bounded(20, ge=0)
+    micro_batch_size: int = bounded(8, ge=1)
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    max_length: int = bounded(256, ge=2)
     packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
     group_by_length: bool = False  # batches of similar length: ~20% faster, but see the README (Step 4)
     assistant_only_loss: bool = True
-    precision: str = "auto"  # auto: bf16 on GPUs that have it
-    log_every: int = 10
-    save_every: int = 500
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(500, ge=1)
     report_to: list[str] = field(default_factory=list)
     # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
     peft: dict | None = None
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, "sft")
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
             raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; valid: {sorted(asdict(IdentityCard()))}")
@@ -84,8 +87,9 @@ class SFTStageConfig:
         if unknown:
             raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: "
                               f"{', '.join(SOURCES)} (chat data goes in chat_files / chat_hub)")
-        if self.knowledge_repeats < 1:
-            raise ConfigError(f"sft: 'knowledge_repeats' must be at least 1, got {self.knowledge_repeats}")
+        bad = {k: v for k, v in self.counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"sft: 'counts' are conversations per source, whole numbers >= 0; got {bad}")
         if self.first_phase is not None:
             phase = self.first_phase
             if not isinstance(phase, dict) or not isinstance(phase.get("counts"), dict) or "max_steps" not in phase:
@@ -156,20 +160,20 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     from hfstack.conversations.mixture import build_mixture
     from hfstack.protocol import END_OF_TURN, chat_template
 
-    out = Path(cfg.output_dir)
+    # a checked launch and a claimed folder: another base model or mixture never resumes this one's
+    # checkpoints or first phase
+    out, main = start_output("sft", cfg)
     on_gpu = torch.cuda.is_available()
     set_seed(cfg.seed)
     model, tokenizer = load_base(cfg, on_gpu)
     frozen_names = to_freeze(model, cfg.freeze)
     card = cfg.card()
     tokenizer.chat_template = chat_template(default_system=card.system_message())
-    out.mkdir(parents=True, exist_ok=True)
     extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out)
     train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
                                          extra)
     if not train_rows:
         raise ConfigError("sft: the mixture is empty; set counts or chat_files")
-    save_config(cfg, out)
     with (out / "eval_sets.jsonl").open("w") as handle:
         for rows in held_out.values():
             for row in rows:
@@ -194,6 +198,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         summary["frozen_parameters"] = frozen
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[sft] done: {json.dumps(summary)}", flush=True)
+    finish_output(out, "sft", main, steps=trainer.state.global_step)
     return out
 
 

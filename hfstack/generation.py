@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 
 # a document that looks like a conversation: the base model continues the pattern (the notes' trick)
 FEW_SHOT = """The following is a conversation between a human and a helpful, knowledgeable AI assistant.
@@ -40,24 +40,19 @@ TURN_END = "\nHuman:"
 
 @dataclass
 class GenerateConfig:
-    model: str = "runs/tiny/base"
+    model: str = model_folder("runs/tiny/base", must_exist=True)
     prompt: str = ""
     as_assistant: str | None = None  # a question, asked through a few-shot conversation document
-    max_new_tokens: int = 64
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = 50
-    top_p: float | None = None
+    max_new_tokens: int = bounded(64, ge=1)
+    temperature: float = bounded(1.0, ge=0, why="0 = greedy")
+    top_k: int | None = bounded(50, ge=0, why="0 or none: no top-k cut")
+    top_p: float | None = bounded(None, gt=0, le=1)
     seed: int | None = None  # same seed, same sample
-    num_samples: int = 1
+    num_samples: int = bounded(1, ge=1)
     stream: bool = True
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ConfigError(f"generate: 'temperature' must be >= 0, got {self.temperature}")
-        if self.num_samples < 1 or self.max_new_tokens < 1:
-            raise ConfigError("generate: 'num_samples' and 'max_new_tokens' must be >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"generate: 'top_p' must be in (0, 1], got {self.top_p}")
+        check_fields(self, "generate")
 
 
 def load_model(path: str):
@@ -65,8 +60,7 @@ def load_model(path: str):
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"no model at '{path}' (expected config.json there); run `hfstack pretrain` first")
+    check_model_folder(path)  # missing, torn or weightless: one line naming the folder, not a traceback
     model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
     return model, AutoTokenizer.from_pretrained(path)
@@ -129,14 +123,19 @@ def generate(cfg: GenerateConfig) -> list[str]:
 
 @dataclass
 class RegurgitationConfig:
-    model: str = "runs/tiny/base"
+    model: str = model_folder("runs/tiny/base", must_exist=True)
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])
     text_column: str = "text"
-    prefix_tokens: int = 32  # K: the prompt is a document's first K tokens
-    continuation_tokens: int = 32  # M: greedy tokens compared with the document's next M
-    num_docs: int = 40  # per side (training and held-out)
-    val_fraction: float = 0.02  # the pretraining run's held-out choice
+    prefix_tokens: int = bounded(32, ge=1)  # K: the prompt is a document's first K tokens
+    continuation_tokens: int = bounded(32, ge=1)  # M: greedy tokens compared with the document's next M
+    num_docs: int = bounded(40, ge=1)  # per side (training and held-out)
+    val_fraction: float = bounded(0.02, gt=0, lt=1)  # the pretraining run's held-out choice
     output: str | None = None  # default: <model>/regurgitation.json
+
+    def __post_init__(self):
+        check_fields(self, "regurgitation")
+        if not self.data:
+            raise ConfigError("regurgitation: 'data' is empty; name the data-stage dir(s) or text files")
 
 
 def regurgitation(cfg: RegurgitationConfig) -> dict:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, check_fields
 from hfstack.reportcard import FINAL_MODELS, card_front_matter, final_model
 
 PARENTS = {"sft": "base", "rl": "sft", "rlhf": "rl", "rm": "rl"}  # stage → the model it started from
@@ -58,6 +58,7 @@ class PushConfig:
     license: str = "other"  # for the dataset cards: web text keeps its pages' own terms
 
     def __post_init__(self):
+        check_fields(self, "push")  # an empty --run would mean the current directory
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo_id or ""):
             raise ConfigError(f"push: --repo_id must look like USER/NAME, got '{self.repo_id}'")
         if not Path(self.run).is_dir():

@@ -120,8 +120,11 @@ def newest_ppo_checkpoint(folder) -> str | None:
     """The newest checkpoint whose `complete` marker was written (after all of its files)."""
     from pathlib import Path
 
-    found = sorted(Path(folder).glob("step-*/complete"), key=lambda p: int(p.parent.name.split("-")[1]))
-    return str(found[-1].parent) if found else None
+    from hfstack.rundir import checkpoint_step
+
+    steps = {p.parent: checkpoint_step(p.parent, "step-") for p in Path(folder).glob("step-*/complete")}
+    found = sorted((p for p, step in steps.items() if step is not None), key=steps.get)  # `step-2-old` is not one
+    return str(found[-1]) if found else None
 
 
 def token_logprobs(model, input_ids, attention_mask, start: int) -> torch.Tensor:
@@ -245,6 +248,8 @@ def save_checkpoint(accelerator, folder, step: int) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (target / "complete").write_text(str(step))
+        from hfstack.rundir import checkpoint_step
+
         for older in Path(folder).glob("step-*"):
-            if older != target:
+            if older != target and checkpoint_step(older, "step-") is not None:  # a user's `step-4-best` stays
                 shutil.rmtree(older, ignore_errors=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, save_config
-from hfstack.rundir import newest_checkpoint
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 
@@ -38,61 +38,59 @@ class PretrainConfig:
     text_column: str = "text"
     tokenizer: str = "runs/tiny/tokenizer"
     output_dir: str = "runs/tiny/base"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- model: the depth dial, or explicit sizes
-    depth: int = 2
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
+    depth: int = bounded(2, ge=1)
+    hidden_size: int | None = bounded(None, ge=1)
+    num_heads: int | None = bounded(None, ge=1)
+    num_kv_heads: int | None = bounded(None, ge=1)
+    intermediate_size: int | None = bounded(None, ge=1)
     tie_embeddings: bool = True
     spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
-    init_from: str | None = None  # continue from an existing model directory instead of a fresh init
-    seq_len: int = 256
+    init_from: str | None = model_folder(None)  # continue from an existing model directory instead of a fresh init
+    seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")
     # --- batch and steps
-    micro_batch_size: int = 8  # sequences per device per forward pass
-    batch_tokens: int = 4096  # tokens per optimizer step; gradient accumulation makes up the difference
-    max_steps: int = 200
+    micro_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
+    batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference
+    max_steps: int = bounded(200, ge=1)
     # --- optimizer and schedule
-    learning_rate: float = 3e-3
+    learning_rate: float = bounded(3e-3, gt=0)
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"  # warmup-stable-decay, or warmup + cosine
-    warmup_steps: int = 20
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays to zero
-    min_lr_ratio: float = 0.1  # cosine: floor as a fraction of the peak
-    weight_decay: float = 0.1
-    adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
+    warmup_steps: int = bounded(20, ge=0)
+    decay_fraction: float = bounded(0.2, ge=0, le=1)  # wsd: the last fraction of steps decays to zero
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # cosine: floor as a fraction of the peak
+    weight_decay: float = bounded(0.1, ge=0)
+    adam_beta2: float = bounded(0.95, ge=0, lt=1)
+    max_grad_norm: float = bounded(1.0, ge=0, why="0 turns clipping off")
     # --- precision and speed
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
     compile: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    num_proc: int = 2  # tokenizer threads
+    num_proc: int = bounded(2, ge=1)  # tokenizer threads
     # --- evaluation and logging
-    val_fraction: float = 0.02  # same stable choice as the tokenizer's held-out documents
-    eval_every: int = 50
-    eval_batches: int = 20
-    log_every: int = 10
+    val_fraction: float = bounded(0.02, gt=0, lt=1)  # same stable choice as the tokenizer's held-out documents
+    eval_every: int = bounded(50, ge=1)
+    eval_batches: int = bounded(20, ge=1)
+    log_every: int = bounded(10, ge=1)
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    sample_tokens: int = 24
+    sample_tokens: int = bounded(24, ge=1)
     report_to: list[str] = field(default_factory=list)  # e.g. [wandb, tensorboard]; local log.jsonl always
-    peak_flops: float | None = None  # per device, for MFU; default: known GPU peak, or measured on CPU
+    peak_flops: float | None = bounded(None, gt=0)  # per device, for MFU; default: known GPU peak, or measured on CPU
     # --- checkpoints
-    save_every: int = 100
-    keep_checkpoints: int = 2
+    save_every: int = bounded(100, ge=1)
+    keep_checkpoints: int = bounded(2, ge=1)
     resume: str = "auto"  # auto: continue from the newest checkpoint if any; never; or a checkpoint path
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, "pretrain")
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]
-        for name in ("seq_len", "micro_batch_size", "batch_tokens", "max_steps", "save_every", "eval_every",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pretrain: '{name}' must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"pretrain: 'val_fraction' must be in (0, 1), got {self.val_fraction}")
+        if not self.data:
+            raise ConfigError("pretrain: 'data' is empty; name data-stage dir(s) or text files")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ConfigError(f"pretrain: 'resume' must be auto, never or a checkpoint directory; "
                               f"'{self.resume}' does not exist")
@@ -251,7 +249,6 @@ def _make_trainer_class():
 def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the output directory. `callbacks` are extra TrainerCallbacks."""
     import torch
-    from accelerate import PartialState
     from transformers import set_seed
 
     from hfstack.model import count_parameters, flops_per_token
@@ -259,8 +256,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     from hfstack.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
     from hfstack.tokenization import resolve_text_files
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # on CPU, 2 launched processes are 2 gloo ranks
-    out = Path(cfg.output_dir)
+    out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
+    state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
     tokenizer = load_tokenizer(cfg.tokenizer)
     files = resolve_text_files(cfg.data)
     set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
@@ -279,8 +276,6 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     use_bf16 = wants_bf16(cfg.precision)
     args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out)
         print(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
               f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
               f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
@@ -320,4 +315,5 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
                    "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"[pretrain] done: {json.dumps(summary)}", flush=True)
+    finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
     return out

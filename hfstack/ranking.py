@@ -10,7 +10,8 @@ the reward model needs. The person works on a keyboard-friendly page (`hfstack.r
 `judge(prompt: str, completions: list[str]) -> list[float]` (higher is better).
 
 Files in `output_dir`:
-- `rollouts.jsonl`: the prompts and their K completions, written once, then reused on a rerun;
+- `rollouts.jsonl`: the prompts and their K completions, written once, then reused on a rerun with the
+  same settings (another model or prompts into the same folder is refused: hfstack.rundir);
 - `rankings.jsonl`: one line per ranking, appended and fsync'ed the moment it is made, so a ranking
   that was saved survives a killed process (a half-written last line is skipped with a warning);
 - `data/train.parquet`, `data/test.parquet`: every ordered pair (K=5 → 10 pairs) in TRL's
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from hfstack.config import ConfigError, import_object, save_config
+from hfstack.config import ConfigError, bounded, check_fields, import_object, model_folder
 
 PROMPT_TEMPLATES = ["Tell me a joke about {topic}.", "Write a short poem about {topic}.",
                     "Describe {topic} in one sentence.", "What is interesting about {topic}?",
@@ -43,23 +44,24 @@ TOPICS = ["pelicans", "the sea", "coffee", "trains", "cats", "the moon", "bread"
 class RankConfig:
     """Policy, prompts, how to rank, and where the page listens."""
 
-    model: str = "runs/tiny/rl"
+    model: str = model_folder("runs/tiny/rl")
     output_dir: str = "runs/tiny/prefs"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     prompts_file: str | None = None  # jsonl/parquet with a `prompt` column; default: built-in open prompts
-    num_prompts: int = 60
-    k: int = 5  # rollouts per prompt
-    max_new_tokens: int = 48
-    temperature: float = 1.0
+    num_prompts: int = bounded(60, ge=1)
+    k: int = bounded(5, ge=2, why="a ranking orders several rollouts")  # rollouts per prompt
+    max_new_tokens: int = bounded(48, ge=1)
+    temperature: float = bounded(1.0, gt=0, why="sampled, so the k rollouts differ")
     seed: int = 0
     judge: str | None = None  # "module:function" ranks without a person; None serves the page
-    test_fraction: float = 0.2  # share of prompts whose pairs are held out
+    # share of prompts whose pairs are held out
+    test_fraction: float = bounded(0.2, ge=0, lt=1, why="0 holds no prompts out")
     host: str = "127.0.0.1"
-    port: int = 7861
+    port: int = bounded(7861, ge=0, le=65535, why="0 picks a free port")
     push_to_hub: str | None = None  # USER/NAME: upload the pairs when done
 
     def __post_init__(self):
-        if self.k < 2:
-            raise ConfigError("rank: k must be at least 2 (a ranking orders several rollouts)")
+        check_fields(self, "rank")
 
 
 # ------------------------------------------------------------------------------------- judges
@@ -174,16 +176,32 @@ class RankingStore:
             row = rows[prompt_id]
             split = "test" if zlib.crc32(row["prompt"].encode()) % 1000 < self.test_fraction * 1000 else "train"
             splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order, scores)
+        from hfstack.rundir import read_json, write_json
+
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        written = read_json(self.dir / PAIRS_RECORD) or {}  # data/<split>.parquet -> its size and mtime when written
         for split, pairs in splits.items():
-            final = self.dir / "data" / f"{split}.parquet"
+            final, name = self.dir / "data" / f"{split}.parquet", f"data/{split}.parquet"
+            if final.exists() and written.get(name) != file_stamp(final):  # not ours (or changed since): keep it
+                raise ConfigError(f"rank: {final} was not written by hfstack rank; move it away (the pairs go there)")
             if not pairs:  # an empty parquet file breaks `load_dataset`; no pairs, no file
                 final.unlink(missing_ok=True)
+                written.pop(name, None)
                 continue
             temporary = self.dir / "data" / f"{split}.parquet.tmp"
             pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA()), temporary)
             os.replace(temporary, final)
+            written[name] = file_stamp(final)
+        write_json(self.dir / PAIRS_RECORD, written)
         return {split: len(pairs) for split, pairs in splits.items()}
+
+
+PAIRS_RECORD = ".hfstack-pairs.json"  # which pair files the store wrote: the only ones it replaces or deletes
+
+
+def file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def PAIR_SCHEMA():  # noqa: N802 - a constant built lazily (pyarrow is imported on use)
@@ -249,9 +267,9 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
 
 
 def rank(cfg: RankConfig) -> Path:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    from hfstack.rundir import claim_output, finish_output
+
+    out = claim_output("rank", cfg)  # rollouts of another model (or prompts) are never reused: refused
     store = RankingStore(out, cfg.test_fraction)
     rows = make_rollouts(cfg, store)
     print(f"[rank] {len(rows)} prompts × {cfg.k} rollouts in {store.rollouts_path}", flush=True)
@@ -276,6 +294,7 @@ def rank(cfg: RankConfig) -> Path:
     summary = {"prompts": len(rows), "ranked": len(store.rankings()), "pairs": counts}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[rank] {summary['ranked']} rankings → pairs {counts} in {out / 'data'}", flush=True)
+    finish_output(out, "rank", ranked=summary["ranked"])
     if cfg.push_to_hub:
         from datasets import load_dataset
 

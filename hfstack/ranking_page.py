@@ -9,13 +9,16 @@ moves on, so closing the page or killing the server loses nothing that was saved
 server opens at the first prompt not yet ranked.
 
 A small standard-library HTTP server: GET / (the page), GET /api/next, POST /api/rank. It binds to
-127.0.0.1 unless `host` says otherwise.
+127.0.0.1 unless `host` says otherwise, and every request passes hfstack.webguard's checks (Host,
+Origin, a JSON body of at most 64 KiB), so another website open in the same browser cannot rank
+in the person's name.
 """
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from hfstack.webguard import GuardedHandler, GuardedHTTPServer, Refused
+
+MAX_BODY_BYTES = 64 * 1024  # a ranking is a prompt id and a handful of indices
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>hfstack · rank rollouts</title>
@@ -94,43 +97,46 @@ loadNext();
 """
 
 
-def make_server(store, host: str = "127.0.0.1", port: int = 7861) -> ThreadingHTTPServer:
+def make_server(store, host: str = "127.0.0.1", port: int = 7861) -> GuardedHTTPServer:
     """The page's HTTP server over a RankingStore (call serve_forever, or use `serve`)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: str, kind: str = "application/json") -> None:
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", f"{kind}; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(GuardedHandler):
         def do_GET(self):  # noqa: N802 - the http.server interface
             if self.path in ("/", "/index.html"):
-                self._send(200, PAGE, "text/html")
+                self.send_page(PAGE)
             elif self.path == "/api/next":
-                self._send(200, json.dumps(store.progress()))
+                self.send_json(200, store.progress())
             else:
-                self._send(404, json.dumps({"error": "not found"}))
+                self.send_json(404, {"error": "not found"})
 
         def do_POST(self):  # noqa: N802
-            if self.path != "/api/rank":
-                self._send(404, json.dumps({"error": "not found"}))
-                return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                store.save_ranking(int(body["prompt_id"]), [int(i) for i in body["order"]], ranker="person")
-            except (ValueError, KeyError, TypeError) as e:
-                self._send(400, json.dumps({"error": str(e)}))
+                if self.path != "/api/rank":
+                    raise Refused(404, "not found")
+                prompt_id, order = ranking_request(self.read_json_object())
+                store.save_ranking(prompt_id, order, ranker="person")
+            except Refused as refusal:
+                self.refuse(refusal)
                 return
-            self._send(200, json.dumps({"saved": True}))
+            except ValueError as e:  # an unknown prompt id, an order that is not a permutation
+                self.refuse(Refused(400, str(e)))
+                return
+            self.send_json(200, {"saved": True})
 
-        def log_message(self, *args):  # keep the terminal for our own progress lines
-            pass
+    return GuardedHTTPServer(host, port, Handler, "rank", MAX_BODY_BYTES)
 
-    return ThreadingHTTPServer((host, port), Handler)
+
+def ranking_request(body: dict) -> tuple[int, list[int]]:
+    """`{"prompt_id": int, "order": [int, ...]}`, or Refused(400) saying which field is wrong."""
+    def is_integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    prompt_id, order = body.get("prompt_id"), body.get("order")
+    if not is_integer(prompt_id):
+        raise Refused(400, "'prompt_id' must be an integer")
+    if not isinstance(order, list) or not all(is_integer(i) for i in order):
+        raise Refused(400, "'order' must be a list of integers")
+    return prompt_id, order
 
 
 def serve(store, host: str = "127.0.0.1", port: int = 7861) -> None:

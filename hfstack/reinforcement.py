@@ -23,9 +23,10 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from hfstack.config import ConfigError, import_object
-from hfstack.rundir import newest_checkpoint, start_output
+from hfstack.config import ConfigError, bounded, check_fields, import_object, model_folder
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
 
 BUILTIN_TASKS = ("arithmetic", "counting")
 ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
@@ -36,42 +37,48 @@ ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
 class RLConfig:
     """Policy, tasks, rewards and GRPO settings."""
 
-    model: str = "runs/tiny/sft"
+    model: str = model_folder("runs/tiny/sft")
     output_dir: str = "runs/tiny/rl"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- tasks: training prompts per built-in generator, plus user tasks
     tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})
     dataset: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
     dataset_split: str = "train"
     reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
-    max_operand: int = 999  # arithmetic training items use operands up to this (a curriculum: start small)
-    format_weight: float = 0.2  # weight of the format reward; correctness and user rewards weigh 1
+    # arithmetic training items use operands up to this (a curriculum: start small)
+    max_operand: int = bounded(999, ge=1)
+    # weight of the format reward; correctness and user rewards weigh 1
+    format_weight: float = bounded(0.2, ge=0, why="0 drops the format reward")
     use_tools: bool = True  # run the Python tool inside rollouts
     seed: int = 1  # the SFT mixture used seed 0; fresh items here
     # --- GRPO
-    max_steps: int = 100
-    learning_rate: float = 2e-4
-    num_generations: int = 8  # answers per prompt (the group)
-    prompts_per_step: int = 4  # per device; the batch is prompts_per_step × num_generations answers
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    beta: float = 0.0  # KL penalty to the SFT policy (0: no reference model, as in DAPO/Dr. GRPO)
+    max_steps: int = bounded(100, ge=1)
+    learning_rate: float = bounded(2e-4, gt=0)
+    # answers per prompt (the group)
+    num_generations: int = bounded(8, ge=2, why="GRPO compares answers within a group")
+    prompts_per_step: int = bounded(4, ge=1)  # per device; the batch is prompts_per_step × num_generations answers
+    max_completion_length: int = bounded(64, ge=1)
+    temperature: float = bounded(1.0, gt=0, why="the group's answers are sampled")
+    beta: float = bounded(0.0, ge=0)  # KL penalty to the SFT policy (0: no reference model, as in DAPO/Dr. GRPO)
     loss_type: str = "dapo"
-    eval_limit: int = 200  # held-out items per task for pass@1
-    precision: str = "auto"
-    log_every: int = 10
-    save_every: int = 50
+    eval_limit: int = bounded(200, ge=1)  # held-out items per task for pass@1
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(50, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, "rl")
+        bad = {k: v for k, v in self.tasks.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"rl: 'tasks' are training prompts per task, whole numbers >= 0; got {bad}")
         unknown = set(self.tasks) - set(BUILTIN_TASKS)
         if unknown:
             raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; built-in: {', '.join(BUILTIN_TASKS)} "
                               "(user tasks go in 'dataset' with 'reward_funcs')")
         if self.dataset and not self.reward_funcs:
             raise ConfigError("rl: 'dataset' needs 'reward_funcs' (import paths of functions that score its answers)")
-        if self.num_generations < 2:
-            raise ConfigError("rl: num_generations must be at least 2 (GRPO compares answers within a group)")
 
 
 # ------------------------------------------------------------------------------------------ rewards
@@ -202,9 +209,9 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     from hfstack.pretraining import wants_bf16
     from hfstack.telemetry import available_trackers
 
+    out, main = start_output("rl", cfg)  # first: it expands ~ in the paths checked below
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
-    out, main = start_output(cfg)
     set_seed(cfg.seed)
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -249,6 +256,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
                                         / max(1, trainer.state.global_step), 3), "reward_curves": curves}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[rl] done: {json.dumps(report)}", flush=True)
+    finish_output(out, "rl", steps=trainer.state.global_step)
     return out
 
 

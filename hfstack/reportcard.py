@@ -18,8 +18,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.config import ConfigError
-from hfstack.rundir import MARKER
+from hfstack.config import ConfigError, check_fields
+from hfstack.rundir import MARKER, read_json
 
 FINAL_MODELS = ("rlhf", "rl", "sft", "base")  # the newest stage's model is the run's final model
 
@@ -45,6 +45,7 @@ class ReportConfig:
     output_dir: str | None = None  # default: RUN/report
 
     def __post_init__(self):
+        check_fields(self, "report")
         if not Path(self.run).is_dir():
             raise ConfigError(f"report: no run directory at '{self.run}'")
 
@@ -260,10 +261,16 @@ def evals_section(report: Report, run: Path):
 
 
 def timing_section(report: Report, run: Path):
-    rows = []
+    seconds: dict[str, object] = {}
     for marker in sorted(run.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
-        info = json.loads(marker.read_text())
-        rows.append([info.get("stage", marker.parent.name), info.get("seconds", "-")])
+        info = read_json(marker)
+        if info is None:  # torn or edited: that stage is not done
+            continue
+        stage = info.get("stage", marker.parent.name)
+        # a stage marks its own folder (RUN/base) and the speedrun its step's (RUN/pretrain, with the time)
+        if seconds.get(stage, "-") == "-":
+            seconds[stage] = info.get("seconds", "-")
+    rows = [[stage, took] for stage, took in seconds.items()]
     if rows:
         report.heading("Time per stage")
         report.table(["stage", "seconds"], rows)
@@ -292,9 +299,11 @@ def environment_section(report: Report):
 
 
 def report(cfg: ReportConfig) -> Path:
+    from hfstack.rundir import claim_output, finish_output
+
+    # always drawn afresh from the run: its own earlier files go, files hfstack did not write stay
+    out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or Path(cfg.run).expanduser() / "report")
     run = Path(cfg.run)
-    out = Path(cfg.output_dir or run / "report")
-    out.mkdir(parents=True, exist_ok=True)
     card = Report(out)
     for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section):
         section(card, run)
@@ -311,4 +320,5 @@ def report(cfg: ReportConfig) -> Path:
         for image in out.glob("*.png"):
             shutil.copy(image, final / image.name)
     print(f"[report] {out / 'report.md'} and report.html" + (f"; model card in {final / 'README.md'}" if final else ""))
+    finish_output(out, "report")
     return out

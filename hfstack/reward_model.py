@@ -13,32 +13,37 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
-from hfstack.config import ConfigError
-from hfstack.rundir import newest_checkpoint, start_output
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
 
 
 @dataclass
 class RewardStageConfig:
     """Starting network, preference data and training settings."""
 
-    model: str = "runs/tiny/rl"  # the network (and tokenizer) the reward model starts from
+    model: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
     preferences: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
     test_preferences: str | None = None  # default: <preferences>/data/test.parquet when it exists
     output_dir: str = "runs/tiny/rm"
-    max_steps: int = 200
-    learning_rate: float = 1e-3
-    warmup_steps: int = 10
-    micro_batch_size: int = 16
-    max_length: int = 192
-    center_rewards_coefficient: float | None = 0.01  # keeps scores near 0, so RL sees a stable scale
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    max_steps: int = bounded(200, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    warmup_steps: int = bounded(10, ge=0)
+    micro_batch_size: int = bounded(16, ge=1)
+    max_length: int = bounded(192, ge=2)
+    center_rewards_coefficient: float | None = bounded(0.01, ge=0)  # keeps scores near 0, so RL sees a stable scale
     seed: int = 0
-    precision: str = "auto"
-    log_every: int = 20
-    save_every: int = 200
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    log_every: int = bounded(20, ge=1)
+    save_every: int = bounded(200, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
+
+    def __post_init__(self):
+        check_fields(self, "reward")
 
 
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -82,6 +87,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     from hfstack.protocol import END_OF_TURN
     from hfstack.telemetry import available_trackers
 
+    out, main = start_output("reward", cfg)  # first: it expands ~ in the paths read below
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
     train_rows = load_pairs(cfg.preferences, "train")
@@ -90,7 +96,6 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     test_rows = load_pairs(test_source, "test") if test_source else []
     if not train_rows:
         raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
-    out, main = start_output(cfg)
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
     on_gpu = torch.cuda.is_available()
@@ -122,4 +127,5 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
               "last_loss": losses[-1:]}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[reward] done: {json.dumps(report)}", flush=True)
+    finish_output(out, "reward", steps=trainer.state.global_step)
     return out

@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from hfstack.config import ConfigError
-from hfstack.rundir import newest_checkpoint, process_state, start_output
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output
 
 ALGORITHMS = ("rloo", "grpo", "ppo")
 
@@ -33,38 +34,44 @@ ALGORITHMS = ("rloo", "grpo", "ppo")
 class RLHFConfig:
     """Policy, reward model, algorithm, KL leash and the hacking watch."""
 
-    model: str = "runs/tiny/rl"  # the starting policy, also the KL reference
-    reward_model: str = "runs/tiny/rm"
+    model: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
+    reward_model: str = model_folder("runs/tiny/rm")
     output_dir: str = "runs/tiny/rlhf"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     algo: str = "rloo"
     prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
-    num_prompts: int = 180
+    num_prompts: int = bounded(180, ge=1)
     seed: int = 0
     # --- optimisation
-    max_steps: int = 40
-    learning_rate: float = 1e-4
-    num_generations: int = 4  # answers per prompt (rloo/grpo groups; ppo samples as many)
-    prompts_per_step: int = 4
-    max_completion_length: int = 32
-    temperature: float = 1.0
-    beta: float = 0.05  # KL penalty to the reference policy; 0 takes the leash off
-    kl_target: float | None = None  # ppo only: adapt beta towards this KL per answer (summed over tokens)
-    ppo_epochs: int = 2
-    save_every: int = 20  # checkpoint interval; a rerun continues from the newest checkpoint
+    max_steps: int = bounded(40, ge=1)
+    learning_rate: float = bounded(1e-4, gt=0)
+    num_generations: int = bounded(4, ge=1)  # answers per prompt (rloo/grpo groups; ppo samples as many)
+    prompts_per_step: int = bounded(4, ge=1)
+    max_completion_length: int = bounded(32, ge=1)
+    temperature: float = bounded(1.0, gt=0, why="the policy samples its answers")
+    beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")  # KL penalty to the reference policy
+    # ppo only: adapt beta towards this KL per answer (summed over tokens)
+    kl_target: float | None = bounded(None, gt=0)
+    ppo_epochs: int = bounded(2, ge=1)
+    save_every: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     # --- the watch
     judge: str = "hfstack.ranking:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
-    rm_rise: float = 0.5  # RM score up by at least this much over the first log ...
-    judge_drop: float = 0.1  # ... while the judge's score went down by at least this much
-    distinct_floor: float = 0.5  # or distinct bigrams fell below this share of their first value
+    rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
+    judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
+    distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
     on_hack: str = "warn"  # warn | stop
-    precision: str = "auto"
-    log_every: int = 5
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    log_every: int = bounded(5, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, "rlhf")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"rlhf: unknown algo '{self.algo}'; choose from {', '.join(ALGORITHMS)}")
+        if self.algo != "ppo" and self.num_generations < 2:
+            raise ConfigError(f"rlhf: algo {self.algo} needs num_generations >= 2 (it compares answers within a "
+                              f"group), got {self.num_generations}")
         if self.on_hack not in ("warn", "stop"):
             raise ConfigError(f"rlhf: on_hack must be 'warn' or 'stop', got '{self.on_hack}'")
         if self.algo != "ppo" and self.kl_target is not None:
@@ -181,10 +188,10 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     from hfstack.ranking import load_judge
     from hfstack.reward_model import load_reward_model
 
+    out, main = start_output("rlhf", cfg)  # first: it expands ~ in the paths checked below
     for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
-    out, main = start_output(cfg)
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model)
@@ -211,6 +218,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
               "alarms": watch.alarms}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"[rlhf] done: {json.dumps(report)}", flush=True)
+    finish_output(out, "rlhf", steps=len(rows))
     return out
 
 

@@ -6,8 +6,12 @@ Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → re
 rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
 held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
 card (also the final model's README.md).
-The tiny preset runs offline on CPU. A stage that left a completion marker is skipped, so rerunning
-after an interruption continues where it stopped (and each stage resumes its own unfinished work).
+The tiny preset runs offline on CPU. A stage that finished with the same settings and inputs (its
+fingerprint, hfstack.rundir) is skipped, so rerunning after an interruption continues where it stopped
+(and each stage resumes its own unfinished work); a stage whose folder holds a run with other settings
+stops the speedrun with one line naming them. `--force` recomputes every stage from scratch (each
+removes what it wrote before, and nothing else).
+Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from hfstack.config import ConfigError, load_config, save_config
-from hfstack.rundir import is_done, mark_done
+from hfstack.config import ConfigError, bounded, check_fields, check_values, load_config, save_config
+from hfstack.rundir import (
+    check_output_dir,
+    claim_output,
+    clear_done,
+    finish_output,
+    is_done,
+    mark_done,
+    stored_differences,
+)
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -32,17 +45,20 @@ def recipes_dir() -> Path:
 class SpeedrunConfig:
     preset: str = "tiny"
     output_dir: str | None = None  # default: runs/<preset>
-    crawl_pages: int = 300  # size of the synthetic crawl used when the preset has no data input
-    force: bool = False  # rerun stages even if they left a completion marker
+    crawl_pages: int = bounded(300, ge=10)  # size of the synthetic crawl used when the preset has no data input
+    force: bool = False  # recompute every stage from scratch (each runs with overwrite)
     # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
     #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
     overrides: dict = field(default_factory=dict)
     # training stages (pretrain, sft, rl, reward, rlhf) under `accelerate launch` on N processes
     launcher: str = "none"  # none | accelerate
-    num_processes: int = 1
+    num_processes: int = bounded(1, ge=1)
     launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
 
     def __post_init__(self):
+        check_fields(self, "speedrun")
+        if self.launch_config is not None and not Path(self.launch_config).is_file():
+            raise ConfigError(f"speedrun: 'launch_config' '{self.launch_config}' is not a file (an accelerate config)")
         if not (recipes_dir() / self.preset).is_dir():
             presets = sorted(p.name for p in recipes_dir().iterdir() if (p / "data.yaml").is_file())
             raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
@@ -54,6 +70,12 @@ class SpeedrunConfig:
         if unknown or not all(isinstance(v, dict) for v in self.overrides.values()):
             raise ConfigError(f"speedrun: 'overrides' maps a stage ({', '.join(n for n, _ in STAGES)}) to its "
                               f"fields; got {self.overrides}")
+        from hfstack.cli import _commands
+
+        commands = _commands()
+        for stage, fields in self.overrides.items():
+            if stage in commands:  # a misspelt field or a bad value stops the run now, not hours in
+                check_values(commands[stage]()[0], fields, f"speedrun overrides for {stage}")
 
 
 def recipe(stage: str, preset: str = "tiny", **fields):
@@ -76,12 +98,14 @@ def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], reci
 
     path = recipes_dir() / cfg.preset / f"{recipe_name or stage}.yaml"
     loaded = load_config(cls, path if path.is_file() else None, run_args)
-    return from_dict(cls, asdict(loaded) | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
+    forced = {"overwrite": True} if cfg.force and hasattr(loaded, "overwrite") else {}  # --force recomputes
+    return from_dict(cls, asdict(loaded) | forced | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
 
 
-def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner, folder: Path) -> None:
+def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
     """Run a training stage in this process, or under `accelerate launch` when the speedrun says so:
-    the resolved config goes to FOLDER/launch.yaml and `hfstack <command> --config` reads it back."""
+    the resolved config goes to RUN/launch/<command>.yaml (outside the stage's folder, which the stage
+    claims) and `hfstack <command> --config` reads it back."""
     if cfg.launcher == "none":
         runner(stage_cfg)
         return
@@ -89,26 +113,50 @@ def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner, folder: Path) ->
 
     from hfstack.cli import launch_command
 
-    folder.mkdir(parents=True, exist_ok=True)
-    recipe_file = save_config(stage_cfg, folder, "launch.yaml")
+    recipe_file = save_config(stage_cfg, Path(cfg.output_dir) / "launch", f"{command}.yaml")
     line = launch_command(command, cfg.num_processes, cfg.launch_config, ["--config", str(recipe_file)])
     print(f"[speedrun] {' '.join(line[2:])}", flush=True)
     if subprocess.call(line) != 0:
         raise ConfigError(f"speedrun: `{' '.join(line[2:])}` failed; see its output above")
 
 
-def _crawl(cfg: SpeedrunConfig, run: Path) -> None:
+@dataclass(frozen=True)
+class Step:
+    """One step of the speedrun: its stage's config (built when its turn comes, so it sees what the steps
+    before it wrote), the folder holding its outputs and fingerprint (RUN/<folder>), and how it runs.
+    A step whose stage claims no folder of its own (claims=False) has the speedrun claim RUN/<folder>."""
+
+    config: Callable[[SpeedrunConfig, Path], object]
+    run: Callable[[SpeedrunConfig, Path, object], None]
+    folder: str
+    stage: str  # its fingerprint's kind (hfstack.fingerprint.STAGES)
+    claims: bool = True
+
+
+@dataclass
+class SamplesConfig:
+    """What the generate step depends on: the base model (its prompts and sampling are fixed)."""
+
+    model: str
+
+
+def _crawl_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.web.synthetic import SynthCrawlConfig
+
+    return SynthCrawlConfig(output=str(run / "crawl" / "crawl.warc.gz"), pages=cfg.crawl_pages)
+
+
+def _crawl(cfg: SpeedrunConfig, run: Path, crawl_cfg) -> None:
     from hfstack.web.synthetic import write_crawl
 
-    summary = write_crawl(run / "crawl" / "crawl.warc.gz", pages=cfg.crawl_pages)
+    summary = write_crawl(crawl_cfg.output, pages=crawl_cfg.pages, seed=crawl_cfg.seed)
     print(f"[crawl] synthetic crawl: {summary.counts}")
 
 
-def _data(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.web import DataConfig, run_data
+def _data_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.web import DataConfig
 
-    data_cfg = stage_config(DataConfig, cfg, "data", ["--output_dir", str(run / "data")] + _default_input(cfg, run))
-    run_data(data_cfg)
+    return stage_config(DataConfig, cfg, "data", ["--output_dir", str(run / "data")] + _default_input(cfg, run))
 
 
 def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
@@ -120,23 +168,21 @@ def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
     return ["--input", str(run / "crawl" / "*.warc.gz")]
 
 
-def _tokenizer(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.tokenization import TokenizerConfig, run_tokenizer
+def _tokenizer_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.tokenization import TokenizerConfig
 
-    tok_cfg = stage_config(TokenizerConfig, cfg, "tokenizer",
-                           ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
-    run_tokenizer(tok_cfg)
-
-
-def _pretrain(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.pretraining import PretrainConfig, run_pretrain
-
-    pre_cfg = stage_config(PretrainConfig, cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
-                                                             str(run / "tokenizer"), "--output_dir", str(run / "base")])
-    train(cfg, "pretrain", pre_cfg, run_pretrain, run / "base")
+    return stage_config(TokenizerConfig, cfg, "tokenizer",
+                        ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
 
 
-def _generate(cfg: SpeedrunConfig, run: Path) -> None:
+def _pretrain_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.pretraining import PretrainConfig
+
+    return stage_config(PretrainConfig, cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
+                                                          str(run / "tokenizer"), "--output_dir", str(run / "base")])
+
+
+def _generate(cfg: SpeedrunConfig, run: Path, samples_cfg: SamplesConfig) -> None:
     """The base model dreams documents from a few openings, and is asked a question the few-shot way."""
     import json
 
@@ -144,108 +190,153 @@ def _generate(cfg: SpeedrunConfig, run: Path) -> None:
 
     samples = []
     for prompt in ("The", "In this module,", "Python is"):
-        text = generate(GenerateConfig(model=str(run / "base"), prompt=prompt, max_new_tokens=48, seed=0,
+        text = generate(GenerateConfig(model=samples_cfg.model, prompt=prompt, max_new_tokens=48, seed=0,
                                        temperature=0.8, stream=False))[0]
         samples.append({"prompt": prompt, "sample": text})
-    answer = generate(GenerateConfig(model=str(run / "base"), as_assistant="What does the os module do?",
+    answer = generate(GenerateConfig(model=samples_cfg.model, as_assistant="What does the os module do?",
                                      max_new_tokens=48, temperature=0, stream=False))[0]
     samples.append({"as_assistant": "What does the os module do?", "answer": answer})
     (run / "generate" / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
 
 
-def _regurgitation(cfg: SpeedrunConfig, run: Path) -> None:
+def _regurgitation_config(cfg: SpeedrunConfig, run: Path):
     from hfstack.config import read_yaml
-    from hfstack.generation import RegurgitationConfig, regurgitation
+    from hfstack.generation import RegurgitationConfig
 
     held_out = read_yaml(run / "base" / "config.yaml")["val_fraction"]  # the documents pretraining never saw
-    regurgitation(stage_config(RegurgitationConfig, cfg, "regurgitation", [
+    return stage_config(RegurgitationConfig, cfg, "regurgitation", [
         "--model", str(run / "base"), "--data", str(run / "data"), "--val_fraction", str(held_out),
-        "--output", str(run / "regurgitation" / "report.json")]))
+        "--output", str(run / "regurgitation" / "report.json")])
 
 
-def _sft(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.finetuning import SFTStageConfig, run_sft
+def _sft_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.finetuning import SFTStageConfig
 
-    sft_cfg = stage_config(SFTStageConfig, cfg, "sft", ["--model", str(run / "base"), "--output_dir",
-                                                        str(run / "sft"), "--facts_from", str(run / "data")])
-    train(cfg, "sft", sft_cfg, run_sft, run / "sft")
-
-
-def _eval(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.evaluation import EvalConfig, evaluate
-
-    evaluate(stage_config(EvalConfig, cfg, "eval", ["--model", str(run / "sft"),
-                                                    "--output", str(run / "eval" / "eval.json")]))
+    return stage_config(SFTStageConfig, cfg, "sft", ["--model", str(run / "base"), "--output_dir",
+                                                     str(run / "sft"), "--facts_from", str(run / "data")])
 
 
-def _rl(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.reinforcement import RLConfig, run_rl
+def _eval_config(model: str, folder: str):
+    def build(cfg: SpeedrunConfig, run: Path):
+        from hfstack.evaluation import EvalConfig
 
-    train(cfg, "rl", stage_config(RLConfig, cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")]),
-          run_rl, run / "rl")
+        return stage_config(EvalConfig, cfg, "eval", ["--model", str(run / model),
+                                                      "--output", str(run / folder / "eval.json")])
+
+    return build
 
 
-def _rank(cfg: SpeedrunConfig, run: Path) -> None:
+def _rl_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.reinforcement import RLConfig
+
+    return stage_config(RLConfig, cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")])
+
+
+def _rank_config(cfg: SpeedrunConfig, run: Path):
     """Offline, a scripted judge plays the person who ranks (the recipe names it)."""
-    from hfstack.ranking import RankConfig, rank
+    from hfstack.ranking import RankConfig
 
     rank_cfg = stage_config(RankConfig, cfg, "rank", ["--model", str(run / "rl"), "--output_dir", str(run / "prefs")])
     if not rank_cfg.judge:
         raise ConfigError("speedrun: the rank recipe needs a scripted 'judge' (a person ranks with `hfstack rank`)")
-    rank(rank_cfg)
+    return rank_cfg
 
 
-def _reward(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.reward_model import RewardStageConfig, run_reward
+def _reward_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.reward_model import RewardStageConfig
 
-    train(cfg, "reward", stage_config(RewardStageConfig, cfg, "reward", [
-        "--model", str(run / "rl"), "--preferences", str(run / "prefs"), "--output_dir", str(run / "rm")]),
-          run_reward, run / "rm")
+    return stage_config(RewardStageConfig, cfg, "reward", [
+        "--model", str(run / "rl"), "--preferences", str(run / "prefs"), "--output_dir", str(run / "rm")])
 
 
-def _rlhf(cfg: SpeedrunConfig, run: Path) -> None:
+def _rlhf_config(cfg: SpeedrunConfig, run: Path):
     """The last stage: its policy is the run's final model."""
-    from hfstack.rlhf_training import RLHFConfig, run_rlhf
+    from hfstack.rlhf_training import RLHFConfig
 
-    train(cfg, "rlhf", stage_config(RLHFConfig, cfg, "rlhf", [
-        "--model", str(run / "rl"), "--reward_model", str(run / "rm"), "--output_dir", str(run / "rlhf")]),
-          run_rlhf, run / "rlhf")
-
-
-def _final_eval(cfg: SpeedrunConfig, run: Path) -> None:
-    """The final model on the same held-out sets as the SFT model: what RL and RLHF cost or gained."""
-    from hfstack.evaluation import EvalConfig, evaluate
-
-    evaluate(stage_config(EvalConfig, cfg, "eval", ["--model", str(run / "rlhf"),
-                                                    "--output", str(run / "final-eval" / "eval.json")]))
+    return stage_config(RLHFConfig, cfg, "rlhf", [
+        "--model", str(run / "rl"), "--reward_model", str(run / "rm"), "--output_dir", str(run / "rlhf")])
 
 
-def _report(cfg: SpeedrunConfig, run: Path) -> None:
-    from hfstack.reportcard import ReportConfig, report
+def _report_config(cfg: SpeedrunConfig, run: Path):
+    from hfstack.reportcard import ReportConfig
 
-    report(ReportConfig(run=str(run)))
+    return ReportConfig(run=str(run))
 
 
-STAGES = [("crawl", _crawl), ("data", _data), ("tokenizer", _tokenizer), ("pretrain", _pretrain),
-          ("generate", _generate), ("regurgitation", _regurgitation), ("sft", _sft), ("eval", _eval),
-          ("rl", _rl), ("rank", _rank), ("reward", _reward), ("rlhf", _rlhf),
-          ("final-eval", _final_eval), ("report", _report)]
+def _runner(module: str, name: str, command: str | None = None):
+    """Run hfstack.<module>.<name> on the step's config; a training `command` may go through `train`."""
+    def run_step(cfg: SpeedrunConfig, run: Path, stage_cfg) -> None:
+        import importlib
+
+        runner = getattr(importlib.import_module(f"hfstack.{module}"), name)
+        if command:
+            train(cfg, command, stage_cfg, runner)
+        else:
+            runner(stage_cfg)
+
+    return run_step
+
+
+STAGES = [
+    ("crawl", Step(_crawl_config, _crawl, "crawl", "crawl", claims=False)),
+    ("data", Step(_data_config, _runner("web.pipeline", "run_data"), "data", "data")),
+    ("tokenizer", Step(_tokenizer_config, _runner("tokenization", "run_tokenizer"), "tokenizer", "tokenizer")),
+    ("pretrain", Step(_pretrain_config, _runner("pretraining", "run_pretrain", "pretrain"), "base", "pretrain")),
+    ("generate", Step(lambda cfg, run: SamplesConfig(model=str(run / "base")), _generate, "generate", "generate",
+                      claims=False)),
+    ("regurgitation", Step(_regurgitation_config, _runner("generation", "regurgitation"), "regurgitation",
+                           "regurgitation", claims=False)),
+    ("sft", Step(_sft_config, _runner("finetuning", "run_sft", "sft"), "sft", "sft")),
+    ("eval", Step(_eval_config("sft", "eval"), _runner("evaluation", "evaluate"), "eval", "eval", claims=False)),
+    ("rl", Step(_rl_config, _runner("reinforcement", "run_rl", "rl"), "rl", "rl")),
+    ("rank", Step(_rank_config, _runner("ranking", "rank"), "prefs", "rank")),
+    ("reward", Step(_reward_config, _runner("reward_model", "run_reward", "reward"), "rm", "reward")),
+    ("rlhf", Step(_rlhf_config, _runner("rlhf_training", "run_rlhf", "rlhf"), "rlhf", "rlhf")),
+    # the final model on the SFT model's held-out sets: what RL and RLHF cost or gained
+    ("final-eval", Step(_eval_config("rlhf", "final-eval"), _runner("evaluation", "evaluate"), "final-eval", "eval",
+                        claims=False)),
+    ("report", Step(_report_config, _runner("reportcard", "report"), "report", "report")),
+]
+
+
+def claim_run(cfg: SpeedrunConfig) -> Path:
+    """RUN itself: never $HOME or a root, and a non-empty folder only if a speedrun made it."""
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser())
+    run = Path(cfg.output_dir)
+    check_output_dir("speedrun", run)
+    if run.is_dir() and any(run.iterdir()) and not (run / "speedrun.yaml").is_file():
+        raise ConfigError(f"speedrun: {run} is not empty and no speedrun made it (no speedrun.yaml); choose a new "
+                          "or empty --output_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run, "speedrun.yaml")
+    return run
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
-    run = Path(cfg.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run, "speedrun.yaml")
-    for name, stage in STAGES:
+    run = claim_run(cfg)
+    for name, step in STAGES:
         if name == "crawl" and _default_input(cfg, run) == []:
             continue
-        if is_done(run / name) and not cfg.force:
-            print(f"[speedrun] {name}: already done, skipping ({run / name})")
+        stage_cfg = step.config(cfg, run)
+        folder = run / step.folder
+        # without --force a step is skipped only when done with the same settings and inputs, and
+        # one whose folder holds a different run stops the speedrun rather than mixing the two
+        differing = None if cfg.force else stored_differences(step.stage, stage_cfg, folder)
+        if differing:
+            raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(differing)}); "
+                              "rerun with --force to recompute, or choose another --output_dir")
+        if differing == [] and is_done(run / name) and is_done(folder):
+            print(f"[speedrun] {name}: already done, skipping ({folder})")
             continue
         print(f"[speedrun] {name}: starting", flush=True)
         started = time.time()
-        (run / name).mkdir(parents=True, exist_ok=True)
-        stage(cfg, run)
+        clear_done(run / name)  # a kill from here on leaves the step not done (RUN/pretrain is not base's folder)
+        if not step.claims:  # --force recomputes: the earlier run's files go, unknown ones stay
+            claim_output(step.stage, stage_cfg, overwrite=cfg.force, folder=folder)
+        step.run(cfg, run, stage_cfg)
+        if not step.claims:
+            finish_output(folder, step.stage)
+        (run / name).mkdir(parents=True, exist_ok=True)  # RUN/pretrain, RUN/rank, RUN/reward hold only this marker
         mark_done(run / name, name, seconds=round(time.time() - started, 1))
         print(f"[speedrun] {name}: done in {time.time() - started:.1f}s", flush=True)
     print(f"[speedrun] finished: {run}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from hfstack.config import ConfigError, save_config
+from hfstack.config import ConfigError, bounded, check_fields
 from hfstack.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
 from hfstack.textfiles import open_text, read_jsonl
 
@@ -56,17 +56,20 @@ class TokenizerConfig:
     hub_subset: str | None = None
     text_column: str = "text"
     output_dir: str = "runs/tokenizer"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     vocab_size: int = 8192  # bytes (256) + special tokens + merges
     digits: Literal["single", "groups3", "numbers"] = "single"
-    min_frequency: int = 2  # a pair seen fewer times is never merged
-    max_token_length: int | None = 32  # longest token in characters; keeps runs like '=====...' out
-    max_chars: int = -1  # train on at most this many characters; -1 = the whole corpus
-    heldout_fraction: float = 0.02  # documents held out of training, for bytes/token
-    eval_max_chars: int = 2_000_000
+    min_frequency: int = bounded(2, ge=1)  # a pair seen fewer times is never merged
+    max_token_length: int | None = bounded(32, ge=1)  # longest token in characters; keeps runs like '=====...' out
+    max_chars: int = bounded(-1, ge=1, unset=-1, why="-1: the whole corpus")  # train on at most this many characters
+    # documents held out of training, for bytes/token
+    heldout_fraction: float = bounded(0.02, ge=0, lt=1, why="0 holds nothing out")
+    eval_max_chars: int = bounded(2_000_000, ge=1)
     compare_cl100k: bool = True
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, "tokenizer")
         if isinstance(self.input, str):
             self.input = [self.input]
         if not self.input and not self.hub_dataset:
@@ -80,8 +83,6 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer: 'digits: numbers' needs 'vocab_size' of at least "
                               f"{MIN_VOCAB + len(DIGIT_GROUPS)} (its {len(DIGIT_GROUPS)} digit groups), "
                               f"got {self.vocab_size}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ConfigError(f"tokenizer: 'heldout_fraction' must be in [0, 1), got {self.heldout_fraction}")
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -337,9 +338,9 @@ def run_tokenizer(cfg: TokenizerConfig) -> Path:
     """Train, save and evaluate; returns the output directory."""
     import time
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    from hfstack.rundir import claim_output, finish_output
+
+    out = claim_output("tokenizer", cfg)
     split = CorpusSplit(cfg)
     started = time.perf_counter()
     trained = train_bpe(split.training_texts(), cfg.vocab_size, cfg.digits, cfg.min_frequency,
@@ -356,6 +357,7 @@ def run_tokenizer(cfg: TokenizerConfig) -> Path:
               "digits": cfg.digits} | evaluate(hf_tokenizer, split.heldout, cfg.compare_cl100k)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_report(report, out)
+    finish_output(out, "tokenizer", train_docs=split.train_docs)
     return out
 
 

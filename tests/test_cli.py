@@ -159,8 +159,8 @@ def test_every_public_name_stays_what_it_is_after_its_module_is_imported():
 
 
 def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkeypatch):
-    """With `launcher: accelerate` a training stage's resolved config is written to launch.yaml and
-    `accelerate launch -m hfstack <stage> --config launch.yaml` runs it; the file loads back equal."""
+    """With `launcher: accelerate` a training stage's resolved config is written to RUN/launch/<stage>.yaml
+    and `accelerate launch -m hfstack <stage> --config RUN/launch/<stage>.yaml` runs it; it loads back equal."""
     import subprocess
 
     from hfstack.config import load_config
@@ -172,7 +172,7 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     cfg = SpeedrunConfig(output_dir=str(tmp_path), launcher="accelerate", num_processes=2)
     stage_cfg = recipe("reward", model="m", preferences="p", output_dir=str(tmp_path / "rm"))
-    train(cfg, "reward", stage_cfg, lambda c: pytest.fail("ran in this process"), tmp_path / "rm")
+    train(cfg, "reward", stage_cfg, lambda c: pytest.fail("ran in this process"))
     line = calls[0]
     assert line[1:6] == ["-m", "accelerate.commands.launch", "--config_file",
                          str(Path(__file__).resolve().parent.parent / "recipes/accelerate/cpu.yaml"), "--num_processes"]

@@ -48,8 +48,10 @@ def saved(directory: Path) -> dict:
 
 def test_rank_by_keyboard_and_mouse_then_survive_a_restart(tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from hfstack.ranking import RankingStore
+    from hfstack.ranking import RankConfig, RankingStore
+    from hfstack.rundir import claim_output
 
+    claim_output("rank", RankConfig(output_dir=str(tmp_path), model="unused"))  # rollouts written by hand below
     store = RankingStore(tmp_path)
     store.write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about topic{i}.",
                            "completions": [f"joke {j} about topic{i}" for j in range(5)]} for i in range(3)])

@@ -16,6 +16,7 @@ from hfstack.finetuning import SFTStageConfig, run_sft
 from hfstack.ranking import RankConfig, RankingStore, rank, ranking_to_pairs, reference_judge
 from hfstack.reinforcement import RLConfig, correctness_reward, format_reward, run_rl
 from hfstack.reward_model import RewardStageConfig, run_reward
+from hfstack.rundir import claim_output
 from hfstack.rlhf_training import HackingWatch, RLHFConfig, run_rlhf
 from tiny import tiny_base
 
@@ -179,10 +180,10 @@ def toy_preferences(directory, prompts=80):
                 chosen = [chosen[0]] * 6
             answers.append(" ".join(chosen))
         rows.append({"prompt_id": i, "prompt": prompt, "completions": answers})
-    store = RankingStore(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    store.write_rollouts(rows)
-    rank(RankConfig(model="unused", output_dir=str(directory), judge="hfstack.ranking:reference_judge"))
+    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.ranking:reference_judge")
+    claim_output("rank", cfg)  # the rank stage's folder, with rollouts written by hand instead of by a model
+    RankingStore(directory).write_rollouts(rows)
+    rank(cfg)
     return directory
 
 
@@ -306,22 +307,38 @@ def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
 def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
     (tmp_path / "short_judge.py").write_text("def judge(prompt, completions):\n    return [1.0]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = RankConfig(model="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge")
+    claim_output("rank", cfg)
     write_rollouts(tmp_path / "prefs", n=2)
     with pytest.raises(ConfigError, match="returned 1 scores for 5 completions"):
-        rank(RankConfig(model="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge"))
+        rank(cfg)
 
 
-def test_ppo_resumes_from_its_checkpoint(sft_model, reward_dir, tmp_path, capsys):
+def test_ppo_resumes_from_its_checkpoint(sft_model, reward_dir, tmp_path, capsys, monkeypatch):
     """A PPO run stopped after step 2 (its checkpoint saved) continues at step 3 when rerun; the
     watch keeps the logs from before the stop and their baseline."""
     options = dict(model=str(sft_model), reward_model=str(reward_dir), output_dir=str(tmp_path / "ppo"), algo="ppo",
                    num_generations=2, prompts_per_step=2, max_completion_length=8, num_prompts=6, log_every=1,
-                   save_every=2, progress=False)
-    run_rlhf(RLHFConfig(max_steps=2, **options))
+                   save_every=2, progress=False, max_steps=4)
+
+    class Killed(Exception):
+        pass
+
+    observe = HackingWatch.observe
+
+    def dies_in_step_3(watch, step, metrics):  # after step 2's checkpoint
+        if step >= 3:
+            raise Killed(step)
+        return observe(watch, step, metrics)
+
+    monkeypatch.setattr(HackingWatch, "observe", dies_in_step_3)
+    with pytest.raises(Killed):
+        run_rlhf(RLHFConfig(**options))
+    monkeypatch.undo()
     assert (tmp_path / "ppo" / "checkpoints" / "step-2" / "complete").is_file()
     first_rows = (tmp_path / "ppo" / "watch.jsonl").read_text().splitlines()
     capsys.readouterr()
-    run_rlhf(RLHFConfig(max_steps=4, **options))
+    run_rlhf(RLHFConfig(**options))  # the same run, rerun: resumes
     assert "resuming from" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "watch.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -15,20 +15,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
 
 
 @dataclass
 class TeachConfig:
-    teacher: str = ""
+    teacher: str = model_folder("")  # a model folder, or a Hub name
     prompts: str = ""
     output: str = "teacher.jsonl"
     instructions: str | None = None  # default labelling guidance for every prompt
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    batch_size: int = 16
+    max_new_tokens: int = bounded(256, ge=1)
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")
+    batch_size: int = bounded(16, ge=1)
 
     def __post_init__(self):
+        check_fields(self, "teach")
         if not self.teacher:
             raise ConfigError("teach: set --teacher (a model directory or Hub name with a chat template)")
         if not Path(self.prompts).is_file():

@@ -48,10 +48,13 @@ class _Turn:
 
 def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
                       max_tool_calls: int = 3, temperature: float = 0.0, tools: dict | None = None,
-                      prefill: str = "", batch_size: int = 32, streamer=None, on_tool=None) -> list[Reply]:
+                      prefill: str = "", batch_size: int = 32, streamer=None, on_tool=None,
+                      should_stop=None) -> list[Reply]:
     """The assistant's next turn for each conversation. `prefill` starts the turn with given text;
     `streamer` (a transformers streamer, one conversation) shows the tokens as they come, and
-    `on_tool(call)` hears of each tool call as it finishes (default with a streamer: print it)."""
+    `on_tool(call)` hears of each tool call as it finishes (default with a streamer: print it).
+    `should_stop()`, when given and true (the chat page's client went away), ends every turn where it
+    is: generation stops after the current token and no further tool runs."""
     from hfstack.tokenization import encode_ordinary
 
     tools = default_tools() if tools is None else tools
@@ -62,18 +65,21 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     call_end = {tokenizer.convert_tokens_to_ids(end): name for name, (_, end) in TOOL_CALL_TOKENS.items()}
     call_start = {name: tokenizer.convert_tokens_to_ids(start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
     out_start, out_end = (tokenizer.convert_tokens_to_ids(t) for t in TOOL_OUTPUT)
+    stopped = should_stop if should_stop is not None else lambda: False
     for _ in range(max_tool_calls + 1):
+        if stopped():
+            break
         pending = [t for t in turns if not t.done]
         for begin in range(0, len(pending), batch_size):
             chunk = pending[begin:begin + batch_size]
             budget = max(1, max_new_tokens - min(len(t.ids) - t.start for t in chunk))
             rows = generate_batch(model, tokenizer, [t.ids for t in chunk], budget, temperature,
-                                  sorted(stop_ids | set(call_end)), streamer)
+                                  sorted(stop_ids | set(call_end)), streamer, should_stop)
             for turn, new in zip(chunk, rows):
                 turn.ids += new
                 turn.model_mask += [1] * len(new)
                 last = new[-1] if new else None
-                if last in call_end and len(turn.calls) < max_tool_calls:
+                if last in call_end and len(turn.calls) < max_tool_calls and not stopped():
                     name = call_end[last]
                     request = tokenizer.decode(request_ids(turn.ids, turn.start, call_start[name], out_end))
                     result = tools[name](request) if name in tools else f"error: no {name} tool here"
@@ -105,9 +111,15 @@ def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: in
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-              stop_ids: list[int], streamer=None) -> list[list[int]]:
-    """One batched generate call with left padding; returns each row's new ids up to its stop token."""
+              stop_ids: list[int], streamer=None, should_stop=None) -> list[list[int]]:
+    """One batched generate call with left padding; returns each row's new ids up to its stop token.
+    `should_stop()` is asked after every token; when true, every row ends there."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
@@ -116,7 +128,8 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
     with torch.inference_mode():  # lighter than no_grad per op: ~15% faster cached decoding on CPU
         out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, use_cache=True,
-                             eos_token_id=stop_ids, pad_token_id=pad, streamer=streamer, **options)
+                             eos_token_id=stop_ids, pad_token_id=pad, streamer=streamer, **options,
+                             stopping_criteria=StoppingCriteriaList([StopWhenAsked()] if should_stop else []))
     rows = []
     for row in out[:, width:].tolist():
         cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hfstack.config import ConfigError
+from hfstack.config import ConfigError, bounded, check_fields
 
 # The default order: the read-only Gopher filters first, cheap and selective before expensive (Gopher
 # quality drops most documents at ~5 ms each; repetition costs ~18 ms), then C4, which also removes
@@ -46,14 +46,16 @@ class DataConfig:
     hub_split: str = "train"
     hub_subset: str | None = None
     text_column: str = "text"  # for jsonl, parquet and Hub inputs
-    limit: int = -1  # documents per task and input kind, for quick trials; -1 reads everything
+    # documents per task and input kind, for quick trials
+    limit: int = bounded(-1, ge=1, unset=-1, why="-1 reads everything")
     # --- output
     output_dir: str = "runs/data"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     write_excluded: bool = False  # write dropped documents per step under output_dir/excluded/
     # --- execution
     executor: Literal["local", "slurm", "ray"] = "local"
-    tasks: int = 1
-    workers: int = -1  # local only: parallel processes; -1 = one per task
+    tasks: int = bounded(1, ge=1)
+    workers: int = bounded(-1, ge=1, unset=-1, why="-1: one per task")  # local only: parallel processes
     executor_options: dict = field(default_factory=dict)  # passed to the Slurm/Ray executor (partition, time, ...)
     progress: bool = True
     # --- steps
@@ -62,19 +64,19 @@ class DataConfig:
     block_urls: list[str] = field(default_factory=list)
     block_words: list[str] = field(default_factory=list)  # a URL containing one of these words is dropped
     http_filter: bool = True
-    max_page_bytes: int = 5_000_000
+    max_page_bytes: int = bounded(5_000_000, ge=1)
     same_page_filter: bool = True  # drop a page whose HTML this task has already seen, before extracting it
     extractor: Literal["trafilatura", "resiliparse", "none"] = "trafilatura"
-    extract_timeout: float = 10.0  # seconds per page
+    extract_timeout: float = bounded(10.0, gt=0)  # seconds per page
     extract_sandbox: bool = False  # extract in a subprocess (survives extractor crashes; ~25% slower)
     language_filter: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])  # empty: keep all, still label
-    language_threshold: float = 0.65
+    language_threshold: float = bounded(0.65, ge=0, le=1)
     language_backend: Literal["py3langid", "ft176", "glotlid"] = "py3langid"  # fastText ones download a model
     # before trafilatura, drop pages whose quick (resiliparse) text py3langid is this sure is in another
     # language; saves the extractor's ~0.12 s on each. Only with py3langid, `languages` set and trafilatura
     language_gate: bool = True
-    language_gate_threshold: float = 0.9
+    language_gate_threshold: float = bounded(0.9, ge=0, le=1)
     quality: bool = True  # master switch for all quality filters below
     quality_filters: dict = field(default_factory=_default_quality_filters)
     exact_dedup: bool = True
@@ -82,18 +84,16 @@ class DataConfig:
     minhash: dict = field(default_factory=dict)  # n_grams, num_buckets, hashes_per_bucket, seed
 
     def __post_init__(self):
+        check_fields(self, "data")
         if not self.input and not self.hub_dataset:
             raise ConfigError("data: set 'input' (paths, globs or URLs) or 'hub_dataset'")
-        if self.tasks < 1:
-            raise ConfigError(f"data: 'tasks' must be >= 1, got {self.tasks}")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"data: 'executor' must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if not 0.0 <= self.language_threshold <= 1.0:
-            raise ConfigError(f"data: 'language_threshold' must be in [0, 1], got {self.language_threshold}")
-        if not 0.0 <= self.language_gate_threshold <= 1.0:
-            raise ConfigError(f"data: 'language_gate_threshold' must be in [0, 1], got {self.language_gate_threshold}")
         if isinstance(self.input, str):
             self.input = [self.input]
+        from hfstack.web.sources import check_parquet_inputs
+
+        check_parquet_inputs(self.input)  # here, so a torn file stops the stage before it writes anything
         self._check_quality_filters()
         from datatrove.pipeline.dedup.minhash import MinhashConfig
 

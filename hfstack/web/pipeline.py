@@ -8,7 +8,8 @@ Everything is a datatrove step run by a datatrove executor, in up to eight stage
   exact dedup:     content-hash signatures → find duplicates → drop them
   MinHash dedup:   signatures → buckets → clusters → drop near-duplicates, then write the parquet shards
 Each stage logs under DIR/logs/<stage>/ with datatrove's completion markers, so rerunning the same
-command skips finished tasks. DIR/stats.json holds the funnel (docs and bytes in/out per step).
+command skips finished tasks; other inputs or settings into the same DIR are refused (--overwrite
+starts afresh: hfstack.rundir). DIR/stats.json holds the funnel (docs and bytes in/out per step).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from datatrove.pipeline.readers import JsonlReader
 
-from hfstack.config import save_config
 from hfstack.web.config import DataConfig, quality_filter_classes
 from hfstack.web.steps import (
     LanguageGate,
@@ -240,13 +240,12 @@ def build_executors(cfg: DataConfig, stages: list[Stage]) -> list:
 
 def run_data(cfg: DataConfig) -> dict:
     """Run the data stage and return the funnel (also in DIR/stats.json)."""
+    from hfstack.rundir import claim_output, finish_output
     from hfstack.web.funnel import build_funnel, format_funnel, write_funnel
-    from hfstack.rundir import clear_done, mark_done
 
-    out = Path(cfg.output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    clear_done(out)
-    save_config(cfg, out)
+    # the same fingerprint continues (datatrove skips its completed tasks); other inputs or settings
+    # never meet the old completion logs: refused, or with --overwrite removed first
+    out = claim_output("data", cfg).absolute()
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if cfg.hub_dataset:
         from hfstack.web.sources import check_hub_dataset
@@ -268,5 +267,5 @@ def run_data(cfg: DataConfig) -> dict:
     shards = sorted(str(p.name) for p in out.glob("*.parquet"))
     write_funnel(rows, out / "stats.json", {"shards": shards, "columns": list(OUTPUT_COLUMNS)})
     print(format_funnel(rows), flush=True)
-    mark_done(out, "data", documents=rows[-1]["docs_out"] if rows else 0)
+    finish_output(out, "data", documents=rows[-1]["docs_out"] if rows else 0)
     return {"steps": rows, "shards": shards}

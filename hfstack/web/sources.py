@@ -76,6 +76,30 @@ def resolve_inputs(patterns: list[str]) -> dict[str, list[str]]:
     return grouped
 
 
+def check_parquet_inputs(patterns: list[str]) -> None:
+    """Every local parquet input that exists opens as parquet (its footer is read, not its rows);
+    otherwise a one-line ConfigError naming the file, instead of a reader crash mid-run. Missing
+    inputs are left to `resolve_inputs` when the stage runs: a recipe may name files not written yet."""
+    files = []
+    for pattern in patterns:
+        if not _is_remote(pattern):
+            try:
+                files += [f for f in _expand_local(pattern) if f.lower().endswith(PARQUET_SUFFIXES)]
+            except ConfigError:
+                continue
+    if not files:
+        return
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pq.ParquetFile(path).close()
+        except (pyarrow.ArrowException, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"input '{path}': not a readable parquet file ({reason})") from None
+
+
 def text_reader(kind: str, files: list[str], text_column: str, limit: int, progress: bool, work_dir: str):
     """datatrove's JsonlReader/ParquetReader over an explicit file list (absolute paths or URLs).
 

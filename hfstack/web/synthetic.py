@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hfstack.config import bounded, check_fields
+
 # stdlib modules that open windows, print on import or only exist on other platforms
 SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "lib2to3",
                 "ensurepip", "venv", "msvcrt", "winreg", "winsound", "nturl2path", "msilib"}
@@ -234,14 +236,11 @@ def write_crawl(output: str | Path, pages: int = 300, seed: int = 0) -> CrawlSum
 @dataclass
 class SynthCrawlConfig:
     output: str = "runs/crawl/crawl.warc.gz"
-    pages: int = 300  # English pages; the other kinds scale with it
+    pages: int = bounded(300, ge=10)  # English pages; the other kinds scale with it
     seed: int = 0
 
     def __post_init__(self):
-        from hfstack.config import ConfigError
-
-        if self.pages < 10:
-            raise ConfigError(f"synth-crawl: 'pages' must be >= 10, got {self.pages}")
+        check_fields(self, "synth-crawl")
 
 
 def synth_crawl(cfg: SynthCrawlConfig) -> CrawlSummary:
