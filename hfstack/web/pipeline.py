@@ -240,17 +240,21 @@ def build_executors(cfg: DataConfig, stages: list[Stage]) -> list:
 
 def run_data(cfg: DataConfig) -> dict:
     """Run the data stage and return the funnel (also in DIR/stats.json)."""
-    from hfstack.rundir import claim_output, finish_output
+    from hfstack.rundir import claim_output, expand_home, finish_output
     from hfstack.web.funnel import build_funnel, format_funnel, write_funnel
+    from hfstack.web.sources import resolve_inputs
 
-    # the same fingerprint continues (datatrove skips its completed tasks); other inputs or settings
-    # never meet the old completion logs: refused, or with --overwrite removed first
-    out = claim_output("data", cfg).absolute()
+    expand_home("data", cfg)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if cfg.hub_dataset:
         from hfstack.web.sources import check_hub_dataset
 
         check_hub_dataset(cfg.hub_dataset)
+    if cfg.input:
+        resolve_inputs(cfg.input)  # a bad input is reported before anything is written
+    # the same fingerprint continues (datatrove skips its completed tasks); other inputs or settings
+    # never meet the old completion logs: refused, or with --overwrite removed first
+    out = claim_output("data", cfg).absolute()
     stages = DataPipeline(cfg).stages()
     executors = build_executors(cfg, stages)
     if cfg.executor == "slurm":
