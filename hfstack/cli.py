@@ -164,17 +164,16 @@ def _with_positional(command: str, args: list[str]) -> list[str]:
 
 def _field_help(config_cls) -> str:
     import dataclasses
-
     import typing
 
-    from hfstack.config import _field_types, _type_name, _unwrap_optional
+    from hfstack.config import _field_types, _type_name, _unwrap_optional, field_range
 
     lines = [f"fields of {config_cls.__name__} (set in YAML or as --field value):"]
     types = _field_types(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        bounds = f.metadata.get("range")  # declared with hfstack.config.bounded
+        bounds = field_range(f)  # declared with hfstack.config.bounded (and every seed's)
         literal = f.name in types and typing.get_origin(_unwrap_optional(types[f.name])[0]) is typing.Literal
         if bounds is None and literal:
             bounds = _type_name(types[f.name])  # the choices
@@ -302,6 +301,7 @@ def one_line(error: BaseException) -> str:
     else:
         text = f"{type(error).__name__}: {error}"
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
 
 if __name__ == "__main__":
     sys.exit(main())

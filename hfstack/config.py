@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -104,6 +105,21 @@ def check_model_folder(path: str | Path, stage: str = "", what: str = "model") -
         raise ConfigError(f"{prefix}{what} '{path}' has config.json but no weights ({' or '.join(WEIGHT_FILES)})")
 
 
+SEED_RANGE = Range(ge=0, le=2**32 - 1, why="what torch and numpy accept")
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    """The range declared with `bounded`; every field named `seed` gets the seeds' range."""
+    return f.metadata.get("range") or (SEED_RANGE if f.name == "seed" else None)
+
+
+def expand_home(value):
+    """`~/x` as the home directory's x (also inside a list of paths); other values as they are."""
+    if isinstance(value, list):
+        return [expand_home(v) for v in value]
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+
 def check_fields(cfg, stage: str) -> None:
     """What every stage config checks first in `__post_init__`, so it holds when built from Python too:
     no null where the type has no `| None`, finite floats, each `bounded` range, no empty name where
@@ -120,9 +136,11 @@ def check_fields(cfg, stage: str) -> None:
             raise ConfigError(f"{stage}: field '{f.name}': expected {_type_name(base)}, got null")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{stage}: field '{f.name}': expected a finite number, got {value}")
-        bounds = f.metadata.get("range")
+        bounds = field_range(f)
         if bounds is not None and not bounds.contains(value):
             raise ConfigError(f"{stage}: '{f.name}' must be {bounds}, got {value}")
+        if isinstance(value, str) and value.startswith("~") or isinstance(value, list):
+            setattr(cfg, f.name, value := expand_home(value))  # neither YAML nor `--field=~/x` expands it
         if base is str and value == "" and isinstance(f.default, str) and f.default:
             raise ConfigError(f"{stage}: '{f.name}' is empty; it names something (default: '{f.default}')")
     for f in dataclasses.fields(cfg):
@@ -139,7 +157,7 @@ def check_values(cls, values: dict[str, Any], source: str) -> None:
         if key not in field_types:
             valid = ", ".join(sorted(field_types))
             raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; valid keys: {valid}")
-        value, bounds = _coerce(key, raw, field_types[key]), fields[key].metadata.get("range")
+        value, bounds = _coerce(key, raw, field_types[key]), field_range(fields[key])
         if value is not None and bounds is not None and not bounds.contains(value):
             raise ConfigError(f"{source}: '{key}' must be {bounds}, got {value}")
 

@@ -14,7 +14,8 @@ saw) and measures, with greedy decoding:
   knew; and "vague recollection vs working memory": accuracy with the source passage pasted into
   the question against without it;
 - search: accuracy when the assistant can search the run's index.
-Prints a table and writes `MODEL/eval.json` (or `--output`).
+Prints a table and writes `MODEL/heldout_eval.json` (or `--output`); the name is its own, since the
+rl, rlhf and reward stages keep their reports in `eval.json`.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         entry["examples"] = [{"question": p[-1]["content"], "answer": reply.answer, "tool_calls": reply.tool_calls}
                              for p, reply in list(zip(prompts, replies))[:3]]
         results[task] = entry
-    output = Path(cfg.output or Path(cfg.model) / "eval.json")
+    output = Path(cfg.output or Path(cfg.model) / "heldout_eval.json")
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9} {'one answer':>10}")
     for task, entry in results.items():

@@ -91,6 +91,10 @@ class PretrainConfig:
             self.sample_prompts = [self.sample_prompts]
         if not self.data:
             raise ConfigError("pretrain: 'data' is empty; name data-stage dir(s) or text files")
+        if self.batch_tokens < self.micro_batch_size * self.seq_len:  # else a step would quietly be bigger
+            raise ConfigError(f"pretrain: 'batch_tokens' {self.batch_tokens} is less than one micro-batch "
+                              f"(micro_batch_size × seq_len = {self.micro_batch_size * self.seq_len}); raise it or "
+                              "lower micro_batch_size")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ConfigError(f"pretrain: 'resume' must be auto, never or a checkpoint directory; "
                               f"'{self.resume}' does not exist")

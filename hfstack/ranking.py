@@ -58,7 +58,7 @@ class RankConfig:
     test_fraction: float = bounded(0.2, ge=0, lt=1, why="0 holds no prompts out")
     host: str = "127.0.0.1"
     port: int = bounded(7861, ge=0, le=65535, why="0 picks a free port")
-    push_to_hub: str | None = None  # USER/NAME: upload the pairs when done
+    push_to_hub: str | None = None  # USER/NAME: upload the training pairs when done (a private dataset)
 
     def __post_init__(self):
         check_fields(self, "rank")
@@ -298,5 +298,8 @@ def rank(cfg: RankConfig) -> Path:
     if cfg.push_to_hub:
         from datasets import load_dataset
 
-        load_dataset("parquet", data_dir=str(out / "data")).push_to_hub(cfg.push_to_hub)
+        # the training split only, private: the test split is the reward model's held-out set
+        # (`hfstack push --datasets` adds a card; `--include_eval_sets` the test split)
+        train = load_dataset("parquet", data_files={"train": str(out / "data" / "train.parquet")})
+        train.push_to_hub(cfg.push_to_hub, private=True)
     return out

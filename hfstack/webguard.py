@@ -95,7 +95,13 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows which Host/Origin values address it and how big a body may be."""
 
     def __init__(self, host: str, port: int, handler: type[GuardedHandler], tag: str, max_body_bytes: int):
-        super().__init__((host, port), handler)
+        try:
+            super().__init__((host, port), handler)
+        except OSError as e:  # the port is taken, the host name is unknown or not this machine's
+            from hfstack.config import ConfigError
+
+            raise ConfigError(f"{tag}: cannot listen on {host}:{port} ({e.strerror or e}); choose another "
+                              "--port (0 picks a free one) or --host") from None
         self.tag, self.max_body_bytes = tag, max_body_bytes
         self.allowed_authorities = allowed_authorities(host, self.server_address[1])
         warn_if_reachable(self.server_address[0], host, tag)

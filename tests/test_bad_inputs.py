@@ -171,7 +171,35 @@ CASES = [
     ("tokenize --tokenizer {fx}/tok", "give exactly one of TEXT"),
     ("teach --teacher t --prompts {fx}/missing.jsonl", "missing.jsonl"),
     ("frobnicate --max_steps 1", "unknown command 'frobnicate'"),
+    # --- seeds, a batch smaller than one micro-batch, an output a person may have reviewed
+    ("pretrain --seed -1", "'seed' must be in [0, 4294967295]"),
+    ("generate --model {fx}/model_ok --seed 4294967296", "'seed' must be in"),
+    ("speedrun --overrides '{{pretrain: {{seed: -1}}}}'", "'seed' must be in"),
+    ("pretrain --batch_tokens 7", "'batch_tokens' 7 is less than one micro-batch"),
+    ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/prompts.jsonl", "prompts.jsonl' exists"),
+    ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/nowhere/out.jsonl", "does not exist"),
 ]
+
+
+def test_a_busy_port_is_one_line(tmp_path, capsys):
+    import socket
+
+    from hfstack.config import ConfigError
+    from hfstack.webguard import GuardedHandler, GuardedHTTPServer
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:.*Address already in use"):
+            GuardedHTTPServer("127.0.0.1", taken.getsockname()[1], GuardedHandler, "rank", 1024)
+
+
+def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
+    from hfstack.generation import GenerateConfig
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert GenerateConfig(model="~/m").model == str(tmp_path / "m")
 
 
 @pytest.mark.parametrize("line, expected", CASES, ids=[line for line, _ in CASES])

@@ -27,6 +27,7 @@ class TeachConfig:
     max_new_tokens: int = bounded(256, ge=1)
     temperature: float = bounded(0.0, ge=0, why="0 = greedy")
     batch_size: int = bounded(16, ge=1)
+    overwrite: bool = False  # replace an existing --output (a file people may already have reviewed)
 
     def __post_init__(self):
         check_fields(self, "teach")
@@ -34,6 +35,12 @@ class TeachConfig:
             raise ConfigError("teach: set --teacher (a model directory or Hub name with a chat template)")
         if not Path(self.prompts).is_file():
             raise ConfigError(f"teach: --prompts '{self.prompts}' does not exist")
+        output = Path(self.output)
+        if output.exists() and not self.overwrite:
+            raise ConfigError(f"teach: --output '{self.output}' exists (its rows may have been reviewed); "
+                              "choose another file, or pass --overwrite true")
+        if not output.parent.is_dir():
+            raise ConfigError(f"teach: the folder of --output '{self.output}' does not exist")
 
 
 def _prompt_rows(path: str):
