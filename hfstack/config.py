@@ -1,6 +1,7 @@
 """Config handling shared by every stage: one dataclass per stage, filled from YAML, CLI flags or Python.
 
     cfg = load_config(DataConfig, yaml_path="recipes/tiny/data.yaml", cli_args=["--tasks", "2"])
+    hfstack data --config recipes/tiny/data.yaml --tasks 2     # the same, from the command line
 
 CLI flags override YAML values, which override the dataclass defaults; a recipe can start from
 another with `extends: other.yaml` and list only what it changes. Unknown keys are a one-line

@@ -3,6 +3,8 @@ append its output in the protocol's output block, and let the same turn go on.
 
     replies = assistant_replies(model, tokenizer, [messages, ...])   # batched, with the KV cache
 
+It answers in `hfstack chat`, `hfstack serve` and `hfstack eval`, and rolls out in `hfstack rl`/`rlhf`.
+
 Works on token ids end to end: the chat template renders the conversation, generation stops at
 `<|assistant_end|>` or at the end of a tool call (`<|python_end|>`, `<|search_end|>`), and the
 tool's output is appended as `<|output_start|>…<|output_end|>` tokens, exactly as in training.

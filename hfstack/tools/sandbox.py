@@ -3,6 +3,8 @@
     from hfstack.tools.sandbox import run_python
     run_python("print(sum(range(10)))").output   # '45\\n'
 
+The assistant's `python` tool in `hfstack chat`, `serve`, `eval`, `rl` and `rlhf` runs through it.
+
 The boundary is the kernel's, built with bubblewrap (`bwrap`, Debian's `bubblewrap` package):
 - its own user, pid, network, mount, ipc, uts and cgroup namespaces: no network at all, and the
   code can neither see nor signal any process outside, the server that hosts the tool included;

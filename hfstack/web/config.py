@@ -1,4 +1,7 @@
-"""`DataConfig`: every setting of the data stage, the same object from YAML, CLI flags and Python."""
+"""`DataConfig`: every setting of the data stage, the same object from YAML, CLI flags and Python.
+
+    hfstack data --config recipes/tiny/data.yaml [--field value ...]
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 kind of input (WARC, jsonl, parquet, a Hub dataset) gets its datatrove reader.
 
 A missing path or a glob that matches nothing is a one-line `ConfigError` that names it.
+Used by `hfstack data --input PATH|GLOB|URL` (and `--hub_dataset NAME`).
 """
 
 from __future__ import annotations
