@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
 from hfstack.rundir import finish_output, newest_checkpoint, start_output
@@ -160,6 +160,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     from hfstack.conversations.mixture import build_mixture
     from hfstack.protocol import END_OF_TURN, chat_template
 
+    check_model_folder(cfg.model, "sft", "base model")  # before the claim: a missing base writes nothing
     # a checked launch and a claimed folder: another base model or mixture never resumes this one's
     # checkpoints or first phase
     out, main = start_output("sft", cfg)

@@ -1,5 +1,7 @@
 """Run fingerprints: what made a stage's output folder, so a rerun can tell "the same run, continue it"
-from "a different run, do not mix it in".
+from "a different run, do not mix it in". Used through hfstack.rundir by every stage's command (hfstack
+data, tokenizer, pretrain, sft, rl, rank, reward, rlhf, report) and by hfstack speedrun; STAGES also
+says which names each stage writes (what `written` records and --overwrite may remove).
 
     fingerprint("sft", cfg) -> {"stage": "sft", "settings": {...}, "inputs": {"model": {...}, ...}}
     differences(stored, fingerprint("sft", cfg), cfg) -> ["learning_rate", "model"]
@@ -28,8 +30,8 @@ SMALL_FILE = 4 * 2**20  # files up to 4 MB are identified by content; larger one
 # Inside a folder input, what a stage works with or writes about it, not what it hands on: a resumed
 # or re-reported stage changes these without changing what the next stage reads.
 WORKING_STATE = {"checkpoints", "cache", "logs", "work", "excluded", "first_phase"}
-NOTES = ("config.yaml", "launch.yaml", "README.md", "*.png", "eval.json", "regurgitation.json", "summary.json",
-         "log.jsonl", "watch.jsonl", "stats.json")
+NOTES = ("config.yaml", "launch.yaml", "README.md", "*.png", "eval.json", "heldout_eval.json", "regurgitation.json",
+         "summary.json", "log.jsonl", "watch.jsonl", "stats.json")
 
 # What `save_pretrained` writes for a model and its tokenizer (report adds README.md and its plots).
 MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
@@ -186,9 +188,10 @@ def folder_digest(listing: list) -> dict:
 
 
 def is_output(stage: str, name: str) -> bool:
-    """Whether a top-level name in the folder is one the stage writes (what --overwrite may remove)."""
+    """Whether a name in the folder is one the stage writes: a top-level name, or "folder/name" in a
+    folder it shares (what `written` records, and --overwrite may remove)."""
     patterns = STAGES[stage].outputs if stage in STAGES else ()
-    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns if "/" not in pattern)
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns if ("/" in pattern) == ("/" in name))
 
 
 def shared_outputs(stage: str, name: str) -> tuple[str, ...]:

@@ -209,9 +209,9 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     from hfstack.pretraining import wants_bf16
     from hfstack.telemetry import available_trackers
 
-    out, main = start_output("rl", cfg)  # first: it expands ~ in the paths checked below
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
+    out, main = start_output("rl", cfg)  # after the model is checked: a missing one writes nothing
     set_seed(cfg.seed)
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

@@ -301,7 +301,7 @@ def environment_section(report: Report):
 def report(cfg: ReportConfig) -> Path:
     from hfstack.rundir import claim_output, finish_output
 
-    # always drawn afresh from the run: its own earlier files go, files hfstack did not write stay
+    # always drawn afresh: report's own earlier files go, others stay; another stage's folder is refused
     out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or Path(cfg.run).expanduser() / "report")
     run = Path(cfg.run)
     card = Report(out)

@@ -87,7 +87,6 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     from hfstack.protocol import END_OF_TURN
     from hfstack.telemetry import available_trackers
 
-    out, main = start_output("reward", cfg)  # first: it expands ~ in the paths read below
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
     train_rows = load_pairs(cfg.preferences, "train")
@@ -96,6 +95,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     test_rows = load_pairs(test_source, "test") if test_source else []
     if not train_rows:
         raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
+    out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
     on_gpu = torch.cuda.is_available()

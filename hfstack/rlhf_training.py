@@ -188,10 +188,10 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     from hfstack.ranking import load_judge
     from hfstack.reward_model import load_reward_model
 
-    out, main = start_output("rlhf", cfg)  # first: it expands ~ in the paths checked below
     for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
+    out, main = start_output("rlhf", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     policy = AutoModelForCausalLM.from_pretrained(cfg.model)

@@ -1,5 +1,6 @@
 """Run directories: who made an output folder, with what, whether its stage finished, and where a
-resumed run continues.
+resumed run continues. Used by every stage's command (hfstack data, tokenizer, pretrain, sft, rl, rank,
+reward, rlhf, report) and by hfstack speedrun, which also claims the folders of its own steps.
 
     out = claim_output("tokenizer", cfg)       # at a stage's start, before it writes anything
     ... the stage's work ...
@@ -7,15 +8,17 @@ resumed run continues.
 
 Next to a stage's outputs its folder holds hfstack's bookkeeping:
 - `.hfstack-run.json`: the run's fingerprint (hfstack.fingerprint: the stage, the settings that change
-  its results, what its inputs hold), written before the work starts; `written`, the names the stage
-  wrote (recorded when it finishes); and `foreign`, names that are not hfstack's and were left there;
+  its results, what its inputs hold), written before the work starts; `written`, the names matching the
+  stage's outputs when it finished; and `foreign`, every other name (they are not hfstack's, and stay);
 - `config.yaml`: the resolved config, written once the claim succeeded;
 - `.hfstack-done`: the completion marker, written last; an unreadable one counts as not done.
 
-claim_output refuses $HOME, a filesystem root, and a non-empty folder hfstack did not make; continues
-a run with the same fingerprint (a trainer resumes, datatrove skips its completed tasks); refuses a
-different one with one line naming the fields that differ; and with overwrite removes only what
-hfstack wrote there (the names in `written`, or the stage's known outputs) and starts fresh.
+claim_output refuses $HOME, a root, a non-empty folder hfstack did not make, and another stage's folder
+(even with --overwrite); continues a run with the same fingerprint (a trainer resumes, datatrove skips
+its completed tasks); refuses a different one with one line naming the fields that differ; and with
+overwrite removes only what hfstack wrote there (`written`; the stage's outputs for a run cut short
+before recording it), never through a symbolic link, and starts fresh. A training stage refuses a
+`checkpoint-*` name that is not a checkpoint in OUT/checkpoints (the Trainer's rotation would delete it).
 Training stages call start_output instead: it first checks that the launched processes form one
 world (check_world_size), then claims on every rank and writes on the main one.
 Tests: python -m pytest -q tests/test_rundir.py
@@ -29,7 +32,6 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 
 from hfstack import fingerprint as fingerprints
@@ -38,6 +40,7 @@ from hfstack.config import ConfigError, save_config
 MARKER = ".hfstack-done"
 FINGERPRINT = ".hfstack-run.json"
 BOOKKEEPING = (FINGERPRINT, FINGERPRINT + ".tmp", MARKER, MARKER + ".tmp", "config.yaml")
+TRAINER_STAGES = ("pretrain", "sft", "rl", "reward", "rlhf")  # OUT/checkpoints is a Trainer's output_dir
 
 
 # ----------------------------------------------------------------------------- markers
@@ -123,65 +126,132 @@ def plan_claim(stage: str, cfg, overwrite: bool | None = None, folder: str | Pat
     check_output_dir(stage, folder)
     overwrite = bool(getattr(cfg, "overwrite", False)) if overwrite is None else overwrite
     current = fingerprints.fingerprint(stage, cfg)
-    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
     if not (folder / FINGERPRINT).exists():
         if names:  # even with --overwrite: nothing there is known to be hfstack's
             raise ConfigError(f"{stage}: {folder} is not empty and has no {FINGERPRINT} (hfstack did not make it, or "
                               f"an older version did; it holds {listing(names)}); choose a new or empty --output_dir")
         return Claim(stage, folder, current)
     stored = read_json(folder / FINGERPRINT)
-    foreign = [n for n in (stored or {}).get("foreign", []) if n in names]
-    work = [n for n in names if n not in BOOKKEEPING and n not in foreign]
+    if stored is not None and stored.get("stage") not in (None, stage):  # even with --overwrite (report's too)
+        hint = f" (--overwrite replaces only {stage}'s own earlier output)" if hasattr(cfg, "overwrite") else ""
+        raise ConfigError(f"{stage}: {folder} holds the output of `hfstack {stored['stage']}`; choose another "
+                          f"--output_dir{hint}")
+    check_rotation(stage, cfg, folder)
+    work = work_in(folder, stored or {}, stage)
     if overwrite or not work:  # --overwrite, or an earlier attempt stopped before any work: start fresh
-        remove, keep = split_owned(folder, names, stored or {}, stage)
+        remove, keep = split_owned(folder, stored or {}, stage)
+        check_fresh_start(stage, folder, remove, keep)
         return Claim(stage, folder, current, remove=remove, foreign=keep)
     if stored is None:
         raise ConfigError(f"{stage}: {folder} has an unreadable {FINGERPRINT}, so what made it is unknown; rerun "
                           "with --overwrite to start fresh, or choose another --output_dir")
     differing = fingerprints.differences(stored, current, cfg)
-    if differing == ["stage"]:
-        raise ConfigError(f"{stage}: {folder} holds the output of `hfstack {stored.get('stage')}`; choose another "
-                          "--output_dir (or rerun with --overwrite to replace it)")
     if differing:
         raise ConfigError(f"{stage}: {folder} was made with different settings ({', '.join(differing)}); rerun "
                           "with --overwrite to start fresh, or choose another --output_dir")
-    kept = {key: stored[key] for key in ("written", "foreign") if key in stored}
-    return Claim(stage, folder, current | kept, foreign=foreign)  # the same run: the stage continues it
+    foreign = [n for n in stored.get("foreign", []) if os.path.lexists(folder / n)]
+    if "written" in stored and is_done(folder):  # it finished: what it did not write was added since
+        foreign += [n for n in work if not wrote(stage, stored["written"], n)]
+    kept = {"written": stored["written"]} if "written" in stored else {}
+    return Claim(stage, folder, current | kept, foreign=sorted(foreign))  # the same run: the stage continues it
 
 
-def split_owned(folder: Path, names: list[str], stored: dict, stage: str) -> tuple[list[Path], list[str]]:
-    """What hfstack wrote at the top of `folder` (bookkeeping, the names the last run recorded as written,
-    the names its stage writes, for a run cut short before recording them) and the other names, which
-    stay. In a folder the stage shares (rank's data/), only the files it writes there are taken."""
-    owner = stored.get("stage", stage)
-    written, foreign = set(stored.get("written", [])), set(stored.get("foreign", []))
-    remove, keep = [], []
-    for name in names:
-        shared = fingerprints.shared_outputs(owner, name)
-        if shared and (folder / name).is_dir():
-            remove += [p for p in sorted((folder / name).iterdir()) if any(fnmatch(p.name, s) for s in shared)]
-        elif name not in foreign and (name in BOOKKEEPING or name in written or fingerprints.is_output(owner, name)):
-            remove.append(folder / name)
+def entries(folder: Path, stage: str) -> list[str]:
+    """What `folder` holds besides bookkeeping: its names, a real folder the stage shares with others' files
+    (rank's data/) by what is in it ("data/train.parquet"). A symbolic link is never looked into."""
+    found = []
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        path = folder / name
+        if name in BOOKKEEPING:
+            continue
+        if fingerprints.shared_outputs(stage, name) and path.is_dir() and not path.is_symlink():
+            found += [f"{name}/{inner}" for inner in sorted(os.listdir(path))]
         else:
+            found.append(name)
+    return found
+
+
+def work_in(folder: Path, stored: dict, stage: str) -> list[str]:
+    """The names of a run's work in `folder`: what it holds besides bookkeeping and names left as foreign."""
+    foreign = set(stored.get("foreign", []))
+    return [name for name in entries(folder, stage) if name not in foreign]
+
+
+def wrote(stage: str, written: list[str] | None, name: str) -> bool:
+    """Whether the recorded run wrote `name`: it is in `written` (an older record holding "data" itself: the
+    stage's names in there), or, for a run cut short before recording it (None), the stage writes it."""
+    if written is None:
+        return fingerprints.is_output(stage, name)
+    top = name.split("/")[0]
+    return name in written or (top != name and top in written and fingerprints.is_output(stage, name))
+
+
+def split_owned(folder: Path, stored: dict, stage: str) -> tuple[list[Path], list[str]]:
+    """What hfstack wrote in `folder` (bookkeeping, what `wrote` says) and the rest, which stays: names
+    recorded as foreign and symbolic links (never followed) first."""
+    owner = stored.get("stage") or stage
+    written, foreign = stored.get("written"), set(stored.get("foreign", []))
+    remove = [folder / name for name in BOOKKEEPING if os.path.lexists(folder / name)]
+    keep = []
+    for name in entries(folder, owner):
+        if name in foreign or (folder / name).is_symlink() or not wrote(owner, written, name):
             keep.append(name)
+        else:
+            remove.append(folder / name)
     return remove, keep
 
 
+def check_fresh_start(stage: str, folder: Path, remove: list[Path], keep: list[str]) -> None:
+    """Refused before anything is removed: an output that is a symbolic link (not followed, so the old run
+    would stay where the new one writes), or a non-checkpoint `checkpoint-*`/`step-*` in the checkpoints/ it removes."""
+    for name in keep:
+        path = folder / name
+        if path.is_symlink() and (fingerprints.is_output(stage, name) or fingerprints.shared_outputs(stage, name)):
+            raise ConfigError(f"{stage}: {path} is a symbolic link (to {os.readlink(path)}); hfstack never deletes "
+                              "through one, so the new run would mix with what is there: remove the link (or "
+                              "empty what it points to) and rerun, or choose another --output_dir")
+    for path in remove:
+        if path.name == "checkpoints" and odd_checkpoints(path):
+            raise ConfigError(f"{stage}: {path} holds {listing(odd_checkpoints(path))}, which is not a checkpoint "
+                              "hfstack wrote, and starting fresh removes that folder: move it elsewhere and rerun")
+
+
+def odd_checkpoints(folder: Path, prefixes: tuple[str, ...] = ("checkpoint-", "step-")) -> list[str]:
+    """Names in a checkpoints folder that look like a checkpoint's and are not one (`checkpoint-5-backup`)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if any(p.name.startswith(prefix) and checkpoint_step(p, prefix) is None for prefix in prefixes))
+
+
+def check_rotation(stage: str, cfg, folder: Path) -> None:
+    """The Trainer's rotation (save_total_limit, keep_checkpoints) reads `checkpoint-5-backup` as step 5 and
+    deletes it with the oldest: a training stage refuses such a name (PPO's rotation parses its names)."""
+    if stage not in TRAINER_STAGES or getattr(cfg, "algo", None) == "ppo":
+        return
+    odd = odd_checkpoints(folder / "checkpoints", ("checkpoint-",))
+    if odd:
+        raise ConfigError(f"{stage}: {folder / 'checkpoints'} holds {listing(odd)}, which is not a checkpoint "
+                          "hfstack wrote, and the Trainer's checkpoint rotation would delete it (it reads the number "
+                          "in the name as a step): move it elsewhere and rerun")
+
+
 def apply_claim(claim: Claim, cfg) -> None:
-    """Remove an earlier run's files (--overwrite), store the fingerprint, then the resolved config."""
+    """Remove an earlier run's files (--overwrite; never through a symbolic link), store the fingerprint,
+    then the resolved config."""
     claim.folder.mkdir(parents=True, exist_ok=True)
     for path in claim.remove:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    left = sorted({p.parent.name for p in claim.remove if p.parent != claim.folder and any(p.parent.iterdir())})
-    for shared in {p.parent for p in claim.remove if p.parent != claim.folder}:
-        if not any(shared.iterdir()):
+    for shared in {p.parent for p in claim.remove if p.parent != claim.folder}:  # rank's data/, emptied
+        if shared.is_dir() and not shared.is_symlink() and not any(shared.iterdir()):
             shared.rmdir()
-    if claim.remove and (claim.foreign or left):
+    if claim.remove and claim.foreign:
         print(f"[{claim.stage}] starting fresh in {claim.folder}; left what hfstack did not write there: "
-              f"{listing(claim.foreign + [f'{name}/...' for name in left])}", flush=True)
+              f"{listing(claim.foreign)}", flush=True)
     clear_done(claim.folder)  # the stage runs (again): it is done when it finishes
     record = claim.record | {"foreign": claim.foreign, "claimed": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json(claim.folder / FINGERPRINT, record)
@@ -189,26 +259,30 @@ def apply_claim(claim: Claim, cfg) -> None:
 
 
 def finish_output(folder: str | Path, stage: str, main: bool = True, **info) -> None:
-    """At a stage's end: record the names it wrote (what a later --overwrite removes), then the marker."""
+    """At a stage's end: record the names it wrote (what a later --overwrite removes): those the stage
+    writes (fingerprint.STAGES[stage].outputs), symbolic links aside; anything else is foreign. Then the marker."""
     if not main:
         return
     folder = Path(folder)
     record = read_json(folder / FINGERPRINT) or {"stage": stage}
-    foreign = set(record.get("foreign", []))
-    record["written"] = sorted(n for n in os.listdir(folder) if n not in foreign and n not in BOOKKEEPING)
+    names = entries(folder, stage)
+    foreign = {n for n in record.get("foreign", []) if n in names}
+    record["written"] = sorted(n for n in names if n not in foreign and fingerprints.is_output(stage, n)
+                               and not (folder / n).is_symlink())
+    record["foreign"] = sorted(n for n in names if n not in record["written"])
     write_json(folder / FINGERPRINT, record)
     mark_done(folder, stage, **info)
 
 
-def stored_differences(stage: str, cfg, folder: str | Path) -> list[str] | None:
-    """The fields in which `cfg` differs from the run recorded in `folder` ([] for the same run), or
-    None when no run's work is recorded there. For the speedrun's skip-if-done."""
+def stored_run(stage: str, cfg, folder: str | Path) -> str | list[str]:
+    """For the speedrun's skip-if-done: "none" when no run's work is recorded in `folder`, "same" when
+    `cfg` is that run, else the fields in which it differs."""
     expand_home(stage, cfg)
     folder = Path(folder).expanduser()
     stored = read_json(folder / FINGERPRINT)
-    if stored is None or not [n for n in os.listdir(folder) if n not in BOOKKEEPING + tuple(stored.get("foreign", []))]:
-        return None
-    return fingerprints.differences(stored, fingerprints.fingerprint(stage, cfg), cfg)
+    if stored is None or not work_in(folder, stored, stage):
+        return "none"
+    return fingerprints.differences(stored, fingerprints.fingerprint(stage, cfg), cfg) or "same"
 
 
 def expand_home(stage: str, cfg) -> None:

@@ -29,7 +29,7 @@ from hfstack.rundir import (
     finish_output,
     is_done,
     mark_done,
-    stored_differences,
+    stored_run,
 )
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -321,11 +321,11 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
         folder = run / step.folder
         # without --force a step is skipped only when done with the same settings and inputs, and
         # one whose folder holds a different run stops the speedrun rather than mixing the two
-        differing = None if cfg.force else stored_differences(step.stage, stage_cfg, folder)
-        if differing:
-            raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(differing)}); "
+        stored = "none" if cfg.force else stored_run(step.stage, stage_cfg, folder)  # "none", "same", or fields
+        if stored not in ("none", "same"):
+            raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(stored)}); "
                               "rerun with --force to recompute, or choose another --output_dir")
-        if differing == [] and is_done(run / name) and is_done(folder):
+        if stored == "same" and is_done(run / name) and is_done(folder):
             print(f"[speedrun] {name}: already done, skipping ({folder})")
             continue
         print(f"[speedrun] {name}: starting", flush=True)

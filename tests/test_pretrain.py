@@ -223,7 +223,7 @@ def test_bad_input_is_a_clear_error_before_training(corpus, trained, tmp_path):
     with pytest.raises(ConfigError, match="vocab_size 512 but the tokenizer .* has 300 tokens"):
         run_pretrain(tiny(corpus, tmp_path / "a", init_from=str(out), tokenizer=str(other_tok)))
     with pytest.raises(ConfigError, match="seq_len 128 is above the model's maximum"):
-        run_pretrain(tiny(corpus, tmp_path / "b", init_from=str(out), seq_len=128))
+        run_pretrain(tiny(corpus, tmp_path / "b", init_from=str(out), seq_len=128, batch_tokens=512))
     no_text = tmp_path / "notext.jsonl"
     no_text.write_text(json.dumps({"body": "hello"}) + "\n")
     with pytest.raises(ConfigError, match="no field 'text'"):

@@ -22,10 +22,12 @@ from hfstack.rundir import (
     FINGERPRINT,
     MARKER,
     claim_output,
+    finish_output,
     is_done,
     launcher_options,
     mark_done,
     newest_checkpoint,
+    stored_run,
 )
 from hfstack.tokenization import TokenizerConfig, run_tokenizer
 from hfstack.web import DataConfig, run_data
@@ -242,6 +244,162 @@ def test_home_and_roots_are_refused_and_tilde_is_expanded(tmp_path, monkeypatch,
     cfg = TokenizerConfig(input=[str(docs)], output_dir="~/runs/tok")
     assert claim_output("tokenizer", cfg) == home / "runs" / "tok" and cfg.output_dir == str(home / "runs" / "tok")
     assert (home / "runs" / "tok" / "config.yaml").is_file()
+
+
+def finished_tokenizer(folder: Path, docs: Path, **options) -> TokenizerConfig:
+    """A tokenizer folder as the stage leaves it (written by hand: the claim, its files, the finish)."""
+    cfg = TokenizerConfig(input=[str(docs)], output_dir=str(folder), **options)
+    claim_output("tokenizer", cfg)
+    for name in ("tokenizer.json", "tokenizer_config.json", "eval.json"):
+        (folder / name).write_text("{}")
+    finish_output(folder, "tokenizer")
+    return cfg
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / FINGERPRINT).read_text())
+
+
+def test_report_or_overwrite_into_another_stages_folder_is_refused_and_deletes_nothing(tmp_path, capsys):
+    from hfstack.cli import main
+
+    run = tmp_path / "run"
+    docs = documents(tmp_path / "docs.jsonl", "Text")
+    tok = run / "tokenizer"
+    finished_tokenizer(tok, docs)
+    before = sorted(p.name for p in tok.iterdir())
+    assert main(["report", "--run", str(run), "--output_dir", str(tok)]) == 2  # report always starts fresh
+    error = capsys.readouterr().err
+    assert f"report: {tok} holds the output of `hfstack tokenizer`; choose another --output_dir\n" in error
+    sft = SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(tok), overwrite=True)
+    with pytest.raises(ConfigError, match=r"^sft: .* holds the output of `hfstack tokenizer`; choose another "
+                                          r"--output_dir \(--overwrite replaces only sft's own earlier output\)$"):
+        claim_output("sft", sft)
+    assert sorted(p.name for p in tok.iterdir()) == before and record(tok)["stage"] == "tokenizer"
+    assert (tok / "tokenizer.json").read_text() == "{}" and is_done(tok)
+
+
+def test_written_holds_only_the_stage_outputs_and_later_files_stay(tmp_path):
+    docs = documents(tmp_path / "docs.jsonl", "Text")
+    tok = tmp_path / "tok"
+    cfg = finished_tokenizer(tok, docs)
+    assert record(tok)["written"] == ["eval.json", "tokenizer.json", "tokenizer_config.json"]
+    (tok / "my_notes.txt").write_text("mine")
+    (tok / "README.md").write_text("my card")  # a name the stage's outputs match, added after it finished
+    claim_output("tokenizer", cfg)  # the same run again
+    (tok / "special_tokens_map.json").write_text("{}")  # and this time the stage writes one more file
+    finish_output(tok, "tokenizer")
+    assert record(tok)["written"] == ["eval.json", "special_tokens_map.json", "tokenizer.json",
+                                      "tokenizer_config.json"]
+    assert record(tok)["foreign"] == ["README.md", "my_notes.txt"]
+    claim_output("tokenizer", TokenizerConfig(input=[str(docs)], output_dir=str(tok), vocab_size=999, overwrite=True))
+    assert sorted(p.name for p in tok.iterdir()) == sorted([FINGERPRINT, "config.yaml", "README.md", "my_notes.txt"])
+    assert (tok / "my_notes.txt").read_text() == "mine" and (tok / "README.md").read_text() == "my card"
+
+
+def test_overwrite_keeps_files_that_merely_match_the_stage_outputs(tmp_path):
+    from hfstack.reportcard import ReportConfig
+
+    docs = documents(tmp_path / "docs.jsonl", "Text")
+    tok = tmp_path / "tok"
+    finished_tokenizer(tok, docs)
+    (tok / "notes.png").write_bytes(b"my plot")
+    claim_output("tokenizer", TokenizerConfig(input=[str(docs)], output_dir=str(tok), vocab_size=999, overwrite=True))
+    assert (tok / "notes.png").read_bytes() == b"my plot" and not (tok / "tokenizer.json").exists()
+
+    out = tmp_path / "data"  # data's "*.parquet": a user's extra shard stays, the stage's go
+    cfg = quick_data([docs], out)
+    claim_output("data", cfg)
+    (out / "000_00000.parquet").write_bytes(b"shard")
+    (out / "stats.json").write_text("{}")
+    finish_output(out, "data")
+    (out / "extra.parquet").write_bytes(b"mine")
+    claim_output("data", quick_data([docs], out, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == sorted([FINGERPRINT, "config.yaml", "extra.parquet"])
+
+    run = tmp_path / "run"
+    run.mkdir()
+    report = ReportConfig(run=str(run))
+    claim_output("report", report, overwrite=True, folder=run / "report")  # how hfstack report claims
+    for name in ("report.md", "report.html", "loss.png"):
+        (run / "report" / name).write_text("x")
+    finish_output(run / "report", "report")
+    (run / "report" / "mine.png").write_bytes(b"my plot")
+    claim_output("report", report, overwrite=True, folder=run / "report")
+    assert sorted(p.name for p in (run / "report").iterdir()) == sorted([FINGERPRINT, "config.yaml", "mine.png"])
+
+
+def test_overwrite_never_follows_a_symbolic_link(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "train.parquet").write_bytes(b"pairs of another project")
+    cfg = RankConfig(model=str(tmp_path / "policy"), output_dir=str(tmp_path / "prefs"))
+    out = claim_output("rank", cfg)
+    (out / "data").mkdir()
+    (out / "data" / "train.parquet").write_bytes(b"ours")
+    (out / "rankings.jsonl").write_text("")
+    finish_output(out, "rank")
+    assert record(out)["written"] == ["data/train.parquet", "rankings.jsonl"]
+    (out / "data" / "train.parquet").unlink()
+    (out / "data").rmdir()
+    (out / "data").symlink_to(elsewhere)  # RUN/prefs/data now points elsewhere
+    (out / "docs").symlink_to(elsewhere)  # and a link of the user's own
+    for written in (["data/train.parquet", "rankings.jsonl"], ["data", "rankings.jsonl"], None):  # older records too
+        stored = record(out)
+        if written is None:
+            stored.pop("written")
+        else:
+            stored["written"] = written
+        (out / FINGERPRINT).write_text(json.dumps(stored))
+        with pytest.raises(ConfigError, match=r"^rank: .*prefs/data is a symbolic link \(to .*elsewhere\); hfstack "
+                                              r"never deletes through one"):
+            claim_output("rank", RankConfig(model=str(tmp_path / "other"), output_dir=cfg.output_dir, overwrite=True))
+        assert (elsewhere / "train.parquet").read_bytes() == b"pairs of another project"
+        assert (out / "data").is_symlink() and (out / "rankings.jsonl").exists()
+    (out / "data").unlink()  # the user removes the link, as the error says: the rest is started afresh
+    claim_output("rank", RankConfig(model=str(tmp_path / "other"), output_dir=cfg.output_dir, overwrite=True))
+    assert (out / "docs").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == ["train.parquet"]
+    assert not (out / "rankings.jsonl").exists() and record(out)["foreign"] == ["docs"]
+
+
+def test_a_checkpoint_name_the_trainer_would_rotate_away_is_refused(tmp_path):
+    from transformers.trainer_utils import sort_checkpoints
+
+    from hfstack.rlhf_training import RLHFConfig
+
+    out = tmp_path / "sft"
+    cfg = SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(out))
+    claim_output("sft", cfg)
+    fake_checkpoint(out / "checkpoints", 2)
+    backup = fake_checkpoint(out / "checkpoints", 5).rename(out / "checkpoints" / "checkpoint-5-backup")
+    assert str(backup) in sort_checkpoints(str(out / "checkpoints"))  # what save_total_limit deletes from
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=r"^sft: .*checkpoints holds checkpoint-5-backup, which is not a "
+                                              r"checkpoint hfstack wrote, and the Trainer's checkpoint rotation "
+                                              r"would delete it .*: move it elsewhere and rerun$"):
+            claim_output("sft", SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(out), overwrite=overwrite))
+    assert (backup / "trainer_state.json").is_file()
+    assert newest_checkpoint(out / "checkpoints") == str(out / "checkpoints" / "checkpoint-2")  # still no crash
+    # PPO rotates only step-<n> itself: a `step-4-best` may stay while the run continues, not when it starts afresh
+    ppo = tmp_path / "rlhf"
+    options = dict(model=str(tmp_path / "m"), reward_model=str(tmp_path / "rm"), output_dir=str(ppo), algo="ppo")
+    claim_output("rlhf", RLHFConfig(**options))
+    (ppo / "checkpoints" / "step-4-best").mkdir(parents=True)
+    claim_output("rlhf", RLHFConfig(**options))
+    with pytest.raises(ConfigError, match=r"holds step-4-best, which is not a checkpoint hfstack wrote, and "
+                                          r"starting fresh removes that folder"):
+        claim_output("rlhf", RLHFConfig(**options, overwrite=True))
+    assert (ppo / "checkpoints" / "step-4-best").is_dir()
+
+
+def test_stored_run_says_none_same_or_the_fields(tmp_path):
+    docs = documents(tmp_path / "docs.jsonl", "Text")
+    tok = tmp_path / "tok"
+    assert stored_run("tokenizer", TokenizerConfig(input=[str(docs)], output_dir=str(tok)), tok) == "none"
+    cfg = finished_tokenizer(tok, docs)
+    assert stored_run("tokenizer", cfg, tok) == "same"
+    assert stored_run("tokenizer", TokenizerConfig(input=[str(docs)], output_dir=str(tok), vocab_size=999),
+                      tok) == ["vocab_size"]
 
 
 # ----------------------------------------------------------------------------- markers and checkpoints
