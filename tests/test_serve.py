@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_checks import needs_sandbox
 from tiny import tiny_base
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,6 +36,7 @@ def tool_model(tmp_path_factory):
                                   micro_batch_size=4, max_length=128, progress=False))
 
 
+@needs_sandbox  # the tool's output is checked
 def test_chat_streams_and_shows_the_tool_call(tool_model):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from hfstack.serving import ServeConfig, make_server
