@@ -36,7 +36,7 @@ commands:
   push          push the run's final model (and datasets, intermediate models) to the Hub
   serve         chat with the assistant in the browser: streaming, tool calls shown (127.0.0.1:7860)
 
-Run `hfstack <command> --help` to list a command's fields and defaults.
+Run `hfstack <command> --help` to list a command's fields and defaults, `hfstack --version` for the version.
 Any stage runs on N processes with `--launcher accelerate --num_processes N [--launch_config FILE]`
 (default FILE: recipes/accelerate/multi_gpu.yaml with GPUs, recipes/accelerate/cpu.yaml without).
 """
@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"hfstack {version()}")
+        return 0
     command, args = argv[0], argv[1:]
     args = _with_positional(command, args)
     commands = _commands()
@@ -250,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     launch, args = ({}, args) if command in SELF_LAUNCHING else _pop_launch_flags(args)
     if launch:
         return _launch(command, launch, args)
-    if command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+    if (command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1
+            and os.environ.get("RANK", "0") != "0"):
         return 0  # a single-process stage under `accelerate launch`: rank 0 does the work, the others stand by
     config_cls, runner = commands[command]()
     if "-h" in args or "--help" in args:
@@ -268,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hfstack {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own __version__ where it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("hfstack")
+    except PackageNotFoundError:
+        import hfstack
+
+        return getattr(hfstack, "__version__", "unknown")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -173,7 +173,7 @@ def _unwrap_optional(tp):
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True  # noqa: UP007 - built at run time
     return tp, False
 
 
@@ -360,4 +360,5 @@ def import_object(path: str, stage: str, kind: str):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"{stage}: cannot import {kind} '{path}' (expected 'package.module:function'): {e}") from None
+        raise ConfigError(f"{stage}: cannot import {kind} '{path}' "
+                          f"(expected 'package.module:function'): {e}") from None

@@ -82,7 +82,8 @@ class SFTStageConfig:
         check_fields(self, "sft")
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
-            raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; valid: {sorted(asdict(IdentityCard()))}")
+            raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; "
+                              f"valid: {sorted(asdict(IdentityCard()))}")
         unknown = set(self.counts) - set(SOURCES)
         if unknown:
             raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: "
@@ -97,12 +98,16 @@ class SFTStageConfig:
                                   "e.g. {counts: {arithmetic: 2400}, max_steps: 800}")
             unknown = set(phase) - set(PHASE_FIELDS)
             if unknown:
-                raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; valid: {', '.join(PHASE_FIELDS)}")
+                raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; "
+                                  f"valid: {', '.join(PHASE_FIELDS)}")
             unknown = set(phase["counts"]) - set(GENERATED_SOURCES)
             if unknown:
-                raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; got {sorted(unknown)}")
-        if self.freeze and (not isinstance(self.freeze, list) or not all(isinstance(f, str) and f for f in self.freeze)):
-            raise ConfigError(f"sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; got {self.freeze!r}")
+                raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; "
+                                  f"got {sorted(unknown)}")
+        if self.freeze and (not isinstance(self.freeze, list)
+                            or not all(isinstance(f, str) and f for f in self.freeze)):
+            raise ConfigError("sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; "
+                              f"got {self.freeze!r}")
         if self.freeze and self.peft:
             raise ConfigError("sft: 'freeze' is for full finetuning; with 'peft', choose peft.target_modules instead "
                               "and set freeze: [] (on the command line: --freeze with no parts)")
@@ -192,9 +197,10 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    summary = {"steps": trainer.state.global_step, "train_conversations": len(train_rows),
-               "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1], "last_loss": losses[-1:],
-               "lora": bool(cfg.peft)} | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
+    summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
+                "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
+                "last_loss": losses[-1:], "lora": bool(cfg.peft)}
+               | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report)
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -217,7 +223,8 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
     on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), max_steps=on["max_steps"], learning_rate=on["learning_rate"],
-        warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine", per_device_train_batch_size=on["micro_batch_size"],
+        warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine",
+        per_device_train_batch_size=on["micro_batch_size"],
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
@@ -300,8 +307,10 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple
     extra, report = {}, {"facts": len(facts)}
     if wanted["knowledge"] and facts:
         asked = facts[:wanted["knowledge"]]
-        results = knowledge.interrogate(model, tokenizer, asked, cfg.interrogation_samples, knowledge.load_judge(cfg.judge))
-        report |= {"known_facts": sum(r["known"] for r in results), "unknown_facts": sum(not r["known"] for r in results)}
+        results = knowledge.interrogate(model, tokenizer, asked, cfg.interrogation_samples,
+                                        knowledge.load_judge(cfg.judge))
+        report |= {"known_facts": sum(r["known"] for r in results),
+                   "unknown_facts": sum(not r["known"] for r in results)}
         print(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
               f"does not know {report['unknown_facts']} (those get refusals)", flush=True)
         extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed, repeats=cfg.knowledge_repeats)

@@ -79,7 +79,8 @@ class RepoPush:
     card: str
 
     def sizes(self) -> dict[str, int]:
-        return {"README.md": len(self.card.encode())} | {name: path.stat().st_size for name, path in self.files.items()}
+        return {"README.md": len(self.card.encode())} | {name: path.stat().st_size
+                                                          for name, path in self.files.items()}
 
 
 def card_images(card: str) -> list[str]:
@@ -146,7 +147,8 @@ def dataset_card(what: str, repo_id: str, files: dict[str, Path], run: Path, lic
                  "them.")
         if "test" not in splits:
             about += " The held-out test split is not published."
-    front_matter = f"license: {license_id}\ntags: [hfstack]\nconfigs:\n- config_name: default\n  data_files:\n{configs}"
+    front_matter = (f"license: {license_id}\ntags: [hfstack]\n"
+                    f"configs:\n- config_name: default\n  data_files:\n{configs}")
     return f"---\n{front_matter}---\n\n# {repo_id}\n\n{about}\n\nColumns: {columns}. {counts}.\n"
 
 
@@ -207,7 +209,8 @@ def push(cfg: PushConfig) -> dict[str, str]:
     try:
         api.whoami()
     except Exception as e:
-        raise ConfigError(f"push: cannot use the Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        raise ConfigError(f"push: cannot use the Hub "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "log in with `hf auth login` or set HF_TOKEN") from None
     run_name = Path(cfg.run).name
     pushed = {}

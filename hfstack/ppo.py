@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # ----------------------------------------------------------------------------- the maths, unit-tested
 
 
@@ -208,7 +207,8 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
             for begin in range(0, len(texts), settings.minibatch_size):
                 index = order[begin:begin + settings.minibatch_size]
                 logprobs = token_logprobs(policy, sequences[index], attention[index], width)
-                loss, clipped = policy_loss(logprobs, old_logprobs[index], advantages[index], mask[index], settings.clip)
+                loss, clipped = policy_loss(logprobs, old_logprobs[index], advantages[index], mask[index],
+                                            settings.clip)
                 optimizer.zero_grad()
                 accelerator.backward(loss)
                 optimizer.step()

@@ -108,7 +108,8 @@ def wants_bf16(precision: str) -> bool:
     """bf16 when asked for, or on `auto` when a GPU that has it is present (on CPU it is slower)."""
     import torch
 
-    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available()
+                                   and torch.cuda.is_bf16_supported())
 
 
 def load_tokenizer(path: str):

@@ -110,7 +110,8 @@ class RankingStore:
     def rollouts(self) -> list[dict]:
         from hfstack.textfiles import read_jsonl
 
-        return [row for _, row in read_jsonl(str(self.rollouts_path), "rollouts")] if self.rollouts_path.is_file() else []
+        return ([row for _, row in read_jsonl(str(self.rollouts_path), "rollouts")]
+                if self.rollouts_path.is_file() else [])
 
     def write_rollouts(self, rows: list[dict]) -> None:
         temporary = self.rollouts_path.with_suffix(".tmp")

@@ -77,7 +77,9 @@ function pick(index) {
   if (left.length === 1) order.push(left[0]);  // the last one places itself
   render();
 }
-function undo() { if (item && order.length) { order.pop(); if (order.length === item.completions.length - 1) order.pop(); render(); } }
+function undo() {
+  if (item && order.length) { order.pop(); if (order.length === item.completions.length - 1) order.pop(); render(); }
+}
 async function save() {
   if (!item || order.length !== item.completions.length) return;
   const response = await fetch("api/rank", {method: "POST", headers: {"Content-Type": "application/json"},

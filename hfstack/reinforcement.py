@@ -75,8 +75,8 @@ class RLConfig:
             raise ConfigError(f"rl: 'tasks' are training prompts per task, whole numbers >= 0; got {bad}")
         unknown = set(self.tasks) - set(BUILTIN_TASKS)
         if unknown:
-            raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; built-in: {', '.join(BUILTIN_TASKS)} "
-                              "(user tasks go in 'dataset' with 'reward_funcs')")
+            raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; "
+                              f"built-in: {', '.join(BUILTIN_TASKS)} (user tasks go in 'dataset' with 'reward_funcs')")
         if self.dataset and not self.reward_funcs:
             raise ConfigError("rl: 'dataset' needs 'reward_funcs' (import paths of functions that score its answers)")
 
@@ -89,7 +89,8 @@ def correctness_reward(completions, task=None, answer=None, reply=None, log_metr
     Also logs the share correct per task (`correct/<task>`), so a task that gets no signal shows."""
     from hfstack.evaluation import score
 
-    rewards = [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None for t, a, r in zip(task, answer, reply)]
+    rewards = [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None
+               for t, a, r in zip(task, answer, reply)]
     for name in sorted(set(task) & set(BUILTIN_TASKS)) if log_metric else []:
         hits = [x for t, x in zip(task, rewards) if t == name]
         log_metric(f"correct/{name}", sum(hits) / len(hits))

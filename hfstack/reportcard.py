@@ -114,7 +114,8 @@ class Report:
 
     def html(self, title: str) -> str:
         out = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>body{{font-family:"
-               "sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse}td,th{border:"
+               "sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse}"
+               "td,th{border:"
                "1px solid #ccc;padding:.2rem .5rem}pre,.tokens{background:#f6f6f6;padding:.5rem;white-space:pre-wrap}"
                f"</style><h1>{html.escape(title)}</h1>"]
         for kind, value in self.parts:
@@ -174,7 +175,8 @@ def pretrain_section(report: Report, run: Path):
     report.heading("Pretraining")
     report.table(["parameters", "steps", "tokens seen", "seconds", "validation loss", "bits per byte"],
                  [[f"{summary['parameters']:,}", summary["steps"], f"{summary['tokens_seen']:,}", summary["seconds"],
-                   round(summary.get("eval_loss") or float("nan"), 3), round(summary.get("eval_bpb") or float("nan"), 3)]])
+                   round(summary.get("eval_loss") or float("nan"), 3),
+                   round(summary.get("eval_bpb") or float("nan"), 3)]])
     train = [r for r in log if "loss" in r]
     evals = [r for r in log if "eval_loss" in r]
 
@@ -246,8 +248,9 @@ def evals_section(report: Report, run: Path):
         rlhf = _json(run / "rlhf" / "eval.json") or {}
         report.heading(f"RLHF ({rlhf.get('algo', '?')}, KL penalty {rlhf.get('beta', '?')})")
         report.table(["step", "RM score", "KL", "judge", "distinct-2", "length", "alarm"],
-                     [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-", round(r["judge"], 3),
-                       round(r["distinct2"], 3), round(r["length"], 1), r.get("alarm") or ""] for r in watch])
+                     [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-",
+                       round(r["judge"], 3), round(r["distinct2"], 3), round(r["length"], 1), r.get("alarm") or ""]
+                      for r in watch])
 
         def draw(ax):  # one point per log, coloured by step: where the RM score went as the policy drifted
             kl, steps = [r.get("kl", 0.0) for r in watch], [r["step"] for r in watch]
@@ -319,6 +322,7 @@ def report(cfg: ReportConfig) -> Path:
         (final / "README.md").write_text(card_front_matter() + f"# {title}\n\n" + card.markdown())
         for image in out.glob("*.png"):
             shutil.copy(image, final / image.name)
-    print(f"[report] {out / 'report.md'} and report.html" + (f"; model card in {final / 'README.md'}" if final else ""))
+    print(f"[report] {out / 'report.md'} and report.html"
+          + (f"; model card in {final / 'README.md'}" if final else ""))
     finish_output(out, "report")
     return out

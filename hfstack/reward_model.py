@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.rundir import finish_output, newest_checkpoint, start_output

@@ -122,7 +122,8 @@ class HackingWatch:
             handle.write(json.dumps(row) + "\n")
         kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
         print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
-              f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}", flush=True)
+              f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}",
+              flush=True)
         if alarm:
             print(f"[rlhf] WARNING {alarm}", flush=True)
         return alarm is not None and self.cfg.on_hack == "stop"
@@ -283,5 +284,6 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                            ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
                            critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
                            temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
-    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log, answer_metrics=answer_metrics,
-                     checkpoint_dir=Path(cfg.output_dir) / "checkpoints", save_every=cfg.save_every)
+    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
+                     answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
+                     save_every=cfg.save_every)

@@ -204,7 +204,8 @@ def split_owned(folder: Path, stored: dict, stage: str) -> tuple[list[Path], lis
 
 def check_fresh_start(stage: str, folder: Path, remove: list[Path], keep: list[str]) -> None:
     """Refused before anything is removed: an output that is a symbolic link (not followed, so the old run
-    would stay where the new one writes), or a non-checkpoint `checkpoint-*`/`step-*` in the checkpoints/ it removes."""
+    would stay where the new one writes), or a non-checkpoint `checkpoint-*`/`step-*` in the checkpoints/ it
+    removes."""
     for name in keep:
         path = folder / name
         if path.is_symlink() and (fingerprints.is_output(stage, name) or fingerprints.shared_outputs(stage, name)):

@@ -17,9 +17,9 @@ Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from hfstack.config import ConfigError, bounded, check_fields, check_values, load_config, save_config
 from hfstack.rundir import (
@@ -32,13 +32,13 @@ from hfstack.rundir import (
     stored_run,
 )
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parent / "recipes"  # package data; the checkout's top-level recipes/ links here
 
 
 def recipes_dir() -> Path:
-    """Recipes ship inside the package (hfstack/recipes) when installed, next to it in a checkout."""
-    packaged = Path(__file__).resolve().parent / "recipes"
-    return packaged if packaged.is_dir() else RECIPES
+    """The presets and accelerate configs, shipped inside the package (hfstack/recipes) so a plain
+    `pip install` keeps them."""
+    return RECIPES
 
 
 @dataclass

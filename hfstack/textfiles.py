@@ -4,7 +4,7 @@ the file and the line."""
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def open_text(path: str):

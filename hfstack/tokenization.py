@@ -27,9 +27,10 @@ import functools
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields
 from hfstack.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
@@ -221,7 +222,8 @@ def train_bpe(texts, vocab_size: int, digits: str = "single", min_frequency: int
     reserved = len(DIGIT_GROUPS) if digits == "numbers" else 0  # room for the digit groups BPE did not learn
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserved, min_frequency=min_frequency,
                                   show_progress=progress, special_tokens=SPECIAL_TOKENS,
-                                  max_token_length=max_token_length, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  max_token_length=max_token_length,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     return with_digit_groups(tokenizer) if digits == "numbers" else tokenizer
 

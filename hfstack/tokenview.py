@@ -144,7 +144,8 @@ def render_html(tokens: list[Token], title: str, stats: str, show_ids: bool) -> 
         text = html.escape(_shown(token)).replace("\n", "⏎<br>")
         spans.append(f'<span title="{label}" style="background:rgb({r},{g},{b})">{text}</span>')
     ids = f"<p class=ids>{', '.join(str(t.id) for t in tokens)}</p>" if show_ids else ""
-    legend = ('<p class=legend><span style="background:rgb(%d,%d,%d)">trained on</span> '
+    # %-formatting fills both RGB triples straight from the colour tuples
+    legend = ('<p class=legend><span style="background:rgb(%d,%d,%d)">trained on</span> '  # noqa: UP031
               '<span style="background:rgb(%d,%d,%d)">special token</span></p>' % (*TRAINED, *SPECIAL))
     return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}.tokens{font-family:monospace;white-space:pre-wrap;"

@@ -229,7 +229,8 @@ def test_an_unreadable_config_file_is_one_line(tmp_path, capsys):
     (FileNotFoundError(2, "No such file or directory", "prompts.jsonl"), "No such file or directory: prompts.jsonl"),
     (IsADirectoryError(21, "Is a directory", "runs/x"), "Is a directory: runs/x"),
     (json.JSONDecodeError("Expecting value", "{", 1), "not valid JSON (Expecting value"),
-    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "not UTF-8 text (invalid start byte at byte 0)"),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+     "not UTF-8 text (invalid start byte at byte 0)"),
 ])
 def test_a_stage_raising_a_user_error_prints_one_line(error, expected, monkeypatch, capsys):
     """What a stage raises for a user's file (missing, a directory, not JSON, not text) is one line too;

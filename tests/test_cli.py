@@ -19,7 +19,8 @@ def hfstack(*args, cwd=None):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = "import sys; from hfstack.cli import main; main(['--help']); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datatrove', 'datasets')))"
+    code = ("import sys; from hfstack.cli import main; main(['--help']); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'transformers', 'datatrove', 'datasets')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert "speedrun" in out.stdout
     assert out.stdout.strip().endswith("[]")
@@ -42,7 +43,8 @@ def test_errors_are_one_line(tmp_path):
 
 QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20, arithmetic: 20, counting: 20, "
          "knowledge: 20, search: 20}, interrogation_samples: 1, "
-         "first_phase: {counts: {arithmetic: 20}, max_steps: 3, micro_batch_size: 4}}, eval: {limit: 8, max_new_tokens: 16}, "
+         "first_phase: {counts: {arithmetic: 20}, max_steps: 3, micro_batch_size: 4}}, "
+         "eval: {limit: 8, max_new_tokens: 16}, "
          "rl: {max_steps: 2, tasks: {arithmetic: 8, counting: 8}, num_generations: 2, prompts_per_step: 2, "
          "max_completion_length: 24, eval_limit: 4}, rank: {num_prompts: 12, max_new_tokens: 12}, "
          "reward: {max_steps: 4}, rlhf: {max_steps: 2, num_generations: 2, prompts_per_step: 2, "
@@ -58,7 +60,8 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
 
     run = tmp_path / "run"
     args = [sys.executable, "-m", "hfstack", "speedrun", "--preset", "tiny", "--output_dir", str(run),
-            "--crawl_pages", "60", "--overrides", QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_every: 4")]
+            "--crawl_pages", "60", "--overrides",
+            QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_every: 4")]
     killed = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     for line in killed.stdout:
         if "[speedrun] sft: starting" in line:
@@ -165,7 +168,7 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
 
     from hfstack.config import load_config
     from hfstack.reward_model import RewardStageConfig
-    from hfstack.speedrunner import SpeedrunConfig, recipe, train
+    from hfstack.speedrunner import SpeedrunConfig, recipe, recipes_dir, train
 
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda line: calls.append(line) or 0)
@@ -175,7 +178,7 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
     train(cfg, "reward", stage_cfg, lambda c: pytest.fail("ran in this process"))
     line = calls[0]
     assert line[1:6] == ["-m", "accelerate.commands.launch", "--config_file",
-                         str(Path(__file__).resolve().parent.parent / "recipes/accelerate/cpu.yaml"), "--num_processes"]
+                         str(recipes_dir() / "accelerate/cpu.yaml"), "--num_processes"]
     assert line[6:11] == ["2", "-m", "hfstack", "reward", "--config"]
     assert load_config(RewardStageConfig, line[11]) == stage_cfg
     with pytest.raises(Exception, match="launcher"):
@@ -193,3 +196,10 @@ def test_single_process_stages_run_once_under_a_launcher(tmp_path, monkeypatch, 
     monkeypatch.setenv("RANK", "0")
     assert main(["report", "--run", str(tmp_path / "missing")]) == 2  # rank 0 does the work (and fails here)
     assert "no run directory" in capsys.readouterr().err
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    out = hfstack("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"hfstack {version('hfstack')}"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
+from hfstack.rundir import is_done
 from hfstack.web import DataConfig, run_data
 from hfstack.web.pipeline import DataPipeline, build_executors
 from hfstack.web.synthetic import write_crawl
-from hfstack.rundir import is_done
 
 
 def kept_urls(out: Path) -> list[str]:
@@ -38,7 +38,8 @@ def test_sample_language_drops(sample_run):
     total = sum(1 for label in labels.values() if label["expect"] == "drop:language")
     assert len(slipped) <= 0.05 * total
     for url, text in slipped:
-        assert labels[url]["lang"] in ("fr", "de") and text.isascii() or sum(c.isascii() for c in text) > 0.97 * len(text)
+        assert (labels[url]["lang"] in ("fr", "de") and text.isascii()
+                or sum(c.isascii() for c in text) > 0.97 * len(text))
 
 
 @pytest.mark.slow
@@ -108,7 +109,8 @@ def test_sample_quality_filters_report_their_drops(sample_run, tmp_path):
     assert set(rows) >= {"quality: gopher_repetition", "quality: gopher_quality", "quality: c4", "quality: fineweb"}
     total_dropped = sum(sum(r["dropped"].values()) for name, r in rows.items() if name.startswith("quality"))
     assert total_dropped > 0
-    assert all(r["docs_in"] - r["docs_out"] == sum(r["dropped"].values()) for n, r in rows.items() if n != "read parquet")
+    assert all(r["docs_in"] - r["docs_out"] == sum(r["dropped"].values())
+               for n, r in rows.items() if n != "read parquet")
 
 
 @pytest.mark.slow

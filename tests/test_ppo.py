@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hfstack.ppo import AdaptiveKL, PPOSettings, gae, policy_loss, train_ppo, value_loss, whiten
+
 from tiny import tiny_tokenizer
 
 

@@ -15,10 +15,9 @@ from hfstack.config import ConfigError
 from hfstack.generation import GenerateConfig, RegurgitationConfig, generate, in_context_probe, regurgitation
 from hfstack.model import model_dims
 from hfstack.pretraining import PretrainConfig, run_pretrain
+from hfstack.speedrunner import recipes_dir
 from hfstack.tokenization import TokenizerConfig, is_heldout, run_tokenizer
 from hfstack.web.synthetic import stdlib_articles
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +163,7 @@ def test_resume_continues_with_identical_losses(corpus, tmp_path):
 def test_two_process_cpu_launch_through_accelerate(corpus, tmp_path):
     root, data, tok = corpus
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes/accelerate/cpu.yaml"), "-m", "hfstack", "pretrain", "--data", str(data),
+               str(recipes_dir() / "accelerate/cpu.yaml"), "-m", "hfstack", "pretrain", "--data", str(data),
                "--tokenizer", str(tok), "--output_dir", str(tmp_path / "ddp"), "--depth", "1", "--seq_len", "64",
                "--micro_batch_size", "2", "--batch_tokens", "256", "--max_steps", "6", "--eval_every", "3",
                "--save_every", "3", "--log_every", "1", "--val_fraction", "0.1", "--progress", "false"]
@@ -184,7 +183,7 @@ def test_accelerate_gpu_configs_construct():
 
     def launch_args(name):
         parsed = launch_command_parser().parse_args(
-            ["--config_file", str(REPO / f"recipes/accelerate/{name}.yaml"), "-m", "hfstack", "pretrain"])
+            ["--config_file", str(recipes_dir() / f"accelerate/{name}.yaml"), "-m", "hfstack", "pretrain"])
         return _validate_launch_command(parsed)[0]
 
     ddp = launch_args("multi_gpu")
@@ -208,7 +207,7 @@ def test_accelerate_gpu_configs_construct():
     for name, stage in (("zero2", 2), ("zero3", 3)):
         args = launch_args(name)
         assert args.use_deepspeed and args.zero_stage == stage
-        options = yaml.safe_load((REPO / f"recipes/accelerate/{name}.yaml").read_text())["deepspeed_config"]
+        options = yaml.safe_load((recipes_dir() / f"accelerate/{name}.yaml").read_text())["deepspeed_config"]
         plugin = DeepSpeedPlugin(zero_stage=options["zero_stage"], zero3_init_flag=options["zero3_init_flag"],
                                  zero3_save_16bit_model=options.get("zero3_save_16bit_model", False))
         assert plugin.deepspeed_config["zero_optimization"]["stage"] == stage
@@ -274,10 +273,11 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     all_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in seen + unseen))
     run_tokenizer(TokenizerConfig(input=[str(all_file)], output_dir=str(tmp_path / "tok"), vocab_size=400,
                                   heldout_fraction=0, compare_cl100k=False, progress=False))
-    run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "m"),
-                                depth=2, seq_len=64, micro_batch_size=8, batch_tokens=512, max_steps=800,
-                                warmup_steps=5, learning_rate=1e-2, val_fraction=0.01, eval_every=1000,
-                                save_every=1000, log_every=20, sample_prompts=[], progress=False, seed=0))
+    run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"),
+                                output_dir=str(tmp_path / "m"), depth=2, seq_len=64, micro_batch_size=8,
+                                batch_tokens=512, max_steps=800, warmup_steps=5, learning_rate=1e-2,
+                                val_fraction=0.01, eval_every=1000, save_every=1000, log_every=20, sample_prompts=[],
+                                progress=False, seed=0))
     report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
                                                continuation_tokens=15, val_fraction=0.5))
     assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == report["heldout_in_context"]["docs"] == 6

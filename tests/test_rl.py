@@ -16,8 +16,9 @@ from hfstack.finetuning import SFTStageConfig, run_sft
 from hfstack.ranking import RankConfig, RankingStore, rank, ranking_to_pairs, reference_judge
 from hfstack.reinforcement import RLConfig, correctness_reward, format_reward, run_rl
 from hfstack.reward_model import RewardStageConfig, run_reward
-from hfstack.rundir import claim_output
 from hfstack.rlhf_training import HackingWatch, RLHFConfig, run_rlhf
+from hfstack.rundir import claim_output
+
 from tiny import tiny_base
 
 
@@ -99,9 +100,9 @@ def test_grpo_runs_the_python_tool_inside_rollouts(sft_model, tmp_path, monkeypa
         return wrapped
 
     monkeypatch.setattr(reinforcement, "tool_rollout", spying_rollout)
-    out = run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={"arithmetic": 8, "counting": 8},
-                          max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=40,
-                          eval_limit=6, log_every=1, progress=False))
+    out = run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"),
+                          tasks={"arithmetic": 8, "counting": 8}, max_steps=2, num_generations=2,
+                          prompts_per_step=2, max_completion_length=40, eval_limit=6, log_every=1, progress=False))
     assert seen["masks"] and all(set(m) <= {0, 1} for m in seen["masks"]) and all(seen["lengths"])
     report = json.loads((out / "eval.json").read_text())
     assert report["held_out_items"] == {"arithmetic": 6, "counting": 6}

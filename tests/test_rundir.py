@@ -116,6 +116,7 @@ def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfstack.pretraining import PretrainConfig, run_pretrain
+
     from tiny import tiny_tokenizer
 
     (tmp_path / "a").mkdir()

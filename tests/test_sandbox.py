@@ -21,8 +21,8 @@ import pytest
 
 from hfstack.tools import sandbox
 from hfstack.tools.sandbox import run_python, seccomp_program
-from sandbox_checks import left_running, needs_sandbox, sandbox_processes
 
+from sandbox_checks import left_running, needs_sandbox, sandbox_processes
 
 # rewrites the hook's policy from inside, as a hostile program would (the hook reads module globals)
 DENIED = "Read-only file system|Permission denied|Operation not permitted"

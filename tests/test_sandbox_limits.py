@@ -3,6 +3,7 @@ memory and disk hogs, empty-file floods. Each is stopped, and nothing is left ru
 
 from hfstack.tools import sandbox
 from hfstack.tools.sandbox import run_python
+
 from sandbox_checks import left_running, needs_sandbox, sandbox_processes
 
 

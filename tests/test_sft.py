@@ -12,6 +12,7 @@ from hfstack.conversations.generators import IdentityCard, arithmetic, counting,
 from hfstack.conversations.mixture import build_mixture, load_chat_file
 from hfstack.finetuning import SFTStageConfig, run_sft
 from hfstack.web.synthetic import stdlib_articles
+
 from tiny import tiny_base
 
 
@@ -81,8 +82,7 @@ def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
 def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_out_phrasing():
     from collections import Counter
 
-    from hfstack.conversations.generators import (IDENTITY_QUESTIONS, identity_answer, identity_phrasings,
-                                                  normalised)
+    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_answer, identity_phrasings, normalised
 
     train = identity_phrasings("train", 0.25, generated=True)
     held_out = {normalised(q) for _, q in identity_phrasings("eval", 0.25)}

@@ -155,7 +155,8 @@ def test_gopher_quality_runs_offline_with_our_tokenizer():
 
 def test_metered_counts_docs_and_utf8_bytes_in_and_out():
     lang = Metered(Py3LangidFilter(["en"]))
-    docs = [doc("The weather today is lovely and we are going for a walk in the park."), doc("Café au lait, s'il vous plaît, merci beaucoup.")]
+    docs = [doc("The weather today is lovely and we are going for a walk in the park."),
+            doc("Café au lait, s'il vous plaît, merci beaucoup.")]
     kept = list(lang.run(iter(docs)))
     stats = lang.stats.to_dict()["stats"]
     assert stats["in_docs"] == 2 and stats["out_docs"] == len(kept) == 1

@@ -19,8 +19,8 @@ from hfstack.tokenization import (
     is_heldout,
     run_tokenizer,
     tiktoken_encoding,
-    train_bpe,
     to_transformers,
+    train_bpe,
 )
 from hfstack.web.synthetic import stdlib_articles
 

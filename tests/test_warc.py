@@ -82,7 +82,7 @@ def test_non_utf8_pages_are_decoded_or_counted(tmp_path):
 
 
 def test_decode_html_falls_back_and_gives_up_cleanly():
-    assert decode_html("naïve".encode("utf-8"), "text/html; charset=bogus-charset") == "naïve"
+    assert decode_html("naïve".encode(), "text/html; charset=bogus-charset") == "naïve"
     assert decode_html(b"plain", "") == "plain"
 
 

@@ -14,11 +14,12 @@ import http.server
 import json
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
+
 from test_serve import QUESTION, tool_model  # noqa: F401 - tool_model is a fixture used below
 
 CHROMIUM = Path("/usr/bin/chromium")

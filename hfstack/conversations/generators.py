@@ -226,8 +226,9 @@ ARITHMETIC_PHRASINGS = ["What is {a} {word} {b}?", "Compute {a} {op} {b}.", "{a}
                         "Calculate {a} {word} {b}.", "what's {a} {op} {b}", "Please work out {a} {op} {b}.",
                         "Can you tell me {a} {op} {b}?", "I need {a} {word} {b}.", "Evaluate {a} {op} {b}",
                         "How much is {a} {word} {b}?", "Find {a} {word} {b}.", "Quick math: {a} {op} {b}",
-                        "What does {a} {op} {b} equal?", "Solve {a} {op} {b}.", "Give me the result of {a} {word} {b}.",
-                        "{a} {word} {b} is what?", "Work out {a} {word} {b} for me."]
+                        "What does {a} {op} {b} equal?", "Solve {a} {op} {b}.",
+                        "Give me the result of {a} {word} {b}.", "{a} {word} {b} is what?",
+                        "Work out {a} {word} {b} for me."]
 WORD_PROBLEMS = ["A shop sells {a} apples in the morning and {b} in the afternoon. How many apples does it sell?",
                  "A train has {a} seats in each of {b} cars. How many seats are there?",
                  "Sam had {a} marbles and gave away {b}. How many are left?"]
@@ -268,7 +269,8 @@ COUNTING_PHRASINGS = ["How many '{c}' are in '{w}'?", "Count the letter {c} in t
                       "In the word '{w}', how many {c}'s are there?", "Number of '{c}' letters in '{w}'?",
                       "Tell me how often {c} occurs in {w}.", "'{w}': how many '{c}'?",
                       "How many {c}'s does '{w}' have?", "Count how many times the letter '{c}' shows up in '{w}'.",
-                      "What is the number of '{c}' in the word \"{w}\"?", "How often does the letter {c} appear in {w}?",
+                      "What is the number of '{c}' in the word \"{w}\"?",
+                      "How often does the letter {c} appear in {w}?",
                       "Can you count the {c}'s in '{w}'?", "Letter count: '{c}' in '{w}'?",
                       "How many occurrences of '{c}' are in '{w}'?", "Find the number of {c}'s in the word {w}."]
 

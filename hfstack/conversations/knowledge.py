@@ -39,8 +39,9 @@ _NOT_A_SUBJECT = {"if", "when", "this", "that", "it", "there", "these", "those",
                   "since", "once", "where", "whether", "while", "because", "although", "unless", "until", "after",
                   "before", "for", "in", "on", "at", "by", "with", "from", "to", "as", "no", "its", "their", "other",
                   "such", "possible", "additionally", "always", "never", "default", "return", "returns", "check",
-                  "checks", "block", "get", "set", "create", "raise", "open", "close", "read", "write", "add", "remove",
-                  "call", "make", "use", "test", "convert", "they", "we", "you", "he", "she", "true", "false", "none",
+                  "checks", "block", "get", "set", "create", "raise", "open", "close", "read", "write", "add",
+                  "remove", "call", "make", "use", "test", "convert", "they", "we", "you", "he", "she", "true",
+                  "false", "none",
                   "returned", "extending"}
 _CLAUSE_WORDS = {"if", "there", "that", "this", "which", "when", "where", "whether", "not", "no", "it", "passed",
                  "also", "here"}

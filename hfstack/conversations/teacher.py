@@ -85,7 +85,8 @@ def teach(cfg: TeachConfig) -> list[dict]:
                                                                        "content": _clean(r.answer, tokenizer)}],
              "teacher": cfg.teacher, "reviewed": False} for conv, r in zip(conversations, replies)]
     Path(cfg.output).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    print(f"[teach] {len(rows)} conversations written by {cfg.teacher} → {cfg.output} (review, then use as chat_files)")
+    print(f"[teach] {len(rows)} conversations written by {cfg.teacher} → {cfg.output} "
+          "(review, then use as chat_files)")
     return rows
 
 

@@ -234,7 +234,8 @@ def _command(work: str, file_mb: int, seccomp_fd: int | None, as_root: bool, rea
         outer = ["unshare", "--mount", "--propagation", "private"]
     else:  # an unprivileged user gets the same from a user namespace of its own
         drop, outer = [], ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
-    return [*outer, "sh", "-c", _SETUP, "hfstack-sandbox", work, f"{file_mb}m", str(MAX_FILES), *roots, "--", *drop, *bwrap]
+    return [*outer, "sh", "-c", _SETUP, "hfstack-sandbox", work, f"{file_mb}m", str(MAX_FILES), *roots, "--",
+            *drop, *bwrap]
 
 
 def _limits(cpu_seconds: int, memory_mb: int, file_mb: int):

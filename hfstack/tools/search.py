@@ -33,7 +33,7 @@ class SearchIndex:
         self.retriever, self.corpus = retriever, corpus
 
     @classmethod
-    def build(cls, texts, max_chars: int = 500) -> "SearchIndex":
+    def build(cls, texts, max_chars: int = 500) -> SearchIndex:
         import bm25s
 
         corpus = passages(texts, max_chars)
@@ -68,14 +68,14 @@ class SearchIndex:
         (folder / "passages.json").write_text(json.dumps(self.corpus))
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SearchIndex":
+    def load(cls, folder: str | Path) -> SearchIndex:
         import bm25s
 
         folder = Path(folder)
         return cls(bm25s.BM25.load(str(folder / "bm25")), json.loads((folder / "passages.json").read_text()))
 
 
-def index_of_model(model_dir: str | Path) -> "SearchIndex | None":
+def index_of_model(model_dir: str | Path) -> SearchIndex | None:
     """The search index an SFT run saved next to its model, if any."""
     folder = Path(model_dir) / "search_index"
     return SearchIndex.load(folder) if (folder / "passages.json").is_file() else None

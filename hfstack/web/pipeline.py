@@ -138,7 +138,8 @@ class DataPipeline:
                                                                              sandbox=cfg.extract_sandbox)))
         if cfg.language_filter:
             if cfg.language_backend == "py3langid":
-                lang = Py3LangidFilter(cfg.languages, cfg.language_threshold, exclusion_writer=self._excluded("language"))
+                lang = Py3LangidFilter(cfg.languages, cfg.language_threshold,
+                                       exclusion_writer=self._excluded("language"))
             else:  # datatrove's fastText identifiers: the model is downloaded on first use
                 lang = LanguageFilter(cfg.languages or None, cfg.language_threshold, backend=cfg.language_backend,
                                       exclusion_writer=self._excluded("language"))

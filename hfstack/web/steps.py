@@ -23,7 +23,6 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.url_filter import URLFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-
 _URL_LISTS = ("block_listed_domains", "block_listed_url", "banned_words", "banned_subwords", "soft_banned_words")
 _BUNDLED_URL_LISTS: dict[str, set] = {}  # parsed once per process: 4.5M domains take ~2.5 s to read
 _LOOKUP_ONLY = ("block_listed_domains", "block_listed_url")  # the filter only asks `x in` these

@@ -172,7 +172,8 @@ def build_records(pages: int, seed: int) -> tuple[list[Record], dict]:
                                                                                             template)))
     for url, title, paragraphs in rng.sample(english, k=max(2, pages // 30)):
         changed = paragraphs[:-1] + ["This page was last updated by the mirror maintainers."]
-        add("near_duplicate", Record(url.replace("https://", "https://copy.") + "?ref=feed", body=_page(title, changed, rng)))
+        add("near_duplicate", Record(url.replace("https://", "https://copy.") + "?ref=feed",
+                                     body=_page(title, changed, rng)))
     for j in range(max(2, pages // 50)):
         add("not_html", Record(f"https://docs.example.org/img/{j}.png", content_type="image/png",
                                body=b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(64))))

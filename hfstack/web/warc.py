@@ -138,7 +138,7 @@ class WarcResponseReader(BaseReader):
         meta["http_status"] = int(status)
         content_type = http.get_header("Content-Type") or headers.get_header("WARC-Identified-Payload-Type") or ""
         meta["content_type"] = content_type
-        if not content_type.split(";")[0].strip().lower() in HTML_TYPES:
+        if content_type.split(";")[0].strip().lower() not in HTML_TYPES:
             return Document(text="", id=doc_id, metadata=meta)  # binary payloads are never decoded
         body = _read_capped(record.content_stream(), self.max_page_bytes)
         if body is None:
