@@ -13,7 +13,7 @@ model learns to copy numbers from the question only when arithmetic is all it se
 distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
 part of the mixture. `freeze:` holds named parameters fixed after the first phase (the tiny recipe
 fixes the embeddings: what the first phase learned then holds through the mixture on every seed
-tried, and identity drops: README, Step 4).
+tried, and identity drops: docs/LOG.md).
 
 Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
 the held-out conversations `hfstack eval` scores.
@@ -68,7 +68,7 @@ class SFTStageConfig:
     gradient_accumulation_steps: int = bounded(1, ge=1)
     max_length: int = bounded(256, ge=2)
     packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
-    group_by_length: bool = False  # batches of similar length: ~20% faster, but see the README (Step 4)
+    group_by_length: bool = False  # batches of similar length: ~20% faster, but see docs/LOG.md
     assistant_only_loss: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it
     log_every: int = bounded(10, ge=1)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output
+from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output, wait_for_all_ranks
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 
@@ -321,4 +321,5 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"[pretrain] done: {json.dumps(summary)}", flush=True)
     finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
+    wait_for_all_ranks()
     return out

@@ -262,9 +262,20 @@ def apply_claim(claim: Claim, cfg) -> None:
 def finish_output(folder: str | Path, stage: str, main: bool = True, **info) -> None:
     """At a stage's end: record the names it wrote (what a later --overwrite removes): those the stage
     writes (fingerprint.STAGES[stage].outputs), symbolic links aside; anything else is foreign. Then the marker."""
-    if not main:
-        return
-    folder = Path(folder)
+    if main:
+        record_written(Path(folder), stage, info)
+
+
+def wait_for_all_ranks() -> None:
+    """Under a launch, every rank waits for the others at a stage's end: a rank that exits while the main
+    one still writes can abort in the process group's teardown. Only where every rank reaches it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        process_state().wait_for_everyone()
+
+
+def record_written(folder: Path, stage: str, info: dict) -> None:
     record = read_json(folder / FINGERPRINT) or {"stage": stage}
     names = entries(folder, stage)
     foreign = {n for n in record.get("foreign", []) if n in names}

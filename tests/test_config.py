@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from hfstack.config import ConfigError, load_config, parse_cli_args, save_config
+from hfstack.speedrunner import recipes_dir
 from hfstack.web import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +101,7 @@ def test_a_recipe_extends_another_and_lists_only_what_it_changes(tmp_path):
 def test_the_variant_recipes_change_only_what_they_say():
     from hfstack.config import read_yaml
 
-    base, variant = (read_yaml(REPO / "recipes/tiny" / name) for name in ("sft.yaml", "sft-identity.yaml"))
+    base, variant = (read_yaml(recipes_dir() / "tiny" / name) for name in ("sft.yaml", "sft-identity.yaml"))
     changed = {key for key in base.keys() | variant.keys() if base.get(key) != variant.get(key)}
     assert changed == {"first_phase", "freeze"} and variant["freeze"] == []
     assert variant["first_phase"]["counts"] == {"arithmetic": 2400} and variant["max_steps"] == base["max_steps"]
@@ -126,8 +127,8 @@ STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.
 REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
 
 
-@pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("**/*.yaml")
-                                          if p.parent.name != "accelerate"), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("recipe", sorted(p for p in recipes_dir().glob("**/*.yaml") if p.parent.name != "accelerate"),
+                         ids=lambda p: str(p.relative_to(recipes_dir())))
 def test_every_recipe_parses_with_its_stage_config(recipe):
     import importlib
 
@@ -136,20 +137,30 @@ def test_every_recipe_parses_with_its_stage_config(recipe):
     module, name = STAGE_CONFIGS[stage].split(":")
     config_cls = getattr(importlib.import_module(module), name)
     text = recipe.read_text()
-    cfg = load_config(config_cls, recipe, [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED.get(stage, []))
+    cfg = load_config(config_cls, recipe,
+                      [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED.get(stage, []))
     assert isinstance(cfg, config_cls)
 
 
-def test_every_command_in_the_readme_exists():
+def test_every_command_and_recipe_in_the_docs_exists():
+    """The ```bash blocks of README.md, docs/**/*.md and recipes/*/README.md name only real `hfstack`
+    commands and recipe files, and together show every command `hfstack --help` lists."""
     import re
 
     from hfstack.cli import _commands
 
-    shell_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S))
-    used = set(re.findall(r"(?m)(?:^|&& )hfstack ([a-z-]+)", shell_blocks))
-    assert {"speedrun", "data", "tokenizer", "tokenize", "pretrain", "generate", "sft", "chat", "eval", "rl", "rank",
-            "reward", "rlhf", "report", "push", "serve"} <= used
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md")),
+             *sorted((REPO / "recipes").glob("*/README.md"))]
+    assert {"docs/stages/sft.md", "recipes/tiny/README.md"} <= {str(page.relative_to(REPO)) for page in pages}
+    used, missing = set(), []
+    for page in pages:
+        shell_blocks = "\n".join(re.findall(r"```bash\n(.*?)```", page.read_text(), re.S))
+        used |= set(re.findall(r"(?m)(?:^|&& |-m )hfstack ([a-z-]+)", shell_blocks))
+        missing += [f"{page.relative_to(REPO)}: {path}" for path in re.findall(r"recipes/[\w./-]+\.yaml", shell_blocks)
+                    if not (REPO / path).is_file()]
+    assert set(_commands()) <= used, set(_commands()) - used
     assert used <= set(_commands()), used - set(_commands())
+    assert not missing, missing
 
 
 def test_the_readme_python_example_names_real_functions_and_recipes():
