@@ -163,21 +163,20 @@ def _with_positional(command: str, args: list[str]) -> list[str]:
 
 
 def _field_help(config_cls) -> str:
+    """Every field: its type, default, valid range or choices, and the line of help its comment gives."""
     import dataclasses
-    import typing
 
-    from hfstack.config import _field_types, _type_name, _unwrap_optional, field_range
+    from hfstack.config import _field_types, _type_name, field_comments, field_range
 
     lines = [f"fields of {config_cls.__name__} (set in YAML or as --field value):"]
-    types = _field_types(config_cls)
+    types, comments = _field_types(config_cls), field_comments(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        kind = _type_name(types[f.name]) if f.name in types else "?"  # a Literal's name lists its choices
         bounds = field_range(f)  # declared with hfstack.config.bounded (and every seed's)
-        literal = f.name in types and typing.get_origin(_unwrap_optional(types[f.name])[0]) is typing.Literal
-        if bounds is None and literal:
-            bounds = _type_name(types[f.name])  # the choices
-        lines.append(f"  --{f.name:<22} default: {default!r}" + (f"  range: {bounds}" if bounds else ""))
+        line = f"  --{f.name:<22} {kind}, default {default!r}" + (f", {bounds}" if bounds else "")
+        lines.append(line + (f"\n  {'':<24}{comments[f.name]}" if f.name in comments else ""))
     return "\n".join(lines)
 
 

@@ -156,8 +156,7 @@ def check_values(cls, values: dict[str, Any], source: str) -> None:
     field_types, fields = _field_types(cls), {f.name: f for f in dataclasses.fields(cls)}
     for key, raw in values.items():
         if key not in field_types:
-            valid = ", ".join(sorted(field_types))
-            raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; valid keys: {valid}")
+            raise unknown_key(source, key, cls)
         value, bounds = _coerce(key, raw, field_types[key]), field_range(fields[key])
         if value is not None and bounds is not None and not bounds.contains(value):
             raise ConfigError(f"{source}: '{key}' must be {bounds}, got {value}")
@@ -274,13 +273,39 @@ def parse_cli_args(args: list[str], field_types: dict[str, Any]) -> dict[str, An
     return out
 
 
+def unknown_key(source: str, key: str, cls) -> ConfigError:
+    """The error for a key the config does not have: the nearest valid one first, then all of them."""
+    import difflib
+
+    valid = sorted(_field_types(cls))
+    nearest = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+    return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; {hint}valid keys: {', '.join(valid)}")
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field's trailing `# comment` in the class's source, which says what the field does: the
+    one line of help `--help` shows (a config's comments are its documentation)."""
+    import inspect
+    import re
+
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's comment wins over its base's
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M):
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build `cls` from a dict, rejecting unknown keys with the list of valid ones."""
     field_types = _field_types(cls)
     for key in values:
         if key not in field_types:
-            valid = ", ".join(sorted(field_types))
-            raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; valid keys: {valid}")
+            raise unknown_key(source, key, cls)
     kwargs = {k: _coerce(k, v, field_types[k]) for k, v in values.items()}
     return cls(**kwargs)
 

@@ -285,6 +285,6 @@ def test_the_checks_hold_for_configs_built_in_python(config, fields, names):
 def test_help_lists_each_range_and_the_choices(capsys):
     assert main(["rank", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "range: in [0, 1) (0 holds no prompts out)" in out and "range: in [0, 65535]" in out
+    assert "in [0, 1) (0 holds no prompts out)" in out and "in [0, 65535]" in out
     assert main(["pretrain", "--help"]) == 0
-    assert "range: one of: wsd, cosine, constant" in capsys.readouterr().out
+    assert "--schedule               one of: wsd, cosine, constant, default 'wsd'" in capsys.readouterr().out

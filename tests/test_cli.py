@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hfstack.cli import main
 from hfstack.rundir import MARKER
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1"}
@@ -203,3 +204,15 @@ def test_version_prints_the_installed_version():
 
     out = hfstack("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"hfstack {version('hfstack')}"
+
+
+def test_help_shows_each_fields_type_default_range_and_comment(capsys):
+    assert main(["rlhf", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--beta                   float, default 0.05, >= 0 (0 takes the KL leash off)" in text
+    assert "KL penalty to the reference policy" in text  # the field's comment in RLHFConfig
+
+
+def test_an_unknown_key_suggests_the_nearest(capsys):
+    assert main(["sft", "--learning_rat", "1e-3"]) == 2
+    assert "unknown key 'learning_rat' for SFTStageConfig; did you mean 'learning_rate'?" in capsys.readouterr().err
