@@ -228,7 +228,7 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
-        pad_token=tokenizer.pad_token, bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),
+        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),  # padding: the tokenizer's own
         gradient_checkpointing=False, logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
         report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
         dataset_num_proc=None)

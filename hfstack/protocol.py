@@ -45,8 +45,6 @@ SPECIAL_TOKENS: list[str] = [
     *TOOL_OUTPUT,
 ]
 END_OF_TURN = ROLE_TOKENS["assistant"][1]
-# a generating model stops at the end of its turn, or when it has written a tool call to run
-STOP_TOKENS = [END_OF_TURN, DOCUMENT_BOUNDARY, *[end for _, end in TOOL_CALL_TOKENS.values()]]
 
 
 def _tool_call_branches() -> str:

@@ -103,7 +103,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
-        pad_token=tokenizer.pad_token, center_rewards_coefficient=cfg.center_rewards_coefficient,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
         bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
         logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, eval_strategy="no",
         report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,

@@ -92,11 +92,11 @@ def recipe(stage: str, preset: str = "tiny", **fields):
     return from_dict(cls, (read_yaml(path) if path.is_file() else {}) | fields, f"recipe {preset}/{stage}")
 
 
-def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str], recipe_name: str | None = None):
+def stage_config(cls, cfg: SpeedrunConfig, stage: str, run_args: list[str]):
     """The preset's recipe for a stage, the run's paths, then the speedrun's overrides for that stage."""
     from hfstack.config import from_dict
 
-    path = recipes_dir() / cfg.preset / f"{recipe_name or stage}.yaml"
+    path = recipes_dir() / cfg.preset / f"{stage}.yaml"
     loaded = load_config(cls, path if path.is_file() else None, run_args)
     forced = {"overwrite": True} if cfg.force and hasattr(loaded, "overwrite") else {}  # --force recomputes
     return from_dict(cls, asdict(loaded) | forced | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
