@@ -29,7 +29,7 @@ from typing import Literal
 from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
-from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.rundir import finish_output, newest_checkpoint, start_output, wait_for_all_ranks
 
 
 @dataclass
@@ -175,18 +175,19 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     frozen_names = to_freeze(model, cfg.freeze)
     card = cfg.card()
     tokenizer.chat_template = chat_template(default_system=card.system_message())
-    extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out)
+    extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out, main)
     train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
                                          extra)
     if not train_rows:
         raise ConfigError("sft: the mixture is empty; set counts or chat_files")
-    with (out / "eval_sets.jsonl").open("w") as handle:
-        for rows in held_out.values():
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+    if main:  # only the main process writes; the others train alongside it
+        with (out / "eval_sets.jsonl").open("w") as handle:
+            for rows in held_out.values():
+                for row in rows:
+                    handle.write(json.dumps(row) + "\n")
     phase_steps = 0
     if cfg.first_phase:
-        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks)
+        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks, main)
     frozen = freeze(model, frozen_names)
     trainer = train(cfg, model, tokenizer, train_rows, out, callbacks)
     model = trainer.model
@@ -194,8 +195,9 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         model = model.merge_and_unload()  # a plain model again: loadable without peft
     model.generation_config.update(eos_token_id=[tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id],
                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if main:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                 "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
@@ -203,9 +205,11 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
                | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report)
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[sft] done: {json.dumps(summary)}", flush=True)
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"[sft] done: {json.dumps(summary)}", flush=True)
     finish_output(out, "sft", main, steps=trainer.state.global_step)
+    wait_for_all_ranks()
     return out
 
 
@@ -262,7 +266,8 @@ def freeze(model, names: list[str]) -> int:
     return frozen
 
 
-def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None):
+def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None,
+                main: bool = True):
     """Train on the first phase's own mixture (training rows only: the held-out items are the main
     mixture's, and the generators never put a held-out item in any training split), save it under
     `out/first_phase`, and hand the model on. A rerun finds it saved and goes straight on."""
@@ -283,13 +288,14 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     trainer = train(cfg, model, tokenizer, rows, folder, callbacks,
                     **{k: v for k, v in cfg.first_phase.items() if k != "counts"})
     model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
-    model.save_pretrained(folder)
-    (folder / "summary.json").write_text(json.dumps({"steps": trainer.state.global_step,
-                                                       "conversations": len(rows)}) + "\n")
+    if main:  # under a launch, every rank holds the same model; one writes it
+        model.save_pretrained(folder)
+        (folder / "summary.json").write_text(json.dumps({"steps": trainer.state.global_step,
+                                                           "conversations": len(rows)}) + "\n")
     return model, trainer.state.global_step
 
 
-def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple[dict, dict]:
+def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bool = True) -> tuple[dict, dict]:
     """Interrogate the base model on the fact set (refusals where it does not know) and build the
     search index and its traces. Skipped when neither source is asked for or no corpus is given."""
     from hfstack.conversations import knowledge
@@ -318,7 +324,8 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path) -> tuple
         from hfstack.tools.search import SearchIndex
 
         index = SearchIndex.build(texts)
-        index.save(out / "search_index")
+        if main:
+            index.save(out / "search_index")
         extra["search"] = knowledge.search_conversations(facts[:wanted["search"]], index, cfg.seed)
         report["search_traces"] = len(extra["search"]["train"])
     model.train()
