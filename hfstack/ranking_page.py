@@ -16,87 +16,13 @@ in the person's name.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hfstack.webguard import GuardedHandler, GuardedHTTPServer, Refused
 
 MAX_BODY_BYTES = 64 * 1024  # a ranking is a prompt id and a handful of indices
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>hfstack · rank rollouts</title>
-<style>
- body { font: 16px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
- #prompt { font-size: 1.2rem; background: #f3f0ff; padding: .8rem 1rem; border-radius: .5rem; }
- .card { border: 2px solid #ccc; border-radius: .5rem; padding: .6rem .9rem; margin: .5rem 0; cursor: pointer;
-         white-space: pre-wrap; display: flex; gap: .8rem; }
- .card:hover { border-color: #888; }
- .card.picked { border-color: #4a3aff; background: #f7f6ff; }
- .key { font-weight: bold; min-width: 1.5rem; }
- .place { margin-left: auto; font-weight: bold; color: #4a3aff; }
- #status, #help { color: #555; }
- button { font-size: 1rem; padding: .4rem 1rem; }
-</style></head>
-<body>
-<h1>Rank the answers, best first</h1>
-<p id="help">Press the number of the best answer, then the next best, … (or click the answers in order).
-Backspace undoes the last pick, Enter saves.</p>
-<p id="status">loading…</p>
-<div id="prompt"></div>
-<div id="cards"></div>
-<p><button id="undo">Undo (Backspace)</button> <button id="save" disabled>Save ranking (Enter)</button></p>
-<script>
-let item = null, order = [];
-async function loadNext() {
-  const response = await fetch("api/next");
-  const data = await response.json();
-  item = data.item; order = [];
-  document.getElementById("status").textContent =
-    `${data.ranked} of ${data.total} prompts ranked` + (item ? "" : " · all done, thank you!");
-  render();
-}
-function render() {
-  document.getElementById("prompt").textContent = item ? item.prompt : "";
-  const cards = document.getElementById("cards");
-  cards.innerHTML = "";
-  if (!item) return;
-  item.completions.forEach((text, index) => {
-    const card = document.createElement("div");
-    const place = order.indexOf(index);
-    card.className = "card" + (place >= 0 ? " picked" : "");
-    card.dataset.index = index;
-    card.innerHTML = `<span class="key">${index + 1}</span><span class="text"></span>` +
-                     `<span class="place">${place >= 0 ? "#" + (place + 1) : ""}</span>`;
-    card.querySelector(".text").textContent = text || "(empty)";
-    card.addEventListener("click", () => pick(index));
-    cards.appendChild(card);
-  });
-  document.getElementById("save").disabled = order.length !== item.completions.length;
-}
-function pick(index) {
-  if (!item || order.includes(index)) return;
-  order.push(index);
-  const left = item.completions.map((_, i) => i).filter(i => !order.includes(i));
-  if (left.length === 1) order.push(left[0]);  // the last one places itself
-  render();
-}
-function undo() {
-  if (item && order.length) { order.pop(); if (order.length === item.completions.length - 1) order.pop(); render(); }
-}
-async function save() {
-  if (!item || order.length !== item.completions.length) return;
-  const response = await fetch("api/rank", {method: "POST", headers: {"Content-Type": "application/json"},
-                                            body: JSON.stringify({prompt_id: item.prompt_id, order: order})});
-  if (!response.ok) { document.getElementById("status").textContent = "not saved: " + await response.text(); return; }
-  await loadNext();
-}
-document.addEventListener("keydown", (event) => {
-  if (/^[1-9]$/.test(event.key)) pick(Number(event.key) - 1);
-  else if (event.key === "Backspace") { event.preventDefault(); undo(); }
-  else if (event.key === "Enter") save();
-});
-document.getElementById("undo").addEventListener("click", undo);
-document.getElementById("save").addEventListener("click", save);
-loadNext();
-</script></body></html>
-"""
+PAGE = (Path(__file__).parent / "ui" / "rank.html").read_text(encoding="utf-8")  # package data
 
 
 def make_server(store, host: str = "127.0.0.1", port: int = 7861) -> GuardedHTTPServer:

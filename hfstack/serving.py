@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 from hfstack.config import bounded, check_fields, model_folder
 from hfstack.webguard import GuardedHandler, GuardedHTTPServer, Refused
@@ -89,70 +90,7 @@ def without_protocol_tokens(text: str) -> str:
     return text
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>hfstack chat</title>
-<style>
- body { font: 16px/1.45 system-ui, sans-serif; max-width: 50rem; margin: 1.5rem auto; padding: 0 1rem; }
- #log div { margin: .5rem 0; padding: .5rem .8rem; border-radius: .5rem; white-space: pre-wrap; }
- .user { background: #eef; } .assistant { background: #f6f6f6; }
- .tool { background: #fff8e0; font-family: ui-monospace, monospace; font-size: .9rem; }
- #system { width: 100%; } form { display: flex; gap: .5rem; } #question { flex: 1; font-size: 1rem; }
-</style></head>
-<body>
-<h1>hfstack chat</h1>
-<label>System message <input id="system" placeholder="(the model's default)"></label>
-<div id="log"></div>
-<form id="ask"><input id="question" autocomplete="off" placeholder="Ask something, Enter to send" autofocus>
-<button>Send</button></form>
-<script>
-const history = [];
-function bubble(kind, text) {
-  const div = document.createElement("div");
-  div.className = kind; div.textContent = text;
-  document.getElementById("log").appendChild(div);
-  return div;
-}
-document.getElementById("ask").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const box = document.getElementById("question");
-  const question = box.value.trim();
-  if (!question) return;
-  box.value = "";
-  history.push({role: "user", content: question});
-  bubble("user", question);
-  let answer = bubble("assistant", ""), call = null;
-  const response = await fetch("api/chat", {method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({messages: history, system: document.getElementById("system").value})});
-  if (!response.ok) {  // refused (the reason is one JSON line): drop the question so the next one can go
-    history.pop();
-    answer.textContent = "refused: " + ((await response.json().catch(() => ({}))).error || response.status);
-    return;
-  }
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  while (true) {
-    const {value, done} = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, {stream: true});
-    let newline;
-    while ((newline = buffer.indexOf("\\n")) >= 0) {
-      const event = JSON.parse(buffer.slice(0, newline));
-      buffer = buffer.slice(newline + 1);
-      if (event.type === "text") answer.textContent += event.text;
-      else if (event.type === "tool") {
-        bubble("tool", `[${event.tool}] ${event.input}\\n→ ${event.output}`);
-        answer = bubble("assistant", "");
-      } else if (event.type === "done") {
-        answer.dataset.done = "1";
-        answer.classList.add("final");
-        history.push({role: "assistant", content: event.answer});
-      }
-    }
-  }
-});
-</script></body></html>
-"""
+PAGE = (Path(__file__).parent / "ui" / "chat.html").read_text(encoding="utf-8")  # package data
 
 
 def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServer:

@@ -22,7 +22,7 @@ def test_recipes_dir_is_inside_the_package():
         assert (REPO / "recipes").is_symlink() and (REPO / "recipes").resolve() == recipes_dir()
 
 
-def test_the_wheel_holds_the_recipes(tmp_path):
+def test_the_wheel_holds_the_recipes_and_the_pages(tmp_path):
     # build from a clean copy: setuptools reuses build/ in the source tree, where an earlier build's
     # files would land in the wheel whatever the package-data says
     source = tmp_path / "src"
@@ -37,4 +37,5 @@ def test_the_wheel_holds_the_recipes(tmp_path):
         expected = {f"hfstack/recipes/{folder}/{p.name}" for p in (recipes_dir() / folder).glob("*.yaml")}
         assert expected and expected <= names, sorted(expected - names)
     assert "hfstack/recipes/__init__.py" not in names
+    assert {"hfstack/ui/chat.html", "hfstack/ui/rank.html"} <= names  # the web pages, read at import
     assert not any(name.startswith("recipes/") for name in names)  # the top-level link is not installed
