@@ -29,7 +29,7 @@ from typing import Literal
 from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
-from hfstack.rundir import finish_output, newest_checkpoint, start_output, wait_for_all_ranks
+from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output, wait_for_all_ranks
 
 
 @dataclass
@@ -207,7 +207,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         summary["frozen_parameters"] = frozen
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"[sft] done: {json.dumps(summary)}", flush=True)
+        print0(f"[sft] done: {json.dumps(summary)}")
     finish_output(out, "sft", main, steps=trainer.state.global_step)
     wait_for_all_ranks()
     return out
@@ -262,7 +262,7 @@ def freeze(model, names: list[str]) -> int:
         parameters[name].requires_grad_(False)
     frozen = sum(parameters[name].numel() for name in names)
     if names:
-        print(f"[sft] frozen for the mixture: {frozen:,} values in {len(names)} parameters", flush=True)
+        print0(f"[sft] frozen for the mixture: {frozen:,} values in {len(names)} parameters")
     return frozen
 
 
@@ -277,14 +277,14 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
 
     folder = out / "first_phase"
     if (folder / "summary.json").is_file():
-        print(f"[sft] first phase already done: {folder}", flush=True)
+        print0(f"[sft] first phase already done: {folder}")
         return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
     rows, _ = build_mixture(cfg.first_phase["counts"], card, [], [], -1, cfg.seed, {})
     if not rows:
         raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got "
                           f"{cfg.first_phase['counts']}")
-    print(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
-          f"{cfg.first_phase['max_steps']} steps", flush=True)
+    print0(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
+           f"{cfg.first_phase['max_steps']} steps")
     trainer = train(cfg, model, tokenizer, rows, folder, callbacks,
                     **{k: v for k, v in cfg.first_phase.items() if k != "counts"})
     model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
@@ -304,7 +304,7 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bo
     if not any(wanted.values()):
         return {}, {}
     if not cfg.facts_from and not cfg.facts_file:
-        print("[sft] knowledge and search sources skipped: set facts_from (the corpus) or facts_file")
+        print0("[sft] knowledge and search sources skipped: set facts_from (the corpus) or facts_file")
         return {}, {}
     from hfstack.tokenization import read_texts
 
@@ -317,8 +317,8 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bo
                                         knowledge.load_judge(cfg.judge))
         report |= {"known_facts": sum(r["known"] for r in results),
                    "unknown_facts": sum(not r["known"] for r in results)}
-        print(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
-              f"does not know {report['unknown_facts']} (those get refusals)", flush=True)
+        print0(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
+               f"does not know {report['unknown_facts']} (those get refusals)")
         extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed, repeats=cfg.knowledge_repeats)
     if wanted["search"] and texts:
         from hfstack.tools.search import SearchIndex

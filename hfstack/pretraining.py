@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output, wait_for_all_ranks
+from hfstack.rundir import finish_output, newest_checkpoint, print0, process_state, start_output, wait_for_all_ranks
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 
@@ -271,21 +271,19 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         meta = encode_corpus(files, cfg.text_column, tokenizer, cfg.tokenizer, out / "cache", cfg.val_fraction,
                              cfg.num_proc, cfg.progress and state.is_main_process)
     train, val = load_splits(meta, cfg.seq_len, cfg.micro_batch_size)
-    if not len(val) and state.is_main_process:
-        print(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
-              "(raise val_fraction)", flush=True)
+    if not len(val):
+        print0(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
+               "(raise val_fraction)")
     # a continued run's unseen rows already carry what an earlier corpus taught them: left alone
     wants_spread = cfg.spread_unseen_tokens and not cfg.init_from
     unseen = unseen_token_ids(train.tokens, len(tokenizer)) if wants_spread else None
     on_cpu = not torch.cuda.is_available()
     use_bf16 = wants_bf16(cfg.precision)
     args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
-    if state.is_main_process:
-        print(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
-              f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
-              f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
-              f"per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""),
-              flush=True)
+    print0(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
+           f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
+           f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
+           f"per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""))
     tokens_per_step = args.gradient_accumulation_steps * cfg.micro_batch_size * cfg.seq_len * state.num_processes
     peak = cfg.peak_flops or peak_flops_per_device(use_bf16)
     logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
@@ -301,8 +299,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         checkpoint = newest_checkpoint(Path(args.output_dir))
     elif cfg.resume != "never":
         checkpoint = cfg.resume
-    if checkpoint and state.is_main_process:
-        print(f"[pretrain] resuming from {checkpoint}", flush=True)
+    if checkpoint:
+        print0(f"[pretrain] resuming from {checkpoint}")
     started = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.state.global_step < cfg.max_steps:  # stopped early (a callback): keep checkpoints, no final model
@@ -319,7 +317,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
                    "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
                    "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"[pretrain] done: {json.dumps(summary)}", flush=True)
+        print0(f"[pretrain] done: {json.dumps(summary)}")
     finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
     wait_for_all_ranks()
     return out

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, import_object, model_folder
-from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output
 
 BUILTIN_TASKS = ("arithmetic", "counting")
 ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
@@ -223,7 +223,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
     sets = held_out(cfg.model, cfg.eval_limit, cfg.seed)
     before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
-    print(f"[rl] pass@1 before: {before}", flush=True)
+    print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -240,7 +240,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
-    print(f"[rl] pass@1 after: {after}", flush=True)
+    print0(f"[rl] pass@1 after: {after}")
     if not main:
         return out
     model.save_pretrained(out)
@@ -256,7 +256,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
               "seconds_per_step": round(trainer.state.log_history[-1].get("train_runtime", 0)
                                         / max(1, trainer.state.global_step), 3), "reward_curves": curves}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"[rl] done: {json.dumps(report)}", flush=True)
+    print0(f"[rl] done: {json.dumps(report)}")
     finish_output(out, "rl", steps=trainer.state.global_step)
     return out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output
 
 
 @dataclass
@@ -126,6 +126,6 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
               "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],
               "last_loss": losses[-1:]}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"[reward] done: {json.dumps(report)}", flush=True)
+    print0(f"[reward] done: {json.dumps(report)}")
     finish_output(out, "reward", steps=trainer.state.global_step)
     return out

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.rundir import finish_output, newest_checkpoint, process_state, start_output
+from hfstack.rundir import finish_output, newest_checkpoint, print0, process_state, start_output
 
 ALGORITHMS = ("rloo", "grpo", "ppo")
 
@@ -121,11 +121,10 @@ class HackingWatch:
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
-        print(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
-              f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}",
-              flush=True)
+        print0(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
+               f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}")
         if alarm:
-            print(f"[rlhf] WARNING {alarm}", flush=True)
+            print0(f"[rlhf] WARNING {alarm}")
         return alarm is not None and self.cfg.on_hack == "stop"
 
 
@@ -218,7 +217,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
               "alarms": watch.alarms}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"[rlhf] done: {json.dumps(report)}", flush=True)
+    print0(f"[rlhf] done: {json.dumps(report)}")
     finish_output(out, "rlhf", steps=len(rows))
     return out
 

@@ -91,7 +91,7 @@ def newest_checkpoint(folder: Path) -> str | None:
     steps = {p: checkpoint_step(p) for p in Path(folder).glob("checkpoint-*") if p.is_dir()}
     for checkpoint in sorted((p for p, step in steps.items() if step is not None), key=steps.get, reverse=True):
         if read_json(checkpoint / "trainer_state.json") is None:
-            print(f"[resume] skipping the incomplete checkpoint {checkpoint}", flush=True)
+            print0(f"[resume] skipping the incomplete checkpoint {checkpoint}")
             continue
         return str(checkpoint)
     return None
@@ -335,6 +335,17 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def print0(*args, **kwargs) -> None:
+    """print, on the main process only (flushed unless told otherwise), so that a launched run says each
+    line once. "Main" is read from the environment (RANK, else LOCAL_RANK; absent is rank 0), which
+    torchrun and accelerate set for every process they start: no torch.distributed or Accelerate state
+    is created, and a single-process stage does not import torch to print."""
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    if not rank.strip().isdigit() or int(rank) == 0:  # an unreadable value counts as absent
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
 
 
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, MPI

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from hfstack.rundir import print0
+
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
                  "4090": 165e12, "3090": 71e12}
 
@@ -25,7 +27,7 @@ def available_trackers(wanted: list[str]) -> list[str]:
     installed = set(get_available_reporting_integrations())
     missing = [name for name in wanted if name not in installed]
     if missing:
-        print(f"[telemetry] not installed, not reporting to: {', '.join(missing)}")
+        print0(f"[telemetry] not installed, not reporting to: {', '.join(missing)}")
     return [name for name in wanted if name in installed] or ["none"]
 
 
@@ -53,7 +55,7 @@ def peak_flops_per_device(bf16: bool) -> float:
         for key, peak in GPU_PEAK_BF16.items():
             if key in name:
                 return peak if bf16 else peak / 2  # TF32 tensor-core rate is half the bf16 one on these parts
-        print(f"[telemetry] unknown GPU '{name}': MFU uses a measured matmul peak; set peak_flops to fix it")
+        print0(f"[telemetry] unknown GPU '{name}': MFU uses a measured matmul peak; set peak_flops to fix it")
     return measured_matmul_flops()
 
 
@@ -102,7 +104,7 @@ class SampleWriter(TrainerCallback):
                    for p in self.prompts]
         self.logger.write({"step": state.global_step, "samples": samples}, state)
         for sample in samples:
-            print(f"[sample @{state.global_step}] {sample['prompt']!r} → {sample['sample']!r}", flush=True)
+            print0(f"[sample @{state.global_step}] {sample['prompt']!r} → {sample['sample']!r}")
 
 
 def continue_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:

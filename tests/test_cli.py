@@ -216,3 +216,21 @@ def test_help_shows_each_fields_type_default_range_and_comment(capsys):
 def test_an_unknown_key_suggests_the_nearest(capsys):
     assert main(["sft", "--learning_rat", "1e-3"]) == 2
     assert "unknown key 'learning_rat' for SFTStageConfig; did you mean 'learning_rate'?" in capsys.readouterr().err
+
+
+def test_print0_prints_on_the_main_process_only(monkeypatch, capsys):
+    """Under a launch every rank runs the stage's code; print0 says each line once (rank 0), reading the
+    rank from the environment torchrun/accelerate set, without starting torch.distributed."""
+    from hfstack.rundir import print0
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    print0("[stage] not launched")
+    monkeypatch.setenv("RANK", "0")
+    print0("[stage] rank", 0)
+    monkeypatch.setenv("RANK", "1")
+    print0("[stage] rank 1 says nothing")
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # no RANK: the local rank decides
+    print0("[stage] local rank 1 says nothing")
+    assert capsys.readouterr().out == "[stage] not launched\n[stage] rank 0\n"

@@ -13,6 +13,7 @@ import os
 from hfstack.config import ConfigError
 from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity, message
 from hfstack.protocol import contains_protocol_token
+from hfstack.rundir import print0
 
 # The sources generated from the identity card alone (no corpus, no model), each drawing its own
 # seeded stream so that changing one source's count leaves the others' conversations as they were.
@@ -80,7 +81,7 @@ def load_chat_hub(name: str, split: str = "train", limit: int = 1000) -> list[di
     try:
         check_hub_dataset(name)
     except ConfigError as e:
-        print(f"[sft] skipping chat dataset: {e}")
+        print0(f"[sft] skipping chat dataset: {e}")
         return []
     from datasets import load_dataset
 
