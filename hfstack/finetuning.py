@@ -26,7 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
+from hfstack.config import (
+    ConfigError,
+    bounded,
+    check_fields,
+    check_model_folder,
+    check_training_args,
+    model_folder,
+    trainer_config,
+)
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
 from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output, wait_for_all_ranks
@@ -77,9 +85,15 @@ class SFTStageConfig:
     # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
     peft: dict | None = None
     progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "sft")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from trl import SFTConfig
+
+            check_training_args(SFTConfig, self.training_args, "sft")
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
             raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; "
@@ -225,7 +239,7 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
     from hfstack.telemetry import available_trackers
 
     on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
-    args = SFTConfig(
+    args = trainer_config(SFTConfig, "sft", cfg.training_args,
         output_dir=str(out / "checkpoints"), max_steps=on["max_steps"], learning_rate=on["learning_rate"],
         warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine",
         per_device_train_batch_size=on["micro_batch_size"],

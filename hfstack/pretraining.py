@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.config import ConfigError, bounded, check_fields, check_training_args, model_folder, trainer_config
 from hfstack.rundir import finish_output, newest_checkpoint, print0, process_state, start_output, wait_for_all_ranks
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
@@ -82,9 +82,15 @@ class PretrainConfig:
     resume: str = "auto"  # auto: continue from the newest checkpoint if any; never; or a checkpoint path
     seed: int = 0
     progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "pretrain")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from transformers import TrainingArguments
+
+            check_training_args(TrainingArguments, self.training_args, "pretrain")
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.sample_prompts, str):
@@ -192,7 +198,7 @@ def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_
     schedule = {"wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps))}),
                 "cosine": ("cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}),
                 "constant": ("constant_with_warmup", {})}[cfg.schedule]
-    return TrainingArguments(
+    return trainer_config(TrainingArguments, "pretrain", cfg.training_args,
         output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.micro_batch_size, per_device_eval_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.accumulation_steps(world_size),

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, import_object, model_folder
+from hfstack.config import (
+    ConfigError,
+    bounded,
+    check_fields,
+    check_training_args,
+    import_object,
+    model_folder,
+    trainer_config,
+)
 from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output
 
 BUILTIN_TASKS = ("arithmetic", "counting")
@@ -67,9 +75,15 @@ class RLConfig:
     save_every: int = bounded(50, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "rl")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from trl import GRPOConfig
+
+            check_training_args(GRPOConfig, self.training_args, "rl")
         bad = {k: v for k, v in self.tasks.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"rl: 'tasks' are training prompts per task, whole numbers >= 0; got {bad}")
@@ -225,7 +239,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
     print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
-    args = GRPOConfig(
+    args = trainer_config(GRPOConfig, "rl", cfg.training_args,
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=batch, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.config import ConfigError, bounded, check_fields, check_training_args, model_folder, trainer_config
 from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output
 
 
@@ -41,9 +41,15 @@ class RewardStageConfig:
     save_every: int = bounded(200, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "reward")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from trl import RewardConfig
+
+            check_training_args(RewardConfig, self.training_args, "reward")
 
 
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -99,7 +105,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
     on_gpu = torch.cuda.is_available()
-    args = RewardConfig(
+    args = trainer_config(RewardConfig, "reward", cfg.training_args,
         output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.config import ConfigError, bounded, check_fields, check_training_args, model_folder, trainer_config
 from hfstack.rundir import finish_output, newest_checkpoint, print0, process_state, start_output
 
 ALGORITHMS = ("rloo", "grpo", "ppo")
@@ -64,11 +64,20 @@ class RLHFConfig:
     log_every: int = bounded(5, ge=1)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
+    # any other field of TRL's RLOOConfig or GRPOConfig, passed through unchanged (not for ppo: hfstack's own loop)
+    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "rlhf")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"rlhf: unknown algo '{self.algo}'; choose from {', '.join(ALGORITHMS)}")
+        if self.training_args and self.algo == "ppo":
+            raise ConfigError("rlhf: training_args pass through to TRL's trainers; algo ppo is hfstack's own loop, "
+                              "whose settings are this config's fields")
+        if self.training_args:
+            from trl import GRPOConfig, RLOOConfig
+
+            check_training_args(RLOOConfig if self.algo == "rloo" else GRPOConfig, self.training_args, "rlhf")
         if self.algo != "ppo" and self.num_generations < 2:
             raise ConfigError(f"rlhf: algo {self.algo} needs num_generations >= 2 (it compares answers within a "
                               f"group), got {self.num_generations}")
@@ -231,7 +240,7 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     from hfstack.telemetry import available_trackers
 
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algo == "rloo" else (GRPOConfig, GRPOTrainer)
-    args = config_cls(
+    args = trainer_config(config_cls, "rlhf", cfg.training_args,
         output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,

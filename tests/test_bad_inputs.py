@@ -176,6 +176,8 @@ CASES = [
     ("generate --model {fx}/model_ok --seed 4294967296", "'seed' must be in"),
     ("speedrun --overrides '{{pretrain: {{seed: -1}}}}'", "'seed' must be in"),
     ("pretrain --batch_tokens 7", "'batch_tokens' 7 is less than one micro-batch"),
+    ("sft --training_args '{{optimm: sgd}}'", "unknown key 'optimm' for SFTConfig; did you mean 'optim'?"),
+    ("rlhf --algo ppo --training_args '{{optim: sgd}}'", "algo ppo is hfstack's own loop"),
     ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/prompts.jsonl", "prompts.jsonl' exists"),
     ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/nowhere/out.jsonl", "does not exist"),
 ]

@@ -190,3 +190,26 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
         if state is not None:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     assert newest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def test_training_args_pass_through_to_the_trainers_config(tmp_path):
+    """Any field of the trainer's own config reaches it unchanged; an unknown or refused one is a
+    one-line error naming the trainer's config class."""
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    from hfstack.config import ConfigError, trainer_config
+    from hfstack.pretraining import PretrainConfig, training_arguments
+
+    cfg = PretrainConfig(data=["d"], output_dir=str(tmp_path), training_args={"optim": "sgd", "adam_beta1": 0.5})
+    args = training_arguments(cfg, world_size=1, use_bf16=False, on_cpu=True, evaluate=False)
+    assert isinstance(args, TrainingArguments) and args.optim == "sgd" and args.adam_beta1 == 0.5
+    assert args.adam_beta2 == cfg.adam_beta2  # hfstack's own settings stay where not overridden
+    sft = trainer_config(SFTConfig, "sft", {"neftune_noise_alpha": 5.0}, output_dir=str(tmp_path), use_cpu=True,
+                         bf16=False)
+    assert sft.neftune_noise_alpha == 5.0
+    with pytest.raises(ConfigError, match="unknown key 'optimm' for TrainingArguments; did you mean 'optim'"):
+        PretrainConfig(data=["d"], training_args={"optimm": "sgd"})
+    with pytest.raises(ConfigError, match="SFTConfig refused them"):
+        trainer_config(SFTConfig, "sft", {"lr_scheduler_type": "nonsense"}, output_dir=str(tmp_path), use_cpu=True,
+                       bf16=False)
