@@ -114,6 +114,12 @@ def field_range(f: dataclasses.Field) -> Range | None:
     return f.metadata.get("range") or (SEED_RANGE if f.name == "seed" else None)
 
 
+def check_range(source: str, f: dataclasses.Field, value) -> None:
+    bounds = field_range(f)
+    if bounds is not None and not bounds.contains(value):
+        raise ConfigError(f"{source}: '{f.name}' must be {bounds}, got {value}")
+
+
 def expand_home(value):
     """`~/x` as the home directory's x (also inside a list of paths); other values as they are."""
     if isinstance(value, list):
@@ -137,9 +143,7 @@ def check_fields(cfg, stage: str) -> None:
             raise ConfigError(f"{stage}: field '{f.name}': expected {_type_name(base)}, got null")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{stage}: field '{f.name}': expected a finite number, got {value}")
-        bounds = field_range(f)
-        if bounds is not None and not bounds.contains(value):
-            raise ConfigError(f"{stage}: '{f.name}' must be {bounds}, got {value}")
+        check_range(stage, f, value)
         if isinstance(value, str) and value.startswith("~") or isinstance(value, list):
             setattr(cfg, f.name, value := expand_home(value))  # neither YAML nor `--field=~/x` expands it
         if base is str and value == "" and isinstance(f.default, str) and f.default:
@@ -157,9 +161,9 @@ def check_values(cls, values: dict[str, Any], source: str) -> None:
     for key, raw in values.items():
         if key not in field_types:
             raise unknown_key(source, key, cls)
-        value, bounds = _coerce(key, raw, field_types[key]), field_range(fields[key])
-        if value is not None and bounds is not None and not bounds.contains(value):
-            raise ConfigError(f"{source}: '{key}' must be {bounds}, got {value}")
+        value = _coerce(key, raw, field_types[key])
+        if value is not None:
+            check_range(source, fields[key], value)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -273,13 +277,18 @@ def parse_cli_args(args: list[str], field_types: dict[str, Any]) -> dict[str, An
     return out
 
 
-def unknown_key(source: str, key: str, cls) -> ConfigError:
-    """The error for a key the config does not have: the nearest valid one first, then all of them."""
+def nearest(key: str, valid) -> str | None:
+    """The valid name closest to a mistyped `key`, if any is close."""
     import difflib
 
+    matches = difflib.get_close_matches(key, sorted(valid), n=1)
+    return matches[0] if matches else None
+
+
+def unknown_key(source: str, key: str, cls) -> ConfigError:
+    """The error for a key the config does not have: the nearest valid one first, then all of them."""
     valid = sorted(_field_types(cls))
-    nearest = difflib.get_close_matches(key, valid, n=1)
-    hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+    hint = f"did you mean '{close}'? " if (close := nearest(key, valid)) else ""
     return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; {hint}valid keys: {', '.join(valid)}")
 
 
@@ -306,15 +315,12 @@ HFSTACK_TRAINING_ARGS = ("output_dir",)  # the run layout decides where checkpoi
 def check_training_args(config_cls, extra: dict, stage: str) -> None:
     """`training_args` names fields of the trainer's own config class (TrainingArguments, SFTConfig,
     GRPOConfig, ...): an unknown one is a one-line error naming that class and the nearest field."""
-    import difflib
-
     valid = {f.name for f in dataclasses.fields(config_cls) if f.init}
     for key in extra:
         if key in HFSTACK_TRAINING_ARGS:
             raise ConfigError(f"{stage}: training_args: '{key}' is hfstack's to set (use --output_dir)")
         if key not in valid:
-            nearest = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+            hint = f"; did you mean '{close}'?" if (close := nearest(key, valid)) else ""
             raise ConfigError(f"{stage}: training_args: unknown key '{key}' for {config_cls.__name__}{hint}")
 
 
