@@ -49,7 +49,6 @@ class Spec:
     # top-level names the stage writes (globs): --overwrite removes these; "folder/name" marks a folder
     # the stage shares with others' files: only the names it writes in there are removed
     outputs: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()  # other path fields whose ~ is expanded
 
 
 STAGES = {
@@ -77,17 +76,13 @@ STAGES = {
     # rlhf's log_every stays in: the reward-hacking watch looks (and may stop the run) at each log
     "rlhf": Spec(inputs=("model", "reward_model", "prompts_file"), ignored=("save_every",),
                  outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
-    "report": Spec(outputs=("report.md", "report.html", "*.png"), paths=("run",)),
+    "report": Spec(outputs=("report.md", "report.html", "*.png")),
     # the speedrun's own steps (hfstack.speedrunner claims their folders for them)
     "crawl": Spec(outputs=("*.warc.gz",)),
     "generate": Spec(inputs=("model",), outputs=("samples.json",)),
     "regurgitation": Spec(inputs=("model", "data"), outputs=("report.json",)),
     "eval": Spec(inputs=("model", "eval_sets"), outputs=("eval.json",)),
 }
-
-
-def spec(stage: str) -> Spec:
-    return STAGES[stage]
 
 
 def plain(value):

@@ -120,8 +120,8 @@ def claim_output(stage: str, cfg, overwrite: bool | None = None, folder: str | P
 
 
 def plan_claim(stage: str, cfg, overwrite: bool | None = None, folder: str | Path | None = None) -> Claim:
-    """Decide without writing: every process of a launch reaches the same verdict from the same files."""
-    expand_home(stage, cfg)
+    """Decide without writing: every process of a launch reaches the same verdict from the same files.
+    Path fields arrive with `~` expanded (hfstack.config.check_fields, when the config was built)."""
     folder = Path(folder if folder is not None else cfg.output_dir).expanduser()
     check_output_dir(stage, folder)
     overwrite = bool(getattr(cfg, "overwrite", False)) if overwrite is None else overwrite
@@ -289,25 +289,11 @@ def record_written(folder: Path, stage: str, info: dict) -> None:
 def stored_run(stage: str, cfg, folder: str | Path) -> str | list[str]:
     """For the speedrun's skip-if-done: "none" when no run's work is recorded in `folder`, "same" when
     `cfg` is that run, else the fields in which it differs."""
-    expand_home(stage, cfg)
     folder = Path(folder).expanduser()
     stored = read_json(folder / FINGERPRINT)
     if stored is None or not work_in(folder, stored, stage):
         return "none"
     return fingerprints.differences(stored, fingerprints.fingerprint(stage, cfg), cfg) or "same"
-
-
-def expand_home(stage: str, cfg) -> None:
-    """`~` in the output folder and the path fields becomes the home directory (the shell does not
-    expand it inside a YAML recipe or after `--field=`)."""
-    spec = fingerprints.spec(stage)
-    for name in ("output_dir", *spec.inputs, *spec.paths):
-        value = getattr(cfg, name, None)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(cfg, name, os.path.expanduser(value))
-        elif isinstance(value, list):
-            setattr(cfg, name, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
-                                for v in value])
 
 
 def check_output_dir(stage: str, folder: Path) -> None:

@@ -301,8 +301,7 @@ STAGES = [
 
 def claim_run(cfg: SpeedrunConfig) -> Path:
     """RUN itself: never $HOME or a root, and a non-empty folder only if a speedrun made it."""
-    cfg.output_dir = str(Path(cfg.output_dir).expanduser())
-    run = Path(cfg.output_dir)
+    run = Path(cfg.output_dir)  # `~` already expanded when the config was built
     check_output_dir("speedrun", run)
     if run.is_dir() and any(run.iterdir()) and not (run / "speedrun.yaml").is_file():
         raise ConfigError(f"speedrun: {run} is not empty and no speedrun made it (no speedrun.yaml); choose a new "

@@ -241,11 +241,10 @@ def build_executors(cfg: DataConfig, stages: list[Stage]) -> list:
 
 def run_data(cfg: DataConfig) -> dict:
     """Run the data stage and return the funnel (also in DIR/stats.json)."""
-    from hfstack.rundir import claim_output, expand_home, finish_output
+    from hfstack.rundir import claim_output, finish_output
     from hfstack.web.funnel import build_funnel, format_funnel, write_funnel
     from hfstack.web.sources import resolve_inputs
 
-    expand_home("data", cfg)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if cfg.hub_dataset:
         from hfstack.web.sources import check_hub_dataset
