@@ -111,6 +111,13 @@ def chat_template(default_system: str | None = None) -> str:
     )
 
 
+def without_protocol_tokens(text: str, also=()) -> str:
+    """`text` with every special token (and the tokens in `also`, e.g. another tokenizer's) removed."""
+    for token in {*SPECIAL_TOKENS, *also}:
+        text = text.replace(token, "")
+    return text
+
+
 def contains_protocol_token(text: str) -> str | None:
     """The first special token spelled out inside `text`, if any (conversation data is checked with this)."""
     for token in SPECIAL_TOKENS:

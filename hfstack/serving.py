@@ -26,6 +26,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from hfstack.config import bounded, check_fields, model_folder
+from hfstack.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
 from hfstack.webguard import GuardedHandler, GuardedHTTPServer, Refused
 
 MAX_BODY_BYTES = 1 << 20  # a long conversation fits; a request that would fill memory does not
@@ -57,9 +58,8 @@ class Generation:
 
 
 def chat_request(body: dict) -> tuple[list[dict], str]:
-    """The messages and system text of a POST /api/chat body, or Refused(400) saying what is wrong."""
-    from hfstack.protocol import contains_protocol_token  # the same check the SFT data goes through
-
+    """The messages and system text of a POST /api/chat body, or Refused(400) saying what is wrong.
+    Protocol tokens are refused with the same check the SFT data goes through."""
     messages, system = body.get("messages"), body.get("system") or ""
     if not isinstance(messages, list) or not messages:
         raise Refused(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects")
@@ -81,15 +81,6 @@ def chat_request(body: dict) -> tuple[list[dict], str]:
     return clean, system
 
 
-def without_protocol_tokens(text: str) -> str:
-    """The answer as the page shows it: the page sends it back as history, which may not hold them."""
-    from hfstack.protocol import SPECIAL_TOKENS
-
-    for token in SPECIAL_TOKENS:
-        text = text.replace(token, "")
-    return text
-
-
 PAGE = (Path(__file__).parent / "ui" / "chat.html").read_text(encoding="utf-8")  # package data
 
 
@@ -99,7 +90,6 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     from transformers import TextStreamer
 
     from hfstack.generation import load_model
-    from hfstack.protocol import TOOL_CALL_TOKENS
     from hfstack.tools.loop import assistant_replies, default_tools
     from hfstack.tools.search import index_of_model
 
@@ -151,6 +141,7 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
                                           cfg.temperature, tools=tools, streamer=QueueStreamer(emit, run),
                                           on_tool=lambda call: emit({"type": "tool", **call}),
                                           should_stop=run.cancelled.is_set)[0]
+            # the page sends the answer back as history, which may not hold protocol tokens
             emit({"type": "done", "answer": without_protocol_tokens(reply.answer)})
         except Exception as e:  # the page shows it; the server keeps serving
             emit({"type": "done", "answer": "", "error": f"{type(e).__name__}: {e}"})

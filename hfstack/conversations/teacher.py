@@ -92,8 +92,6 @@ def teach(cfg: TeachConfig) -> list[dict]:
 
 def _clean(answer: str, tokenizer) -> str:
     """The answer as plain text: the teacher's own control tokens (and ours) removed."""
-    from hfstack.protocol import SPECIAL_TOKENS
+    from hfstack.protocol import without_protocol_tokens
 
-    for token in set(tokenizer.all_special_tokens) | set(SPECIAL_TOKENS):
-        answer = answer.replace(token, "")
-    return answer.strip()
+    return without_protocol_tokens(answer, also=tokenizer.all_special_tokens).strip()
