@@ -6,17 +6,14 @@ Needs /usr/bin/chromium (`apt-get install chromium`); skipped when it is missing
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
+from browser import launch_chromium, needs_chromium
 from sandbox_checks import needs_sandbox
 from tiny import tiny_base
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = [pytest.mark.slow, needs_chromium]
 QUESTION = "What is 6 times 7?"
 
 
@@ -46,7 +43,7 @@ def test_chat_streams_and_shows_the_tool_call(tool_model):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
             page.fill("#question", QUESTION)

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from browser import launch_chromium, needs_chromium
 from test_serve import QUESTION, tool_model  # noqa: F401 - tool_model is a fixture used below
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT = 120  # seconds before a test that hangs is failed instead (a deadline, not a measurement)
 
 
@@ -370,7 +368,7 @@ Promise.allSettled([
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+@needs_chromium
 def test_browser_page_from_another_origin_cannot_rank_but_the_page_can(tmp_path, capsys):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from hfstack.ranking_page import make_server
@@ -396,7 +394,7 @@ def test_browser_page_from_another_origin_cannot_rank_but_the_page_can(tmp_path,
         threading.Thread(target=running.serve_forever, daemon=True).start()
     try:
         with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
             page.wait_for_function("document.title === 'sent'", timeout=WAIT * 1000)
