@@ -26,18 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import (
-    ConfigError,
-    bounded,
-    check_fields,
-    check_model_folder,
-    check_training_args,
-    model_folder,
-    trainer_config,
-)
+from hfstack.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 from hfstack.conversations.generators import IdentityCard
 from hfstack.conversations.mixture import GENERATED_SOURCES
-from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output, wait_for_all_ranks
+from hfstack.launch import print0, wait_for_all_ranks
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.trainer_args import check_training_args, trainer_config
 
 
 @dataclass

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import ConfigError, bounded, check_fields, check_training_args, model_folder, trainer_config
-from hfstack.rundir import finish_output, newest_checkpoint, print0, process_state, start_output, wait_for_all_ranks
+from hfstack.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.launch import print0, process_state, wait_for_all_ranks
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.trainer_args import check_training_args, trainer_config
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 

@@ -25,16 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hfstack.config import (
-    ConfigError,
-    bounded,
-    check_fields,
-    check_training_args,
-    import_object,
-    model_folder,
-    trainer_config,
-)
-from hfstack.rundir import finish_output, newest_checkpoint, print0, start_output
+from hfstack.config import ConfigError, bounded, check_fields, import_object, model_folder
+from hfstack.launch import print0
+from hfstack.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.trainer_args import check_training_args, trainer_config
 
 BUILTIN_TASKS = ("arithmetic", "counting")
 ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",

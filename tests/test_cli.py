@@ -221,7 +221,7 @@ def test_an_unknown_key_suggests_the_nearest(capsys):
 def test_print0_prints_on_the_main_process_only(monkeypatch, capsys):
     """Under a launch every rank runs the stage's code; print0 says each line once (rank 0), reading the
     rank from the environment torchrun/accelerate set, without starting torch.distributed."""
-    from hfstack.rundir import print0
+    from hfstack.launch import print0
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)

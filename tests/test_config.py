@@ -198,8 +198,9 @@ def test_training_args_pass_through_to_the_trainers_config(tmp_path):
     from transformers import TrainingArguments
     from trl import SFTConfig
 
-    from hfstack.config import ConfigError, trainer_config
+    from hfstack.config import ConfigError
     from hfstack.pretraining import PretrainConfig, training_arguments
+    from hfstack.trainer_args import trainer_config
 
     cfg = PretrainConfig(data=["d"], output_dir=str(tmp_path), training_args={"optim": "sgd", "adam_beta1": 0.5})
     args = training_arguments(cfg, world_size=1, use_bf16=False, on_cpu=True, evaluate=False)

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from hfstack.config import ConfigError
 from hfstack.finetuning import SFTStageConfig
+from hfstack.launch import launcher_options
 from hfstack.ranking import RankConfig, RankingStore, rank
 from hfstack.rundir import (
     FINGERPRINT,
@@ -24,7 +25,6 @@ from hfstack.rundir import (
     claim_output,
     finish_output,
     is_done,
-    launcher_options,
     mark_done,
     newest_checkpoint,
     stored_run,
@@ -473,7 +473,7 @@ def test_world_size_must_match_what_the_launcher_started(monkeypatch):
 
     from accelerate.utils import DistributedType
 
-    from hfstack.rundir import check_world_size
+    from hfstack.launch import check_world_size
 
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
@@ -501,5 +501,6 @@ def test_a_launch_whose_processes_do_not_form_one_world_stops_with_one_line(tmp_
     assert done.returncode != 0
     assert ("hfstack pretrain: error: pretrain: launched for 2 processes, but this process sees 1 (distributed "
             "type NO)") in done.stderr
-    assert "non-zero exit status 2" in done.stderr and "rundir.py" not in done.stderr  # exit 2, no hfstack traceback
+    # exit 2, and no traceback from hfstack (accelerate's launcher prints its own)
+    assert "non-zero exit status 2" in done.stderr and "hfstack/launch.py" not in done.stderr
     assert not out.exists()

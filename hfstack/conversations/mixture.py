@@ -12,8 +12,8 @@ import os
 
 from hfstack.config import ConfigError
 from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity, message
+from hfstack.launch import print0
 from hfstack.protocol import contains_protocol_token
-from hfstack.rundir import print0
 
 # The sources generated from the identity card alone (no corpus, no model), each drawing its own
 # seeded stream so that changing one source's count leaves the others' conversations as they were.
