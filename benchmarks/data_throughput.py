@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from hfstack.web import DataConfig, run_data
-from hfstack.web.pipeline import DataPipeline
-from hfstack.web.steps import ResiliparseExtractor
-from hfstack.web.synthetic import write_crawl
-from hfstack.web.warc import HttpResponseFilter, WarcResponseReader
+from hfstack.dataprep.config import DataConfig
+from hfstack.dataprep.steps import ResiliparseExtractor
+from hfstack.dataprep.synthetic import write_crawl
+from hfstack.dataprep.warc import HttpResponseFilter, WarcResponseReader
+from hfstack.stages.data import DataPipeline, run_data
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "crawl-sample.warc.gz"
 

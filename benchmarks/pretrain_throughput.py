@@ -25,8 +25,8 @@ import torch
 
 def corpus(workdir: Path) -> tuple[Path, Path]:
     """Standard-library prose and a 2k-vocab tokenizer trained on it."""
-    from hfstack.tokenization import TokenizerConfig, run_tokenizer
-    from hfstack.web.synthetic import stdlib_articles
+    from hfstack.core.stdlib_text import stdlib_articles
+    from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
     data = workdir / "docs.jsonl"
     with data.open("w") as handle:
@@ -39,8 +39,8 @@ def corpus(workdir: Path) -> tuple[Path, Path]:
 
 def plain_loop(cfg, steps: int, warmup: int) -> float:
     """tokens/s of the smallest correct training loop on the same model and packed data."""
-    from hfstack.packing import encode_corpus, load_splits
-    from hfstack.pretraining import build_model, load_tokenizer
+    from hfstack.dataprep.packing import encode_corpus, load_splits
+    from hfstack.stages.pretrain import build_model, load_tokenizer
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -74,7 +74,7 @@ def hfstack_loop(cfg, run: int) -> float:
     import dataclasses
     import shutil
 
-    from hfstack.pretraining import run_pretrain
+    from hfstack.stages.pretrain import run_pretrain
 
     out = Path(cfg.output_dir) / f"run{run}"
     run_pretrain(dataclasses.replace(cfg, output_dir=str(out)))
@@ -108,9 +108,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two loops, keep each one's best")
     args = parser.parse_args()
 
-    from hfstack.model import count_parameters, flops_per_token
-    from hfstack.pretraining import PretrainConfig, build_model, load_tokenizer
-    from hfstack.telemetry import peak_flops_per_device
+    from hfstack.core.model import count_parameters, flops_per_token
+    from hfstack.core.telemetry import peak_flops_per_device
+    from hfstack.stages.pretrain import PretrainConfig, build_model, load_tokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="hfstack-prebench-"))
     data, tok = corpus(workdir)

@@ -28,8 +28,9 @@ def web_texts(workdir: Path) -> list[str]:
     """English text extracted by the data stage (quality filters off, so there is more of it)."""
     import pyarrow.parquet as pq
 
-    from hfstack.web import DataConfig, run_data
-    from hfstack.web.synthetic import write_crawl
+    from hfstack.dataprep.config import DataConfig
+    from hfstack.dataprep.synthetic import write_crawl
+    from hfstack.stages.data import run_data
 
     warc = str(SHARED_SAMPLE) if SHARED_SAMPLE.is_file() else write_crawl(workdir / "crawl.warc.gz", 600).path
     out = workdir / "data"
@@ -56,7 +57,8 @@ def main():
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before tokenizers starts its thread pool
 
-    from hfstack.tokenization import cl100k, encode_ordinary, is_heldout, tiktoken_encoding, to_transformers, train_bpe
+    from hfstack.core.tokens import cl100k, encode_ordinary, is_heldout, tiktoken_encoding
+    from hfstack.stages.tokenizer import to_transformers, train_bpe
 
     texts = web_texts(Path(tempfile.mkdtemp(prefix="hfstack-tokbench-")))
     train = [t for t in texts if not is_heldout(t, HELDOUT)]

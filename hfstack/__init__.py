@@ -6,63 +6,42 @@ Every stage is a plain function taking its config dataclass:
     hfstack.data(hfstack.DataConfig(input=["crawl/*.warc.gz"], output_dir="runs/me/data"))
     hfstack.tokenizer(hfstack.TokenizerConfig(input=["runs/me/data"], output_dir="runs/me/tokenizer"))
     hfstack.speedrun(hfstack.SpeedrunConfig(preset="tiny"))
+    hfstack.sft(hfstack.recipe("sft", "tiny", max_steps=10))
 
-Names are resolved lazily, so `import hfstack` stays instant. Stage modules are named apart from
-these functions (hfstack/tokenization.py, hfstack/speedrunner.py), so importing one never hides a
-function.
+The names come from the one registry of stages (hfstack/stages/__init__.py) and are resolved lazily,
+so `import hfstack` stays instant.
 """
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "DataConfig": ("hfstack.web.config", "DataConfig"),
-    "data": ("hfstack.web.pipeline", "run_data"),
-    "TokenizerConfig": ("hfstack.tokenization", "TokenizerConfig"),
-    "tokenizer": ("hfstack.tokenization", "run_tokenizer"),
-    "TokenizeConfig": ("hfstack.tokenview", "TokenizeConfig"),
-    "tokenize": ("hfstack.tokenview", "tokenize"),
-    "PretrainConfig": ("hfstack.pretraining", "PretrainConfig"),
-    "pretrain": ("hfstack.pretraining", "run_pretrain"),
-    "GenerateConfig": ("hfstack.generation", "GenerateConfig"),
-    "generate": ("hfstack.generation", "generate"),
-    "RegurgitationConfig": ("hfstack.generation", "RegurgitationConfig"),
-    "regurgitation": ("hfstack.generation", "regurgitation"),
-    "SFTStageConfig": ("hfstack.finetuning", "SFTStageConfig"),
-    "sft": ("hfstack.finetuning", "run_sft"),
-    "ChatConfig": ("hfstack.chatting", "ChatConfig"),
-    "chat": ("hfstack.chatting", "chat"),
-    "EvalConfig": ("hfstack.evaluation", "EvalConfig"),
-    "evaluate": ("hfstack.evaluation", "evaluate"),
-    "RLConfig": ("hfstack.reinforcement", "RLConfig"),
-    "rl": ("hfstack.reinforcement", "run_rl"),
-    "RankConfig": ("hfstack.ranking", "RankConfig"),
-    "rank": ("hfstack.ranking", "rank"),
-    "RewardStageConfig": ("hfstack.reward_model", "RewardStageConfig"),
-    "reward": ("hfstack.reward_model", "run_reward"),
-    "RLHFConfig": ("hfstack.rlhf_training", "RLHFConfig"),
-    "rlhf": ("hfstack.rlhf_training", "run_rlhf"),
-    "ServeConfig": ("hfstack.serving", "ServeConfig"),
-    "serve": ("hfstack.serving", "serve"),
-    "ReportConfig": ("hfstack.reportcard", "ReportConfig"),
-    "report": ("hfstack.reportcard", "report"),
-    "PushConfig": ("hfstack.hub", "PushConfig"),
-    "push": ("hfstack.hub", "push"),
-    "recipe": ("hfstack.speedrunner", "recipe"),
-    "SpeedrunConfig": ("hfstack.speedrunner", "SpeedrunConfig"),
-    "speedrun": ("hfstack.speedrunner", "speedrun"),
-    "SynthCrawlConfig": ("hfstack.web.synthetic", "SynthCrawlConfig"),
-    "synth_crawl": ("hfstack.web.synthetic", "synth_crawl"),
-    "ConfigError": ("hfstack.config", "ConfigError"),
-    "load_config": ("hfstack.config", "load_config"),
+_EXTRAS = {
+    "recipe": ("hfstack.stages", "recipe"),
+    "ConfigError": ("hfstack.core.config", "ConfigError"),
+    "load_config": ("hfstack.core.config", "load_config"),
 }
 
-__all__ = list(_EXPORTS)
+
+def _exports() -> dict[str, tuple[str, str]]:
+    """public name -> (module, attribute): each stage's runner and config class, plus a few helpers."""
+    from hfstack.stages import STAGES
+
+    names = dict(_EXTRAS)
+    for stage in STAGES:
+        module = f"hfstack.stages.{stage.module}"
+        names[stage.api] = (module, "run")
+        names[stage.config] = (module, "Config")
+    return names
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
+    exports = _exports()
+    if name not in exports:
         raise AttributeError(f"module 'hfstack' has no attribute '{name}'")
     import importlib
 
-    module, attr = _EXPORTS[name]
+    module, attr = exports[name]
     return getattr(importlib.import_module(module), attr)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_exports()))

@@ -47,7 +47,8 @@ def sample_run(crawl_sample, tmp_path_factory):
     """
     import json
 
-    from hfstack.web import DataConfig, run_data
+    from hfstack.dataprep.config import DataConfig
+    from hfstack.stages.data import run_data
 
     out = tmp_path_factory.mktemp("sample") / "data"
     funnel = run_data(DataConfig(input=[str(crawl_sample)], output_dir=str(out), tasks=2, quality=False,

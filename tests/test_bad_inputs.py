@@ -186,8 +186,8 @@ CASES = [
 def test_a_busy_port_is_one_line(tmp_path, capsys):
     import socket
 
-    from hfstack.config import ConfigError
-    from hfstack.webguard import GuardedHandler, GuardedHTTPServer
+    from hfstack.core.config import ConfigError
+    from hfstack.ui.http import GuardedHandler, GuardedHTTPServer
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:.*Address already in use"):
@@ -195,7 +195,7 @@ def test_a_busy_port_is_one_line(tmp_path, capsys):
 
 
 def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
-    from hfstack.generation import GenerateConfig
+    from hfstack.stages.generate import GenerateConfig
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -278,7 +278,7 @@ def _fake_command(monkeypatch, error):
 def test_the_checks_hold_for_configs_built_in_python(config, fields, names):
     """`__post_init__` runs the same checks, so `hfstack.PretrainConfig(max_steps=0)` fails too."""
     import hfstack
-    from hfstack.config import ConfigError
+    from hfstack.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=names):
         getattr(hfstack, config)(**fields)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hfstack.cli import main
-from hfstack.rundir import MARKER
+from hfstack.core.rundir import MARKER
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1"}
 
@@ -130,7 +130,7 @@ def test_python_api_matches_cli(tmp_path):
 
 def test_tokenize_views_text_and_chat_in_terminal_and_html(tmp_path, capsys):
     from hfstack.cli import main
-    from hfstack.tokenization import to_transformers, train_bpe
+    from hfstack.stages.tokenizer import to_transformers, train_bpe
 
     tokenizer_dir = tmp_path / "tok"
     to_transformers(train_bpe(["the cat sat on the mat, and the dog sat on the log. "] * 50, 300)) \
@@ -167,9 +167,10 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
     and `accelerate launch -m hfstack <stage> --config RUN/launch/<stage>.yaml` runs it; it loads back equal."""
     import subprocess
 
-    from hfstack.config import load_config
-    from hfstack.reward_model import RewardStageConfig
-    from hfstack.speedrunner import SpeedrunConfig, recipe, recipes_dir, train
+    from hfstack.core.config import load_config
+    from hfstack.core.recipes import recipes_dir
+    from hfstack.stages.reward import RewardStageConfig
+    from hfstack.stages.speedrun import SpeedrunConfig, recipe, train
 
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda line: calls.append(line) or 0)
@@ -221,7 +222,7 @@ def test_an_unknown_key_suggests_the_nearest(capsys):
 def test_print0_prints_on_the_main_process_only(monkeypatch, capsys):
     """Under a launch every rank runs the stage's code; print0 says each line once (rank 0), reading the
     rank from the environment torchrun/accelerate set, without starting torch.distributed."""
-    from hfstack.launch import print0
+    from hfstack.core.launch import print0
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)

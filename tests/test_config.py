@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfstack.config import ConfigError, load_config, parse_cli_args, save_config
-from hfstack.speedrunner import recipes_dir
-from hfstack.web import DataConfig
+from hfstack.core.config import ConfigError, load_config, parse_cli_args, save_config
+from hfstack.core.recipes import recipes_dir
+from hfstack.dataprep.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def test_a_recipe_extends_another_and_lists_only_what_it_changes(tmp_path):
 
 
 def test_the_variant_recipes_change_only_what_they_say():
-    from hfstack.config import read_yaml
+    from hfstack.core.config import read_yaml
 
     base, variant = (read_yaml(recipes_dir() / "tiny" / name) for name in ("sft.yaml", "sft-identity.yaml"))
     changed = {key for key in base.keys() | variant.keys() if base.get(key) != variant.get(key)}
@@ -120,10 +120,10 @@ def _stage_of(recipe):
     return recipe.stem.split("-")[0] if recipe.parent.name not in STAGE_CONFIGS else recipe.parent.name
 
 
-STAGE_CONFIGS = {"data": "hfstack.web.config:DataConfig", "tokenizer": "hfstack.tokenization:TokenizerConfig",
-                 "pretrain": "hfstack.pretraining:PretrainConfig", "sft": "hfstack.finetuning:SFTStageConfig",
-                 "rl": "hfstack.reinforcement:RLConfig", "rank": "hfstack.ranking:RankConfig",
-                 "reward": "hfstack.reward_model:RewardStageConfig", "rlhf": "hfstack.rlhf_training:RLHFConfig"}
+STAGE_CONFIGS = {"data": "hfstack.dataprep.config:DataConfig", "tokenizer": "hfstack.stages.tokenizer:TokenizerConfig",
+                 "pretrain": "hfstack.stages.pretrain:PretrainConfig", "sft": "hfstack.stages.sft:SFTStageConfig",
+                 "rl": "hfstack.stages.rl:RLConfig", "rank": "hfstack.stages.rank:RankConfig",
+                 "reward": "hfstack.stages.reward:RewardStageConfig", "rlhf": "hfstack.stages.rlhf:RLHFConfig"}
 REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
 
 
@@ -182,7 +182,7 @@ def test_the_readme_python_example_names_real_functions_and_recipes():
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
-    from hfstack.rundir import newest_checkpoint
+    from hfstack.core.rundir import newest_checkpoint
 
     assert newest_checkpoint(tmp_path) is None
     for step, state in ((2, '{"global_step": 2}'), (4, None), (10, '{"global_st')):  # complete, no state, torn
@@ -198,9 +198,9 @@ def test_training_args_pass_through_to_the_trainers_config(tmp_path):
     from transformers import TrainingArguments
     from trl import SFTConfig
 
-    from hfstack.config import ConfigError
-    from hfstack.pretraining import PretrainConfig, training_arguments
-    from hfstack.trainer_args import trainer_config
+    from hfstack.core.config import ConfigError
+    from hfstack.core.trainer_args import trainer_config
+    from hfstack.stages.pretrain import PretrainConfig, training_arguments
 
     cfg = PretrainConfig(data=["d"], output_dir=str(tmp_path), training_args={"optim": "sgd", "adam_beta1": 0.5})
     args = training_arguments(cfg, world_size=1, use_bf16=False, on_cpu=True, evaluate=False)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from hfstack.rundir import is_done
-from hfstack.web import DataConfig, run_data
-from hfstack.web.pipeline import DataPipeline, build_executors
-from hfstack.web.synthetic import write_crawl
+from hfstack.core.rundir import is_done
+from hfstack.dataprep.config import DataConfig
+from hfstack.dataprep.synthetic import write_crawl
+from hfstack.stages.data import DataPipeline, build_executors, run_data
 
 
 def kept_urls(out: Path) -> list[str]:
@@ -47,8 +47,8 @@ def test_sample_language_gate_drops_only_foreign_pages(sample_run, crawl_sample)
     """The gate before extraction drops nothing the labels call English, and most of the foreign pages
     (the rest are left to the language step after extraction)."""
     _, funnel, labels = sample_run
-    from hfstack.web.steps import LanguageGate
-    from hfstack.web.warc import HttpResponseFilter, WarcResponseReader
+    from hfstack.dataprep.steps import LanguageGate
+    from hfstack.dataprep.warc import HttpResponseFilter, WarcResponseReader
 
     pages = list(HttpResponseFilter()(WarcResponseReader([str(crawl_sample)])()))
     passed = {d.metadata["url"] for d in LanguageGate(["en"])(pages)}
@@ -168,7 +168,7 @@ def test_slurm_and_ray_executors_are_constructed(tmp_path):
     ray_executors = build_executors(ray, DataPipeline(ray).stages())
     assert all(isinstance(e, RayPipelineExecutor) for e in ray_executors)
     assert ray_executors[0].cpus_per_task == 2
-    from hfstack.config import ConfigError
+    from hfstack.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="partition, time"):
         build_executors(DataConfig(input=[crawl], executor="slurm"), stages[:1])

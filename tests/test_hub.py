@@ -51,10 +51,10 @@ def run_dir(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hfstack.model import build_config, model_dims
-    from hfstack.protocol import chat_template
-    from hfstack.ranking import RankingStore
-    from hfstack.tokenization import to_transformers, train_bpe
+    from hfstack.core.model import build_config, model_dims
+    from hfstack.core.protocol import chat_template
+    from hfstack.stages.rank import RankingStore
+    from hfstack.stages.tokenizer import to_transformers, train_bpe
 
     run = tmp_path / "run"
     tokenizer = to_transformers(train_bpe(["the cat sat on the mat and the dog sat on the log. "] * 40, 300))
@@ -107,8 +107,8 @@ def test_push_then_load_back_models_and_datasets(run_dir, tmp_path):
 
 
 def test_push_needs_a_repo_id_and_a_login(tmp_path):
-    from hfstack.config import ConfigError
-    from hfstack.hub import PushConfig
+    from hfstack.core.config import ConfigError
+    from hfstack.stages.push import PushConfig
 
     with pytest.raises(ConfigError, match="USER/NAME"):
         PushConfig(run=str(tmp_path), repo_id="no-slash")
@@ -224,7 +224,7 @@ def test_include_eval_sets_adds_the_held_out_sets(seeded_run, tmp_path):
 
 
 def test_files_to_push_takes_weights_tokenizer_and_adapters_only(tmp_path):
-    from hfstack.hub import files_to_push
+    from hfstack.stages.push import files_to_push
 
     allowed = {"adapter_config.json", "adapter_model.safetensors", "model-00001-of-00002.safetensors",
                "model-00002-of-00002.safetensors", "model.safetensors.index.json", "config.json",
@@ -246,9 +246,9 @@ def test_files_to_push_takes_weights_tokenizer_and_adapters_only(tmp_path):
 def test_push_names_hf_auth_login_and_creates_private_repos(run_dir, monkeypatch):
     import huggingface_hub
 
-    import hfstack.hub
-    from hfstack.config import ConfigError
-    from hfstack.hub import PushConfig, push
+    import hfstack.stages.push
+    from hfstack.core.config import ConfigError
+    from hfstack.stages.push import PushConfig, push
 
     calls = []
 
@@ -269,7 +269,7 @@ def test_push_names_hf_auth_login_and_creates_private_repos(run_dir, monkeypatch
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     with pytest.raises(ConfigError, match="hf auth login"):
         push(PushConfig(run=str(run_dir), repo_id="tester/tiny"))
-    assert calls == [] and "hf auth login" in hfstack.hub.__doc__
+    assert calls == [] and "hf auth login" in hfstack.stages.push.__doc__
     RecordingApi.logged_in = True
     push(PushConfig(run=str(run_dir), repo_id="tester/tiny"))
     push(PushConfig(run=str(run_dir), repo_id="tester/tiny", private=False))

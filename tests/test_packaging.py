@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import hfstack
-from hfstack.speedrunner import recipes_dir
+from hfstack.core.recipes import recipes_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

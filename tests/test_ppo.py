@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hfstack.ppo import AdaptiveKL, PPOSettings, gae, policy_loss, train_ppo, value_loss, whiten
+from hfstack.rlalgo.ppo import AdaptiveKL, PPOSettings, gae, policy_loss, train_ppo, value_loss, whiten
 
 from tiny import tiny_tokenizer
 
@@ -73,8 +73,8 @@ def tiny_chat_model(tmp_path_factory):
     """A random 1-layer Llama with hfstack's tokenizer and chat template (no training needed for PPO)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hfstack.model import build_config, model_dims
-    from hfstack.protocol import chat_template
+    from hfstack.core.model import build_config, model_dims
+    from hfstack.core.protocol import chat_template
 
     root = tmp_path_factory.mktemp("ppo")
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer(root, docs=20, vocab_size=300))

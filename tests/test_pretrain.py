@@ -11,13 +11,15 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hfstack.config import ConfigError
-from hfstack.generation import GenerateConfig, RegurgitationConfig, generate, in_context_probe, regurgitation
-from hfstack.model import model_dims
-from hfstack.pretraining import PretrainConfig, run_pretrain
-from hfstack.speedrunner import recipes_dir
-from hfstack.tokenization import TokenizerConfig, is_heldout, run_tokenizer
-from hfstack.web.synthetic import stdlib_articles
+from hfstack.core.config import ConfigError
+from hfstack.core.model import model_dims
+from hfstack.core.recipes import recipes_dir
+from hfstack.core.stdlib_text import stdlib_articles
+from hfstack.core.tokens import is_heldout
+from hfstack.stages.generate import GenerateConfig, generate
+from hfstack.stages.pretrain import PretrainConfig, run_pretrain
+from hfstack.stages.regurgitation import RegurgitationConfig, in_context_probe, regurgitation
+from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_loss_goes_down_and_every_parameter_changes(trained):
 
 
 def test_spreading_pulls_collapsed_unseen_rows_apart_and_leaves_the_rest():
-    from hfstack.pretraining import spread_unseen_tokens
+    from hfstack.stages.pretrain import spread_unseen_tokens
 
     torch.manual_seed(0)
     model = torch.nn.Module()

@@ -47,8 +47,8 @@ def saved(directory: Path) -> dict:
 
 def test_rank_by_keyboard_and_mouse_then_survive_a_restart(tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from hfstack.ranking import RankConfig, RankingStore
-    from hfstack.rundir import claim_output
+    from hfstack.core.rundir import claim_output
+    from hfstack.stages.rank import RankConfig, RankingStore
 
     claim_output("rank", RankConfig(output_dir=str(tmp_path), model="unused"))  # rollouts written by hand below
     store = RankingStore(tmp_path)

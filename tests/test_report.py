@@ -2,7 +2,7 @@
 
 import json
 
-from hfstack.reportcard import ReportConfig, report
+from hfstack.stages.report import ReportConfig, report
 
 
 def test_report_card_from_a_partial_run(tmp_path):

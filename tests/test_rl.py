@@ -11,13 +11,16 @@ import textwrap
 import pytest
 import torch
 
-from hfstack.config import ConfigError
-from hfstack.finetuning import SFTStageConfig, run_sft
-from hfstack.ranking import RankConfig, RankingStore, rank, ranking_to_pairs, reference_judge
-from hfstack.reinforcement import RLConfig, correctness_reward, format_reward, run_rl
-from hfstack.reward_model import RewardStageConfig, run_reward
-from hfstack.rlhf_training import HackingWatch, RLHFConfig, run_rlhf
-from hfstack.rundir import claim_output
+from hfstack.core.config import ConfigError
+from hfstack.core.rundir import claim_output
+from hfstack.rlalgo.rewards import correctness_reward, format_reward
+from hfstack.rlalgo.watch import HackingWatch
+from hfstack.stages.rank import RankConfig, RankingStore, rank, ranking_to_pairs
+from hfstack.stages.reward import RewardStageConfig, run_reward
+from hfstack.stages.rl import RLConfig, run_rl
+from hfstack.stages.rlhf import RLHFConfig, run_rlhf
+from hfstack.stages.sft import SFTStageConfig, run_sft
+from hfstack.tasks.judges import reference_judge
 
 from tiny import tiny_base
 
@@ -83,7 +86,7 @@ def test_grpo_raises_the_reward_on_a_toy_user_task(sft_model, tmp_path, monkeypa
 
 def test_grpo_runs_the_python_tool_inside_rollouts(sft_model, tmp_path, monkeypatch):
     """Built-in tasks: the rollout function runs the tool loop and masks tool output out of the loss."""
-    from hfstack import reinforcement
+    from hfstack.stages import rl as reinforcement
 
     seen = {}
     original = reinforcement.tool_rollout
@@ -143,7 +146,7 @@ def test_saved_rankings_survive_a_killed_process(tmp_path):
     write_rollouts(tmp_path)
     code = textwrap.dedent(f"""
         import os, signal
-        from hfstack.ranking import RankingStore
+        from hfstack.stages.rank import RankingStore
         store = RankingStore({str(tmp_path)!r})
         for i in range(3):
             store.save_ranking(i, [4, 3, 2, 1, 0], ranker="person")
@@ -181,7 +184,7 @@ def toy_preferences(directory, prompts=80):
                 chosen = [chosen[0]] * 6
             answers.append(" ".join(chosen))
         rows.append({"prompt_id": i, "prompt": prompt, "completions": answers})
-    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.ranking:reference_judge")
+    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.stages.rank:reference_judge")
     claim_output("rank", cfg)  # the rank stage's folder, with rollouts written by hand instead of by a model
     RankingStore(directory).write_rollouts(rows)
     rank(cfg)
@@ -287,7 +290,7 @@ def test_missing_inputs_are_clear_errors(sft_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "good": "a"}) + "\n")
     with pytest.raises(ConfigError, match="chosen"):
-        from hfstack.reward_model import load_pairs
+        from hfstack.stages.reward import load_pairs
 
         load_pairs(str(bad), "train")
 
@@ -302,7 +305,7 @@ def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
     no_prompt.write_text(json.dumps({"question": "hi"}) + "\n")
     with pytest.raises(ConfigError, match="no 'prompt' column"):
         run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(no_prompt),
-                        reward_funcs=["hfstack.reinforcement:format_reward"]))
+                        reward_funcs=["hfstack.stages.rl:format_reward"]))
 
 
 def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):

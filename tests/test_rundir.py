@@ -15,11 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import TrainerCallback
 
-from hfstack.config import ConfigError
-from hfstack.finetuning import SFTStageConfig
-from hfstack.launch import launcher_options
-from hfstack.ranking import RankConfig, RankingStore, rank
-from hfstack.rundir import (
+from hfstack.core.config import ConfigError
+from hfstack.core.launch import launcher_options
+from hfstack.core.rundir import (
     FINGERPRINT,
     MARKER,
     claim_output,
@@ -29,8 +27,11 @@ from hfstack.rundir import (
     newest_checkpoint,
     stored_run,
 )
-from hfstack.tokenization import TokenizerConfig, run_tokenizer
-from hfstack.web import DataConfig, run_data
+from hfstack.dataprep.config import DataConfig
+from hfstack.stages.data import run_data
+from hfstack.stages.rank import RankConfig, RankingStore, rank
+from hfstack.stages.sft import SFTStageConfig
+from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 PROSE = ("The river runs through the old town, past the market and the school. People walk along its banks in the "
@@ -115,7 +116,7 @@ class StopAt(TrainerCallback):
 def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hfstack.pretraining import PretrainConfig, run_pretrain
+    from hfstack.stages.pretrain import PretrainConfig, run_pretrain
 
     from tiny import tiny_tokenizer
 
@@ -146,7 +147,7 @@ def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_pa
 def ranked_folder(tmp_path: Path, model: Path, **options) -> RankConfig:
     model.mkdir(exist_ok=True)
     (model / "weights.bin").write_bytes(model.name.encode())
-    cfg = RankConfig(model=str(model), output_dir=str(tmp_path / "prefs"), judge="hfstack.ranking:reference_judge",
+    cfg = RankConfig(model=str(model), output_dir=str(tmp_path / "prefs"), judge="hfstack.stages.rank:reference_judge",
                      **options)
     claim_output("rank", cfg)  # rollouts written by hand below instead of sampled from a model
     RankingStore(cfg.output_dir).write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about owl {i}.",
@@ -173,7 +174,7 @@ def test_rank_never_deletes_pair_files_it_did_not_write(tmp_path):
     (theirs / "data").mkdir(parents=True)
     (theirs / "data" / "train.parquet").write_bytes(b"a user's own preference pairs")
     with pytest.raises(ConfigError, match="not empty and has no"):
-        rank(RankConfig(model="unused", output_dir=str(theirs), judge="hfstack.ranking:reference_judge"))
+        rank(RankConfig(model="unused", output_dir=str(theirs), judge="hfstack.stages.rank:reference_judge"))
     assert (theirs / "data" / "train.parquet").read_bytes() == b"a user's own preference pairs"
     cfg = ranked_folder(tmp_path, tmp_path / "policy", test_fraction=0.0)  # every pair in train: no test split
     mine = Path(cfg.output_dir) / "data" / "test.parquet"
@@ -299,7 +300,7 @@ def test_written_holds_only_the_stage_outputs_and_later_files_stay(tmp_path):
 
 
 def test_overwrite_keeps_files_that_merely_match_the_stage_outputs(tmp_path):
-    from hfstack.reportcard import ReportConfig
+    from hfstack.stages.report import ReportConfig
 
     docs = documents(tmp_path / "docs.jsonl", "Text")
     tok = tmp_path / "tok"
@@ -366,7 +367,7 @@ def test_overwrite_never_follows_a_symbolic_link(tmp_path):
 def test_a_checkpoint_name_the_trainer_would_rotate_away_is_refused(tmp_path):
     from transformers.trainer_utils import sort_checkpoints
 
-    from hfstack.rlhf_training import RLHFConfig
+    from hfstack.stages.rlhf import RLHFConfig
 
     out = tmp_path / "sft"
     cfg = SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(out))
@@ -416,7 +417,7 @@ def test_a_corrupt_done_marker_counts_as_not_done(tmp_path):
 
 
 def test_checkpoint_folders_whose_names_do_not_parse_are_ignored(tmp_path):
-    from hfstack.ppo import newest_ppo_checkpoint
+    from hfstack.rlalgo.ppo import newest_ppo_checkpoint
 
     fake_checkpoint(tmp_path, 2)
     fake_checkpoint(tmp_path, 5).rename(tmp_path / "checkpoint-5-backup")
@@ -432,8 +433,8 @@ def test_checkpoint_folders_whose_names_do_not_parse_are_ignored(tmp_path):
 
 
 def test_speedrun_force_recomputes_while_a_plain_rerun_skips(tmp_path, monkeypatch, capsys):
-    from hfstack import speedrunner
-    from hfstack.speedrunner import SpeedrunConfig, speedrun
+    from hfstack.stages import speedrun as speedrunner
+    from hfstack.stages.speedrun import SpeedrunConfig, speedrun
 
     monkeypatch.setattr(speedrunner, "STAGES", [s for s in speedrunner.STAGES if s[0] in ("crawl", "data")])
     run = tmp_path / "run"
@@ -473,7 +474,7 @@ def test_world_size_must_match_what_the_launcher_started(monkeypatch):
 
     from accelerate.utils import DistributedType
 
-    from hfstack.launch import check_world_size
+    from hfstack.core.launch import check_world_size
 
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)

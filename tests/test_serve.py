@@ -19,8 +19,8 @@ QUESTION = "What is 6 times 7?"
 
 @pytest.fixture(scope="module")
 def tool_model(tmp_path_factory):
-    from hfstack.conversations.generators import message, python_turns
-    from hfstack.finetuning import SFTStageConfig, run_sft
+    from hfstack.stages.sft import SFTStageConfig, run_sft
+    from hfstack.tasks.generators import message, python_turns
 
     root = tmp_path_factory.mktemp("serve")
     tiny_base(root, docs=20, vocab_size=300, steps=2)
@@ -36,7 +36,7 @@ def tool_model(tmp_path_factory):
 @needs_sandbox  # the tool's output is checked
 def test_chat_streams_and_shows_the_tool_call(tool_model):
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from hfstack.serving import ServeConfig, make_server
+    from hfstack.stages.serve import ServeConfig, make_server
 
     server = make_server(ServeConfig(model=str(tool_model), port=0, max_new_tokens=96))
     assert server.server_address[0] == "127.0.0.1"

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from hfstack.config import ConfigError
-from hfstack.conversations.generators import IdentityCard, arithmetic, counting, identity
-from hfstack.conversations.mixture import build_mixture, load_chat_file
-from hfstack.finetuning import SFTStageConfig, run_sft
-from hfstack.web.synthetic import stdlib_articles
+from hfstack.core.config import ConfigError
+from hfstack.core.stdlib_text import stdlib_articles
+from hfstack.dataprep.mixture import build_mixture, load_chat_file
+from hfstack.stages.sft import SFTStageConfig, run_sft
+from hfstack.tasks.generators import IdentityCard, arithmetic, counting, identity
 
 from tiny import tiny_base
 
@@ -41,7 +41,7 @@ def test_generators_are_deterministic_and_eval_never_overlaps_training():
     for split in counts.values():  # no single count is most answers, so always saying "1" scores low
         answers = [r["answer"] for r in split if r["task"] == "counting"]
         assert max(map(answers.count, set(answers))) < 0.45 * len(answers) and {"0", "1", "2"} <= set(answers)
-    from hfstack.conversations.generators import ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS, phrasings
+    from hfstack.tasks.generators import ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS, phrasings
 
     for templates in (ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS):  # held-out questions are paraphrases
         assert not set(phrasings(templates, "train")) & set(phrasings(templates, "eval"))
@@ -61,8 +61,8 @@ def test_identity_answers_come_from_the_card():
 
 
 def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
-    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_phrasings
-    from hfstack.evaluation import score
+    from hfstack.tasks.generators import IDENTITY_QUESTIONS, identity_phrasings
+    from hfstack.tasks.scoring import score
 
     held_out = identity_phrasings("eval", 0.25)
     assert {topic for topic, _ in held_out} == set(IDENTITY_QUESTIONS)  # every topic is measured
@@ -82,7 +82,7 @@ def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
 def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_out_phrasing():
     from collections import Counter
 
-    from hfstack.conversations.generators import IDENTITY_QUESTIONS, identity_answer, identity_phrasings, normalised
+    from hfstack.tasks.generators import IDENTITY_QUESTIONS, identity_answer, identity_phrasings, normalised
 
     train = identity_phrasings("train", 0.25, generated=True)
     held_out = {normalised(q) for _, q in identity_phrasings("eval", 0.25)}
@@ -143,7 +143,7 @@ def test_trained_tokens_are_exactly_the_assistant_turns(base, tmp_path):
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from hfstack.protocol import chat_template
+    from hfstack.core.protocol import chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = chat_template("You are a test.")
@@ -252,8 +252,8 @@ def test_lora_changes_only_adapters_and_merges(base, tmp_path):
 
 
 def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
-    from hfstack.chatting import ChatConfig, chat
-    from hfstack.evaluation import EvalConfig, evaluate
+    from hfstack.stages.chat import ChatConfig, chat
+    from hfstack.stages.eval import EvalConfig, evaluate
     from hfstack.tools.sandbox import run_python
 
     out = run_sft(small_sft(base, tmp_path / "tools", counts={"arithmetic": 300}, max_steps=150, log_every=50,
@@ -277,7 +277,7 @@ def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
 
 
 def test_facts_are_derived_from_definitional_sentences():
-    from hfstack.conversations.knowledge import derive_facts
+    from hfstack.dataprep.knowledge import derive_facts
 
     facts = derive_facts(["The heapq module provides an implementation of the heap queue algorithm.\n"
                           "If the key is None, nothing happens.\nA Counter is a dict subclass for counting things."])
@@ -296,8 +296,8 @@ def test_facts_are_derived_from_definitional_sentences():
 
 
 def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
-    from hfstack.conversations.knowledge import REFUSALS, interrogate, knowledge_conversations, load_judge
-    from hfstack.generation import load_model
+    from hfstack.core.model import load_model
+    from hfstack.dataprep.knowledge import REFUSALS, interrogate, knowledge_conversations, load_judge
 
     facts = [{"question": f"What is item {i}?", "answer": f"Item {i} is thing number {i}.", "passage": ""}
              for i in range(8)]
@@ -318,13 +318,13 @@ def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
     assert all((r["messages"][-1]["content"] == r["answer"]) == r["known"] for r in repeated)
     held_out = knowledge_conversations(results, seed=0, eval_fraction=1.0, repeats=3)["eval"]
     assert [r["messages"][0]["content"] for r in held_out] == [f["question"] for f in results]
-    assert load_judge("hfstack.conversations.knowledge:word_overlap_judge")("It is a dict subclass", "a dict subclass")
+    assert load_judge("hfstack.dataprep.knowledge:word_overlap_judge")("It is a dict subclass", "a dict subclass")
     with pytest.raises(ConfigError, match="cannot import"):
         load_judge("nowhere.module:judge")
 
 
 def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
-    from hfstack.conversations.knowledge import derive_facts, search_conversations
+    from hfstack.dataprep.knowledge import derive_facts, search_conversations
     from hfstack.tools.search import SearchIndex
 
     texts = [" ".join(p) for _, p in stdlib_articles()[:60]]
@@ -342,7 +342,7 @@ def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
 
 
 def test_teacher_answers_prompts_into_a_reviewable_chat_file(base, tmp_path):
-    from hfstack.conversations.teacher import TeachConfig, teach
+    from hfstack.stages.teach import TeachConfig, teach
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "What is a list?", "instructions": "Answer in one sentence."}) + "\n"

@@ -3,7 +3,7 @@
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter
 
-from hfstack.web.steps import (
+from hfstack.dataprep.steps import (
     LanguageGate,
     Metered,
     OfflineURLFilter,
@@ -12,7 +12,7 @@ from hfstack.web.steps import (
     ResiliparseExtractor,
     TrafilaturaExtractor,
 )
-from hfstack.web.synthetic import _blocklisted_domains
+from hfstack.dataprep.synthetic import _blocklisted_domains
 
 
 def doc(text="", url=None, **meta):

@@ -11,18 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hfstack.config import ConfigError
-from hfstack.protocol import SPECIAL_TOKENS, TOOL_OUTPUT
-from hfstack.tokenization import (
-    TokenizerConfig,
-    encode_ordinary,
-    is_heldout,
-    run_tokenizer,
-    tiktoken_encoding,
-    to_transformers,
-    train_bpe,
-)
-from hfstack.web.synthetic import stdlib_articles
+from hfstack.core.config import ConfigError
+from hfstack.core.protocol import SPECIAL_TOKENS, TOOL_OUTPUT
+from hfstack.core.stdlib_text import stdlib_articles
+from hfstack.core.tokens import encode_ordinary, is_heldout, tiktoken_encoding
+from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer, to_transformers, train_bpe
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +149,7 @@ def test_assistant_mask_is_exact_across_tool_calls_and_outputs(trained):
     assert untrained.startswith("<|endoftext|><|system_start|>")
     assert untrained.count("<|assistant_start|>") == 2  # the turn goes on after tool outputs
     # the user's literal '<|assistant_end|>' is rendered into the template, so it becomes the token;
-    # conversation data is checked for such text (hfstack.protocol.contains_protocol_token)
+    # conversation data is checked for such text (hfstack.core.protocol.contains_protocol_token)
     text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
     assert text == tokenizer.decode(ids)
 

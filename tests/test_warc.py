@@ -3,9 +3,9 @@
 import pytest
 from conftest import html_page, http_response, warc_record
 
-from hfstack.config import ConfigError
-from hfstack.web.sources import resolve_inputs
-from hfstack.web.warc import HttpResponseFilter, SamePageFilter, WarcResponseReader, decode_html
+from hfstack.core.config import ConfigError
+from hfstack.dataprep.sources import resolve_inputs
+from hfstack.dataprep.warc import HttpResponseFilter, SamePageFilter, WarcResponseReader, decode_html
 
 
 def read_all(paths, **kwargs):
@@ -116,7 +116,8 @@ def test_inputs_are_grouped_by_kind_in_order(tmp_path):
 
 
 def test_hub_dataset_fails_fast_when_offline(tmp_path):
-    from hfstack.web import DataConfig, run_data
+    from hfstack.dataprep.config import DataConfig
+    from hfstack.stages.data import run_data
 
     with pytest.raises(ConfigError, match="hub_dataset 'someone/web': HF_HUB_OFFLINE is set"):
         run_data(DataConfig(hub_dataset="someone/web", output_dir=str(tmp_path / "o")))

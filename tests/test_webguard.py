@@ -84,7 +84,7 @@ class StandInPython:
 
 @pytest.fixture(scope="module")
 def chat(tool_model):  # noqa: F811 - the fixture imported above
-    from hfstack.serving import ServeConfig, make_server
+    from hfstack.stages.serve import ServeConfig, make_server
 
     python = StandInPython()
     server = make_server(ServeConfig(model=str(tool_model), port=0, max_new_tokens=96), tools={"python": python})
@@ -95,7 +95,7 @@ def chat(tool_model):  # noqa: F811 - the fixture imported above
 
 
 def write_rollouts(directory: Path, prompts: int = 2):
-    from hfstack.ranking import RankingStore
+    from hfstack.stages.rank import RankingStore
 
     store = RankingStore(directory)
     store.write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about topic{i}.",
@@ -105,7 +105,7 @@ def write_rollouts(directory: Path, prompts: int = 2):
 
 @pytest.fixture(scope="module")
 def rank(tmp_path_factory):
-    from hfstack.ranking_page import make_server
+    from hfstack.ui.rank_page import make_server
 
     store = write_rollouts(tmp_path_factory.mktemp("rank"))
     server = make_server(store, port=0)
@@ -116,8 +116,8 @@ def rank(tmp_path_factory):
 
 @pytest.fixture(params=["chat", "rank"])
 def page(request) -> Page:
-    from hfstack.ranking_page import MAX_BODY_BYTES as RANK_MAX
-    from hfstack.serving import MAX_BODY_BYTES as CHAT_MAX
+    from hfstack.stages.serve import MAX_BODY_BYTES as CHAT_MAX
+    from hfstack.ui.rank_page import MAX_BODY_BYTES as RANK_MAX
 
     if request.param == "chat":
         server, _ = request.getfixturevalue("chat")
@@ -179,7 +179,7 @@ def test_refused_with_a_json_reason_and_nothing_done(page, case):
 
 
 def test_oversized_body_really_sent_is_refused_unread(rank):
-    from hfstack.ranking_page import MAX_BODY_BYTES
+    from hfstack.ui.rank_page import MAX_BODY_BYTES
 
     server, store = rank
     status, _, data = request(server.server_address[1], "POST", "/api/rank", b" " * (MAX_BODY_BYTES + 1))
@@ -268,8 +268,8 @@ def test_chat_client_that_leaves_stops_its_generation_and_frees_the_model(chat):
 def test_chat_generation_stops_within_tokens_of_the_client_leaving(tool_model):  # noqa: F811
     """The base model repeats a token without end; with a 20,000-token budget only the client's
     leaving can stop it, mid-generate (transformers' stopping criteria), not between tool rounds."""
-    from hfstack.generation import load_model
-    from hfstack.serving import ServeConfig, make_server
+    from hfstack.core.model import load_model
+    from hfstack.stages.serve import ServeConfig, make_server
     from hfstack.tools.loop import assistant_replies
 
     base = Path(tool_model).parent / "base"
@@ -323,7 +323,7 @@ def test_rank_refuses_bad_fields(rank, case):
 
 
 def test_rank_good_request_is_saved(tmp_path):
-    from hfstack.ranking_page import make_server
+    from hfstack.ui.rank_page import make_server
 
     store = write_rollouts(tmp_path)
     server = make_server(store, port=0)
@@ -343,8 +343,8 @@ def test_rank_good_request_is_saved(tmp_path):
 
 
 def test_warns_when_reachable_from_other_machines(tmp_path, capsys):
-    from hfstack.ranking_page import make_server
-    from hfstack.webguard import allowed_authorities, warn_if_reachable
+    from hfstack.ui.http import allowed_authorities, warn_if_reachable
+    from hfstack.ui.rank_page import make_server
 
     make_server(write_rollouts(tmp_path), port=0).server_close()  # loopback: quiet
     assert "WARNING" not in capsys.readouterr().err
@@ -371,7 +371,7 @@ Promise.allSettled([
 @needs_chromium
 def test_browser_page_from_another_origin_cannot_rank_but_the_page_can(tmp_path, capsys):
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from hfstack.ranking_page import make_server
+    from hfstack.ui.rank_page import make_server
 
     store = write_rollouts(tmp_path)
     server = make_server(store, port=0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 def tiny_tokenizer(root: Path, docs: int = 40, vocab_size: int = 400) -> Path:
     """ROOT/docs.jsonl (the first `docs` stdlib articles) and a BPE tokenizer in ROOT/tok."""
-    from hfstack.tokenization import TokenizerConfig, run_tokenizer
-    from hfstack.web.synthetic import stdlib_articles
+    from hfstack.core.stdlib_text import stdlib_articles
+    from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
     data = root / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": " ".join(p)}) + "\n" for _, p in stdlib_articles()[:docs]))
@@ -21,7 +21,7 @@ def tiny_tokenizer(root: Path, docs: int = 40, vocab_size: int = 400) -> Path:
 
 def tiny_base(root: Path, docs: int = 40, vocab_size: int = 400, steps: int = 5) -> Path:
     """The tokenizer above, then a depth-1 base model pretrained `steps` steps on the same prose: ROOT/base."""
-    from hfstack.pretraining import PretrainConfig, run_pretrain
+    from hfstack.stages.pretrain import PretrainConfig, run_pretrain
 
     tokenizer = tiny_tokenizer(root, docs, vocab_size)
     run_pretrain(PretrainConfig(data=[str(root / "docs.jsonl")], tokenizer=str(tokenizer),

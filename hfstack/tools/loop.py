@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hfstack.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
+from hfstack.core.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
+from hfstack.core.tokens import encode_ordinary
+from hfstack.tools.sandbox import run_python
 
 
 @dataclass
@@ -31,8 +33,6 @@ class Reply:
 
 
 def default_tools(search_index=None) -> dict:
-    from hfstack.tools.sandbox import run_python
-
     tools = {"python": lambda code: run_python(code).output.strip()}
     if search_index is not None:
         tools["search"] = search_index.search_text
@@ -57,7 +57,6 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     `on_tool(call)` hears of each tool call as it finishes (default with a streamer: print it).
     `should_stop()`, when given and true (the chat page's client went away), ends every turn where it
     is: generation stops after the current token and no further tool runs."""
-    from hfstack.tokenization import encode_ordinary
 
     tools = default_tools() if tools is None else tools
     ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]

@@ -1,1 +1,0 @@
-"""Conversations for supervised finetuning: generators and the mixture."""

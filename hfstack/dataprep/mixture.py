@@ -1,0 +1,109 @@
+"""The SFT conversation mixture: generated sources with a count each, plus chat datasets from files
+or the Hub, all as TRL `messages` rows with one shared schema.
+
+Chat files (jsonl) may hold `messages`, or a common layout that is mapped to it: `prompt`/`response`,
+`instruction`/`output`, `question`/`answer`, or ShareGPT `conversations` with `from`/`value`.
+A row that cannot be read is an error naming the file and line; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hfstack.core.config import ConfigError
+from hfstack.core.launch import print0
+from hfstack.core.protocol import contains_protocol_token
+from hfstack.core.textfiles import check_hub_dataset, read_jsonl
+from hfstack.tasks.generators import IdentityCard, arithmetic, counting, identity, message
+
+# The sources generated from the identity card alone (no corpus, no model), each drawing its own
+# seeded stream so that changing one source's count leaves the others' conversations as they were.
+GENERATORS = {
+    "identity": lambda n, card, seed: identity(card, n, seed),
+    "arithmetic": lambda n, card, seed: arithmetic(n, seed + 1),
+    "counting": lambda n, card, seed: counting(n, seed + 2),
+}
+GENERATED_SOURCES = tuple(GENERATORS)
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+PAIR_LAYOUTS = [("prompt", "response"), ("instruction", "output"), ("question", "answer"), ("prompt", "completion")]
+
+
+def _normalise(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{where}: 'messages' must be a non-empty list")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ConfigError(f"{where}: every message needs a role in {sorted(ROLES)}, got {m!r:.80}")
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            raise ConfigError(f"{where}: message content must be a string")
+        token = contains_protocol_token(content)
+        if token:
+            raise ConfigError(f"{where}: the text contains the protocol token {token}; it would be read as "
+                              "a real one. Remove or escape it")
+        out.append(message(m["role"], content, m.get("tool_calls"), m.get("name")))
+    return out
+
+
+def row_to_messages(row: dict, where: str) -> list[dict]:
+    if "messages" in row:
+        return _normalise(row["messages"], where)
+    if "conversations" in row:
+        turns = [{"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
+                 for t in row["conversations"]]
+        return _normalise(turns, where)
+    for prompt, answer in PAIR_LAYOUTS:
+        if prompt in row and answer in row:
+            return _normalise([{"role": "user", "content": row[prompt]},
+                               {"role": "assistant", "content": row[answer]}], where)
+    raise ConfigError(f"{where}: no 'messages' and no known layout "
+                      f"({', '.join('/'.join(p) for p in PAIR_LAYOUTS)}, conversations); keys: {sorted(row)}")
+
+
+def load_chat_file(path: str, limit: int = -1) -> list[dict]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"chat file '{path}' does not exist")
+
+    rows = []
+    for number, row in read_jsonl(path, "chat file"):
+        rows.append({"messages": row_to_messages(row, f"chat file '{path}' line {number}"), "task": "chat"})
+        if 0 <= limit <= len(rows):
+            break
+    return rows
+
+
+def load_chat_hub(name: str, split: str = "train", limit: int = 1000) -> list[dict]:
+    """A Hub chat dataset, streamed; skipped with a note when the Hub cannot be reached."""
+
+    try:
+        check_hub_dataset(name)
+    except ConfigError as e:
+        print0(f"[sft] skipping chat dataset: {e}")
+        return []
+    from datasets import load_dataset
+
+    rows = []
+    for index, row in enumerate(load_dataset(name, split=split, streaming=True)):
+        if index >= limit:
+            break
+        rows.append({"messages": row_to_messages(row, f"hub dataset '{name}' row {index}"), "task": "chat"})
+    return rows
+
+
+def build_mixture(counts: dict, card: IdentityCard, chat_files: list[str], chat_hub: list[str], chat_limit: int,
+                  seed: int, extra: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training rows, held-out rows per task). Training rows are shuffled with the seed. `extra`
+    holds already generated sources ({name: {"train": rows, "eval": rows}}), e.g. knowledge."""
+    import random
+
+    generated = (extra or {}) | {name: make(counts.get(name, 0), card, seed) for name, make in GENERATORS.items()}
+    train = [row for name, splits in generated.items() if counts.get(name, 0) for row in splits["train"]]
+    held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0) and splits["eval"]}
+    for path in chat_files:
+        train += load_chat_file(path, chat_limit)
+    for name in chat_hub:
+        train += load_chat_hub(name, limit=chat_limit if chat_limit > 0 else 1000)
+    random.Random(seed).shuffle(train)
+    return [{"messages": row["messages"]} for row in train], held_out

@@ -1,0 +1,326 @@
+"""Pretraining stage: a Llama-family causal LM trained from scratch on the data stage's text.
+
+    hfstack pretrain --config recipes/tiny/pretrain.yaml [--max_steps 500 ...]
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m hfstack pretrain --config ...
+
+Predict the next token, measure the error, update the weights, repeat. The loop is the transformers
+Trainer: it measured as fast as a bare PyTorch loop here (benchmarks/pretrain_throughput.py) and
+brings gradient accumulation, clipping, LR schedules, bf16, torch.compile, checkpoint rotation,
+exact resume (same data order and schedule), `report_to` trackers and every Accelerate launch mode
+(DDP, FSDP2, DeepSpeed) for free. hfstack adds the packing, the sizing dial, validation bits per
+byte, samples from fixed prompts, tokens/s and MFU, and a local `log.jsonl`.
+
+Writes `output_dir/` as a plain transformers model (safetensors, tokenizer inside), checkpoints
+under `output_dir/checkpoints/`, and `log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.launch import print0, process_state, wait_for_all_ranks
+from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims, wants_bf16
+from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.telemetry import JsonlLogger, SampleWriter, available_trackers, peak_flops_per_device
+from hfstack.core.tokens import resolve_text_files
+from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.dataprep.packing import encode_corpus, load_splits, token_byte_lengths
+
+DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
+
+
+@dataclass
+class PretrainConfig:
+    """Model size, data, optimizer and schedule, precision, evaluation, checkpoints."""
+
+    # --- inputs and output
+    data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # data-stage dir(s) or text files
+    text_column: str = "text"
+    tokenizer: str = "runs/tiny/tokenizer"
+    output_dir: str = "runs/tiny/base"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    # --- model: the depth dial, or explicit sizes
+    depth: int = bounded(2, ge=1)
+    hidden_size: int | None = bounded(None, ge=1)
+    num_heads: int | None = bounded(None, ge=1)
+    num_kv_heads: int | None = bounded(None, ge=1)
+    intermediate_size: int | None = bounded(None, ge=1)
+    tie_embeddings: bool = True
+    spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
+    init_from: str | None = model_folder(None)  # continue from an existing model directory instead of a fresh init
+    seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")
+    # --- batch and steps
+    micro_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
+    batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference
+    max_steps: int = bounded(200, ge=1)
+    # --- optimizer and schedule
+    learning_rate: float = bounded(3e-3, gt=0)
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"  # warmup-stable-decay, or warmup + cosine
+    warmup_steps: int = bounded(20, ge=0)
+    decay_fraction: float = bounded(0.2, ge=0, le=1)  # wsd: the last fraction of steps decays to zero
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # cosine: floor as a fraction of the peak
+    weight_decay: float = bounded(0.1, ge=0)
+    adam_beta2: float = bounded(0.95, ge=0, lt=1)
+    max_grad_norm: float = bounded(1.0, ge=0, why="0 turns clipping off")
+    # --- precision and speed
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    compile: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    num_proc: int = bounded(2, ge=1)  # tokenizer threads
+    # --- evaluation and logging
+    val_fraction: float = bounded(0.02, gt=0, lt=1)  # same stable choice as the tokenizer's held-out documents
+    eval_every: int = bounded(50, ge=1)
+    eval_batches: int = bounded(20, ge=1)
+    log_every: int = bounded(10, ge=1)
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    sample_tokens: int = bounded(24, ge=1)
+    report_to: list[str] = field(default_factory=list)  # e.g. [wandb, tensorboard]; local log.jsonl always
+    peak_flops: float | None = bounded(None, gt=0)  # per device, for MFU; default: known GPU peak, or measured on CPU
+    # --- checkpoints
+    save_every: int = bounded(100, ge=1)
+    keep_checkpoints: int = bounded(2, ge=1)
+    resume: str = "auto"  # auto: continue from the newest checkpoint if any; never; or a checkpoint path
+    seed: int = 0
+    progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "pretrain")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from transformers import TrainingArguments
+
+            check_training_args(TrainingArguments, self.training_args, "pretrain")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.sample_prompts, str):
+            self.sample_prompts = [self.sample_prompts]
+        if not self.data:
+            raise ConfigError("pretrain: 'data' is empty; name data-stage dir(s) or text files")
+        if self.batch_tokens < self.micro_batch_size * self.seq_len:  # else a step would quietly be bigger
+            raise ConfigError(f"pretrain: 'batch_tokens' {self.batch_tokens} is less than one micro-batch "
+                              f"(micro_batch_size × seq_len = {self.micro_batch_size * self.seq_len}); raise it or "
+                              "lower micro_batch_size")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            raise ConfigError(f"pretrain: 'resume' must be auto, never or a checkpoint directory; "
+                              f"'{self.resume}' does not exist")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * self.seq_len * world_size
+        return max(1, round(self.batch_tokens / per_step))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise ConfigError(f"pretrain: no tokenizer at '{path}' (expected tokenizer.json); run `hfstack tokenizer`")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_model(cfg: PretrainConfig, tokenizer):
+    """A fresh model from the dial, or `init_from`, checked against the tokenizer and seq_len."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+
+    if cfg.init_from:
+        config = AutoConfig.from_pretrained(cfg.init_from)
+        if config.vocab_size != len(tokenizer):
+            raise ConfigError(f"pretrain: model '{cfg.init_from}' has vocab_size {config.vocab_size} but the "
+                              f"tokenizer '{cfg.tokenizer}' has {len(tokenizer)} tokens; they must match")
+        if cfg.seq_len > config.max_position_embeddings:
+            raise ConfigError(f"pretrain: seq_len {cfg.seq_len} is above the model's maximum "
+                              f"(max_position_embeddings {config.max_position_embeddings})")
+        return AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation=cfg.attn_implementation)
+    dims = model_dims(cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size)
+    config = build_config(len(tokenizer), cfg.seq_len, dims, tokenizer, cfg.tie_embeddings, cfg.attn_implementation)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+
+
+def unseen_token_ids(train_tokens, vocab_size: int):
+    """Ids of the tokens that never occur in the training stream."""
+    import numpy as np
+    import torch
+
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size)[:vocab_size]
+    return torch.from_numpy(np.flatnonzero(counts == 0))
+
+
+def spread_unseen_tokens(model, unseen) -> int:
+    """Pull the embeddings of tokens training never saw apart again, before saving; returns how
+    many rows moved (none when fewer than two non-zero rows are unseen).
+
+    An unseen token's only gradient comes from the output softmax pushing it down, the same push
+    for all of them, so their tied rows drift into one shared vector (measured on the tiny preset:
+    the 1,110 digit-group tokens at cosine 0.96 to each other after 300 steps). Finetuning then has
+    nothing to tell "875" from "680" by, and copying a number from the prompt never starts. Each row
+    becomes the shared direction at half the seen rows' mean norm (what the model learned about all
+    of them: unlikely) plus its own leftover from the random initialisation at the full mean norm
+    (cosine 0.2 between two of them). Alternatives measured on arithmetic-only SFT, 1,500 steps:
+    leaving them collapsed copied no operand; keeping them at their initial values (no gradient)
+    copied none either; the same, scaled to the mean norm, copied the first operand 55% of the time;
+    this (with 0.45 and 0.9 of the mean norm), 83%.
+    """
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        rows = weight[unseen]
+        live = rows.norm(dim=1) > 0  # the padding row starts at zero and stays there
+        rows, ids = rows[live], unseen[live.cpu()]
+        if len(ids) < 2:
+            return 0
+        seen = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        seen[unseen] = False
+        norm = weight[seen].norm(dim=1).mean()
+        shared = rows.mean(0)
+        own = rows - shared
+        weight[ids] = (shared / shared.norm() * norm / 2
+                       + own / own.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm)
+    return len(ids)
+
+
+def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_cpu: bool, evaluate: bool):
+    from transformers import TrainingArguments
+
+
+    # wsd: the stable phase is whatever warmup and decay leave of max_steps
+    schedule = {"wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps))}),
+                "cosine": ("cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}),
+                "constant": ("constant_with_warmup", {})}[cfg.schedule]
+    return trainer_config(TrainingArguments, "pretrain", cfg.training_args,
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.micro_batch_size, per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.accumulation_steps(world_size),
+        learning_rate=cfg.learning_rate, lr_scheduler_type=schedule[0], lr_scheduler_kwargs=schedule[1],
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, adam_beta1=0.9, adam_beta2=cfg.adam_beta2,
+        max_grad_norm=cfg.max_grad_norm, bf16=use_bf16, use_cpu=on_cpu, torch_compile=cfg.compile,
+        logging_steps=cfg.log_every, eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
+        save_strategy="steps", save_steps=cfg.save_every, save_total_limit=cfg.keep_checkpoints,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, data_seed=cfg.seed,
+        dataloader_drop_last=True, disable_tqdm=not cfg.progress, save_only_model=False,
+        include_num_input_tokens_seen="no", ddp_find_unused_parameters=False)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class PretrainTrainer(Trainer):
+        """The Trainer, with evaluation as validation loss and bits per byte over `eval_batches` batches."""
+
+        token_bytes = None  # tensor: UTF-8 bytes per token id
+        eval_batches = 20
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+            import torch
+
+            model = self.model
+            was_training = model.training
+            model.eval()
+            dataset = eval_dataset or self.eval_dataset
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            size = self.args.per_device_eval_batch_size
+            # every rank takes its own slice of the first eval_batches × world batches; no drop_last here
+            indices = list(range(rank, min(len(dataset), self.eval_batches * size * world), world))
+            sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # nats, tokens, bytes
+            token_bytes = self.token_bytes.to(self.args.device)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                for start in range(0, len(indices), size):
+                    ids = torch.stack([dataset[i]["input_ids"] for i in indices[start:start + size]])
+                    ids = ids.to(self.args.device)
+                    logits = model(input_ids=ids).logits[:, :-1].float()
+                    targets = ids[:, 1:]
+                    losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                               targets.reshape(-1), reduction="none")
+                    sums += torch.stack([losses.sum().double(), torch.tensor(float(losses.numel()), device=sums.device,
+                                                                            dtype=torch.float64),
+                                         token_bytes[targets].sum().double()])
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            model.train(was_training)
+            nats, tokens, n_bytes = sums.tolist()
+            metrics = {f"{metric_key_prefix}_loss": nats / max(1.0, tokens),
+                       f"{metric_key_prefix}_bpb": nats / math.log(2) / max(1.0, n_bytes)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return PretrainTrainer
+
+
+def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
+    """Train and save; returns the output directory. `callbacks` are extra TrainerCallbacks."""
+    import torch
+    from transformers import set_seed
+
+
+    out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
+    state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    files = resolve_text_files(cfg.data)
+    set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
+    model = build_model(cfg, tokenizer)
+    with state.main_process_first():  # rank 0 tokenizes, the others then read its cache
+        meta = encode_corpus(files, cfg.text_column, tokenizer, cfg.tokenizer, out / "cache", cfg.val_fraction,
+                             cfg.num_proc, cfg.progress and state.is_main_process)
+    train, val = load_splits(meta, cfg.seq_len, cfg.micro_batch_size)
+    if not len(val):
+        print0(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
+               "(raise val_fraction)")
+    # a continued run's unseen rows already carry what an earlier corpus taught them: left alone
+    wants_spread = cfg.spread_unseen_tokens and not cfg.init_from
+    unseen = unseen_token_ids(train.tokens, len(tokenizer)) if wants_spread else None
+    on_cpu = not torch.cuda.is_available()
+    use_bf16 = wants_bf16(cfg.precision)
+    args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
+    print0(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
+           f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
+           f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
+           f"per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""))
+    tokens_per_step = args.gradient_accumulation_steps * cfg.micro_batch_size * cfg.seq_len * state.num_processes
+    peak = cfg.peak_flops or peak_flops_per_device(use_bf16)
+    logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
+                         peak * state.num_processes)
+    sampler = SampleWriter(tokenizer, cfg.sample_prompts, cfg.sample_tokens, logger)
+    trainer_cls = _make_trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=val if len(val) else None,
+                          processing_class=tokenizer, callbacks=[logger, sampler, *(callbacks or [])])
+    trainer.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
+    trainer.eval_batches = cfg.eval_batches
+    checkpoint = None
+    if cfg.resume == "auto":
+        checkpoint = newest_checkpoint(Path(args.output_dir))
+    elif cfg.resume != "never":
+        checkpoint = cfg.resume
+    if checkpoint:
+        print0(f"[pretrain] resuming from {checkpoint}")
+    started = time.time()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step < cfg.max_steps:  # stopped early (a callback): keep checkpoints, no final model
+        return out
+    spread = wants_spread and spread_unseen_tokens(model, unseen) > 0
+    if len(val) and (spread or trainer.state.global_step % cfg.eval_every):  # the saved weights' own figures
+        trainer.evaluate()
+    model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id)
+    trainer.save_model(str(out))  # safetensors + tokenizer + generation config
+    if state.is_main_process:
+        summary = {"steps": trainer.state.global_step, "seconds": round(time.time() - started, 1),
+                   "world_size": state.num_processes,
+                   "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
+                   "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print0(f"[pretrain] done: {json.dumps(summary)}")
+    finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
+    wait_for_all_ranks()
+    return out
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = PretrainConfig
+run = run_pretrain

@@ -1,0 +1,89 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.model import load_model, prompt_ids
+from hfstack.core.tokens import is_heldout, read_texts
+
+
+@dataclass
+class RegurgitationConfig:
+    model: str = model_folder("runs/tiny/base", must_exist=True)
+    data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])
+    text_column: str = "text"
+    prefix_tokens: int = bounded(32, ge=1)  # K: the prompt is a document's first K tokens
+    continuation_tokens: int = bounded(32, ge=1)  # M: greedy tokens compared with the document's next M
+    num_docs: int = bounded(40, ge=1)  # per side (training and held-out)
+    val_fraction: float = bounded(0.02, gt=0, lt=1)  # the pretraining run's held-out choice
+    output: str | None = None  # default: <model>/regurgitation.json
+
+    def __post_init__(self):
+        check_fields(self, "regurgitation")
+        if not self.data:
+            raise ConfigError("regurgitation: 'data' is empty; name the data-stage dir(s) or text files")
+
+
+def regurgitation(cfg: RegurgitationConfig) -> dict:
+    """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents, and on
+    held-out documents shown in full just before their prefix (copying from the context)."""
+
+    model, tokenizer = load_model(cfg.model)
+    need = cfg.prefix_tokens + cfg.continuation_tokens
+    if 2 * need + 1 > model.config.max_position_embeddings:  # the in-context probe shows the passage twice
+        raise ConfigError(f"regurgitation: 2 x (prefix_tokens + continuation_tokens) + 1 = {2 * need + 1} is more "
+                          f"than the model's {model.config.max_position_embeddings} positions")
+    sides: dict[str, list[list[int]]] = {"train": [], "heldout": []}
+    for text in read_texts(cfg.data, cfg.text_column):
+        side = "heldout" if is_heldout(text, cfg.val_fraction) else "train"
+        if len(sides[side]) < cfg.num_docs:
+            ids = prompt_ids(tokenizer, text)
+            if len(ids) >= need:
+                sides[side].append(ids[:need])
+    if not sides["train"]:
+        raise ConfigError(f"regurgitation: no training document in {cfg.data} has {need} tokens")
+    report = {"prefix_tokens": cfg.prefix_tokens, "continuation_tokens": cfg.continuation_tokens}
+    probes = {side: [(ids[:cfg.prefix_tokens], ids[cfg.prefix_tokens:]) for ids in docs]
+              for side, docs in sides.items()}
+    probes["heldout_in_context"] = [in_context_probe(ids, cfg.prefix_tokens, tokenizer.eos_token_id)
+                                    for ids in sides["heldout"]]
+    for side, pairs in probes.items():
+        matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
+        report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),
+                        "exact_continuations": sum(run == cfg.continuation_tokens for run in matched)}
+    output = Path(cfg.output or Path(cfg.model) / "regurgitation.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[regurgitation] first {cfg.prefix_tokens} tokens → next {cfg.continuation_tokens} greedy tokens "
+          f"matched verbatim: training docs {report['train']['mean_matched_tokens']} "
+          f"({report['train']['exact_continuations']}/{report['train']['docs']} exact), held-out docs "
+          f"{report['heldout']['mean_matched_tokens']} ({report['heldout']['exact_continuations']}/"
+          f"{report['heldout']['docs']} exact), held-out docs already in the context "
+          f"{report['heldout_in_context']['mean_matched_tokens']} → {output}")
+    return report
+
+
+def in_context_probe(ids: list[int], prefix_tokens: int, separator: int) -> tuple[list[int], list[int]]:
+    """(prompt, truth): the whole passage, a document boundary, then its first K tokens again."""
+    return ids + [separator] + ids[:prefix_tokens], ids[prefix_tokens:]
+
+
+def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:
+    """Greedy tokens after `prompt` reproduced verbatim before the first difference from `truth`."""
+    import torch
+
+    ids = torch.tensor([prompt], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(truth),
+                             min_new_tokens=len(truth), pad_token_id=tokenizer.pad_token_id)
+    new = out[0, len(prompt):].tolist()
+    return next((i for i, (a, b) in enumerate(zip(new, truth)) if a != b), len(truth))
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = RegurgitationConfig
+run = regurgitation

@@ -1,0 +1,316 @@
+"""The run's report card: what every stage did, in Markdown and HTML with PNG plots.
+
+    hfstack report --run runs/tiny          # the speedrun writes it as its last stage
+
+Reads what the stages left in the run directory and writes `RUN/report/report.md`, `report.html`
+and the plots: the data funnel; tokenizer compression against GPT-4's cl100k and a coloured token
+sample; pretraining loss and bits-per-byte; sample generations; the SFT, RL and RLHF evaluations
+before and after; the RM score against the KL during RLHF; time per stage; versions and hardware.
+The Markdown, with model-card metadata on top, also becomes the final model's `README.md`.
+A stage that did not run is left out.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from hfstack.core.cards import card_front_matter
+from hfstack.core.config import ConfigError, check_fields
+from hfstack.core.layout import final_model
+from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
+from hfstack.core.textfiles import read_jsonl
+from hfstack.stages.tokenize import TokenizeConfig, tokens_of_text
+from hfstack.ui.tokens import _shown, render_html
+
+
+@dataclass
+class ReportConfig:
+    run: str = "runs/tiny"
+    output_dir: str | None = None  # default: RUN/report
+
+    def __post_init__(self):
+        check_fields(self, "report")
+        if not Path(self.run).is_dir():
+            raise ConfigError(f"report: no run directory at '{self.run}'")
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [row for _, row in read_jsonl(str(path), "log")] if path.is_file() else []
+
+
+class Report:
+    """Sections of headings, paragraphs, tables and images, rendered to Markdown and to HTML."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.parts = folder, []
+
+    def heading(self, text: str):
+        self.parts.append(("h", text))
+
+    def text(self, text: str):
+        self.parts.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list]):
+        self.parts.append(("t", (header, [[str(c) for c in r] for r in rows])))
+
+    def code(self, text: str, html_body: str | None = None):
+        self.parts.append(("c", (text, html_body)))
+
+    def plot(self, name: str, draw) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(6.4, 3.6))
+        draw(axes)
+        figure.tight_layout()
+        figure.savefig(self.folder / f"{name}.png", dpi=100)
+        plt.close(figure)
+        self.parts.append(("i", name))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.parts:
+            if kind == "h":
+                out.append(f"## {value}")
+            elif kind == "p":
+                out.append(value)
+            elif kind == "t":
+                header, rows = value
+                out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                                     + ["| " + " | ".join(r) + " |" for r in rows]))
+            elif kind == "c":
+                out.append("```\n" + value[0] + "\n```")
+            else:
+                out.append(f"![{value}]({value}.png)")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        out = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>body{{font-family:"
+               "sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse}"
+               "td,th{border:"
+               "1px solid #ccc;padding:.2rem .5rem}pre,.tokens{background:#f6f6f6;padding:.5rem;white-space:pre-wrap}"
+               f"</style><h1>{html.escape(title)}</h1>"]
+        for kind, value in self.parts:
+            if kind == "h":
+                out.append(f"<h2>{html.escape(value)}</h2>")
+            elif kind == "p":
+                out.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "t":
+                header, rows = value
+                out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                           + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                           + "</table>")
+            elif kind == "c":
+                out.append(value[1] or f"<pre>{html.escape(value[0])}</pre>")
+            else:
+                out.append(f'<img src="{value}.png" alt="{value}">')
+        return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def data_section(report: Report, run: Path):
+    stats = _json(run / "data" / "stats.json")
+    if not stats:
+        return
+    report.heading("Data: the funnel")
+    steps = stats["steps"]
+    report.table(["step", "docs in", "docs out", "dropped"],
+                 [[s["step"], s["docs_in"] if s["docs_in"] is not None else "-", s["docs_out"],
+                   ", ".join(f"{k}={v}" for k, v in s["dropped"].items())] for s in steps])
+    report.plot("funnel", lambda ax: (ax.barh([s["step"] for s in steps][::-1], [s["docs_out"] for s in steps][::-1]),
+                                      ax.set_xlabel("documents")))
+
+
+def tokenizer_section(report: Report, run: Path):
+    stats = _json(run / "tokenizer" / "eval.json")
+    if not stats:
+        return
+    report.heading("Tokenizer")
+    report.table(["vocab", "bytes/token (held out)", "cl100k bytes/token", "ratio to cl100k"],
+                 [[stats.get("vocab_size", "-"), stats.get("bytes_per_token", "- (no held-out documents)"),
+                   stats.get("cl100k_bytes_per_token", "-"), stats.get("ratio_to_cl100k", "-")]])
+
+    sample = "The assistant counts 3 r's in strawberry: s-t-r-a-w-b-e-r-r-y."
+    tokens = tokens_of_text(TokenizeConfig(text=sample, tokenizer=str(run / "tokenizer")), sample)
+    page = render_html(tokens, "", "", False)
+    report.code("|".join(_shown(t) for t in tokens), page[page.index("<div class=tokens>"):])
+
+
+def pretrain_section(report: Report, run: Path):
+    log = _jsonl(run / "base" / "log.jsonl")
+    summary = _json(run / "base" / "summary.json")
+    if not log or not summary:
+        return
+    report.heading("Pretraining")
+    report.table(["parameters", "steps", "tokens seen", "seconds", "validation loss", "bits per byte"],
+                 [[f"{summary['parameters']:,}", summary["steps"], f"{summary['tokens_seen']:,}", summary["seconds"],
+                   round(summary.get("eval_loss") or float("nan"), 3),
+                   round(summary.get("eval_bpb") or float("nan"), 3)]])
+    train = [r for r in log if "loss" in r]
+    evals = [r for r in log if "eval_loss" in r]
+
+    def draw(ax):
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="validation loss")
+        ax.plot([r["step"] for r in evals], [r["eval_bpb"] for r in evals], "s--", label="validation bits/byte")
+        ax.set_xlabel("step")
+        ax.legend()
+
+    report.plot("pretraining", draw)
+    recital = _json(run / "regurgitation" / "report.json")
+    if recital:
+        report.heading("Recitation and working memory")
+        report.text(f"After the first {recital['prefix_tokens']} tokens of a document, greedy tokens that match its "
+                    f"next {recital['continuation_tokens']} verbatim (mean, before the first difference): training "
+                    "documents (recitation) against held-out ones, and held-out ones shown once in full just "
+                    "before (copying from the context, which tool calls need).")
+        sides = [("training documents", "train"), ("held-out documents", "heldout"),
+                 ("held-out, passage in context", "heldout_in_context")]
+        report.table(["documents", "count", "mean matched tokens", "exact continuations"],
+                     [[label, recital[key]["docs"], recital[key]["mean_matched_tokens"],
+                       recital[key]["exact_continuations"]] for label, key in sides if key in recital])
+    samples = _json(run / "generate" / "samples.json") or []
+    if samples:
+        report.heading("Samples from the base model")
+        report.code("\n\n".join(f"{s.get('prompt', s.get('as_assistant'))!r} → {s.get('sample', s.get('answer'))}"
+                                for s in samples))
+
+
+def evals_section(report: Report, run: Path):
+    sft = _json(run / "eval" / "eval.json")
+    rl = _json(run / "rl" / "eval.json")
+    if sft:
+        report.heading("Assistant (SFT), held-out sets")
+        rows = []
+        for task, entry in sft.items():
+            if task == "knowledge":
+                rows.append([task, f"refuses {entry['refusal_rate_on_unknown']} of unknown facts", "-", "-"])
+            else:
+                rows.append([task, entry["accuracy"], entry.get("accuracy_without_tools", "-"),
+                             entry.get("one_answer_baseline", "-")])
+        report.table(["task", "accuracy", "without tools", "one-answer baseline"], rows)
+    if rl:
+        report.heading("RL on verifiable tasks (GRPO): pass@1 before and after")
+        report.table(["task", "SFT", "after RL"], [[t, rl["pass@1_before"][t], rl["pass@1_after"].get(t, "-")]
+                                                   for t in rl["pass@1_before"]])
+        report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {_number(rl['reward_first'])} → "
+                    f"{_number(rl['reward_last'])}.")
+    final = _json(run / "final-eval" / "eval.json")
+    if sft and final:
+        report.heading("The final model against the SFT model, same held-out sets")
+        rows = []
+        for task in sft:
+            if task not in final:
+                continue
+            key = "refusal_rate_on_unknown" if task == "knowledge" else "accuracy"
+            rows.append([task + (" (refusals on unknown facts)" if task == "knowledge" else ""),
+                         sft[task][key], final[task][key]])
+        report.table(["task", "SFT", "final (after RL and RLHF)"], rows)
+    rm = _json(run / "rm" / "eval.json")
+    if rm:
+        report.heading("Reward model")
+        report.text(f"Held-out pairwise accuracy {_number(rm['held_out_accuracy_before'])} before training, "
+                    f"{_number(rm['held_out_accuracy_after'])} after ({rm['train_pairs']} training pairs, "
+                    f"{rm['test_pairs']} held out).")
+    watch = _jsonl(run / "rlhf" / "watch.jsonl")
+    if watch:
+        rlhf = _json(run / "rlhf" / "eval.json") or {}
+        report.heading(f"RLHF ({rlhf.get('algo', '?')}, KL penalty {rlhf.get('beta', '?')})")
+        report.table(["step", "RM score", "KL", "judge", "distinct-2", "length", "alarm"],
+                     [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-",
+                       round(r["judge"], 3), round(r["distinct2"], 3), round(r["length"], 1), r.get("alarm") or ""]
+                      for r in watch])
+
+        def draw(ax):  # one point per log, coloured by step: where the RM score went as the policy drifted
+            kl, steps = [r.get("kl", 0.0) for r in watch], [r["step"] for r in watch]
+            points = ax.scatter(kl, [r["rm_score"] for r in watch], c=steps, marker="o", label="RM score")
+            ax.scatter(kl, [r["judge"] for r in watch], c=steps, marker="s", label="held-out judge")
+            ax.figure.colorbar(points, ax=ax, label="step")
+            ax.set_xlabel("KL to the reference policy (per token)")
+            ax.legend()
+
+        report.plot("rm_vs_kl", draw)
+
+
+def timing_section(report: Report, run: Path):
+    seconds: dict[str, object] = {}
+    for marker in sorted(run.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
+        info = read_json(marker)
+        if info is None:  # torn or edited: that stage is not done
+            continue
+        stage = info.get("stage", marker.parent.name)
+        # a stage marks its own folder (RUN/base) and the speedrun its step's (RUN/pretrain, with the time)
+        if seconds.get(stage, "-") == "-":
+            seconds[stage] = info.get("seconds", "-")
+    rows = [[stage, took] for stage, took in seconds.items()]
+    if rows:
+        report.heading("Time per stage")
+        report.table(["stage", "seconds"], rows)
+        log = _jsonl(run / "base" / "log.jsonl")
+        speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
+        if speeds:
+            report.text(f"Pretraining throughput: {sum(speeds) / len(speeds):,.0f} tokens/s on average.")
+
+
+def environment_section(report: Report):
+    import importlib.metadata as metadata
+    import os
+
+    import torch
+
+    versions = []
+    for package in ("hfstack", "torch", "transformers", "trl", "datasets", "tokenizers", "accelerate", "datatrove"):
+        try:
+            versions.append([package, metadata.version(package)])
+        except metadata.PackageNotFoundError:
+            continue
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    report.heading("Environment")
+    report.text(f"Python {platform.python_version()} on {platform.platform()}; {device}.")
+    report.table(["package", "version"], versions)
+
+
+def report(cfg: ReportConfig) -> Path:
+    # always drawn afresh: report's own earlier files go, others stay; another stage's folder is refused
+    out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or Path(cfg.run).expanduser() / "report")
+    run = Path(cfg.run)
+    card = Report(out)
+    for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section):
+        section(card, run)
+    environment_section(card)
+    title = f"hfstack run {run.name}"
+    (out / "report.md").write_text(f"# {title}\n\n" + card.markdown())
+    (out / "report.html").write_text(card.html(title))
+    name = final_model(run)
+    final = run / name if name else None
+    if final is not None:
+        import shutil
+
+        (final / "README.md").write_text(card_front_matter() + f"# {title}\n\n" + card.markdown())
+        for image in out.glob("*.png"):
+            shutil.copy(image, final / image.name)
+    print(f"[report] {out / 'report.md'} and report.html"
+          + (f"; model card in {final / 'README.md'}" if final else ""))
+    finish_output(out, "report")
+    return out
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = ReportConfig
+run = report

@@ -1,0 +1,134 @@
+"""Reward stage: train a reward model that simulates the person who ranked (TRL RewardTrainer).
+
+    hfstack reward --config recipes/tiny/reward.yaml [--max_steps 300 ...]
+
+Step 2 of RLHF in the notes. The reward model is the policy's own network with a one-number head
+(`AutoModelForSequenceClassification`, `num_labels=1`) and the same tokenizer and chat template; it
+learns from the ranking stage's pairs (Bradley-Terry loss: the chosen answer should score higher
+than the rejected one). Its held-out pairwise accuracy (pairs from prompts it never trained on)
+is measured before and after training and written to `output_dir/eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.launch import print0
+from hfstack.core.model import load_reward_model, wants_bf16
+from hfstack.core.protocol import END_OF_TURN
+from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.telemetry import available_trackers
+from hfstack.core.textfiles import load_records
+from hfstack.core.trainer_args import check_training_args, trainer_config
+
+
+@dataclass
+class RewardStageConfig:
+    """Starting network, preference data and training settings."""
+
+    model: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
+    preferences: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
+    test_preferences: str | None = None  # default: <preferences>/data/test.parquet when it exists
+    output_dir: str = "runs/tiny/rm"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    max_steps: int = bounded(200, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    warmup_steps: int = bounded(10, ge=0)
+    micro_batch_size: int = bounded(16, ge=1)
+    max_length: int = bounded(192, ge=2)
+    center_rewards_coefficient: float | None = bounded(0.01, ge=0)  # keeps scores near 0, so RL sees a stable scale
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    log_every: int = bounded(20, ge=1)
+    save_every: int = bounded(200, ge=1)
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "reward")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from trl import RewardConfig
+
+            check_training_args(RewardConfig, self.training_args, "reward")
+
+
+PAIR_COLUMNS = ("chosen", "rejected")
+
+
+def load_pairs(source: str, split: str) -> list[dict]:
+    """Preference pairs from a rank-stage directory (data/<split>.parquet), a file, or the Hub."""
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "data" / f"{split}.parquet"
+        if not path.is_file():
+            raise ConfigError(f"reward: no {split} pairs at '{path}'; run `hfstack rank` first")
+    rows = load_records(str(path), split, "preferences")
+    if rows:
+        missing = [c for c in PAIR_COLUMNS if c not in rows[0]]
+        if missing:
+            raise ConfigError(f"reward: preferences '{source}' lack column(s) {missing}; expected prompt (optional), "
+                              f"chosen, rejected (TRL's preference format); found {sorted(rows[0])}")
+    return rows
+
+
+def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
+    train_rows = load_pairs(cfg.preferences, "train")
+    held_out = Path(cfg.preferences) / "data" / "test.parquet"
+    test_source = cfg.test_preferences or (cfg.preferences if held_out.is_file() else None)
+    test_rows = load_pairs(test_source, "test") if test_source else []
+    if not train_rows:
+        raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
+    out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
+    set_seed(cfg.seed)
+    model, tokenizer = load_reward_model(cfg.model)
+    on_gpu = torch.cuda.is_available()
+    args = trainer_config(RewardConfig, "reward", cfg.training_args,
+        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
+        bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, eval_strategy="no",
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
+        dataset_num_proc=None)
+    columns = ["prompt", "chosen", "rejected"]
+    keep = lambda rows: [{c: r[c] for c in columns if c in r} for r in rows]  # noqa: E731
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(keep(train_rows)),
+                            eval_dataset=Dataset.from_list(keep(test_rows)) if test_rows else None,
+                            processing_class=tokenizer, callbacks=callbacks or [])
+    before = trainer.evaluate()["eval_accuracy"] if test_rows else None
+    trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
+    after = trainer.evaluate()["eval_accuracy"] if test_rows else None
+    trainer.model.config.pad_token_id = tokenizer.pad_token_id
+    trainer.save_model(str(out))
+    if not main:
+        return out
+    tokenizer.save_pretrained(out)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),
+              "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],
+              "last_loss": losses[-1:]}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print0(f"[reward] done: {json.dumps(report)}")
+    finish_output(out, "reward", steps=trainer.state.global_step)
+    return out
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = RewardStageConfig
+run = run_reward

@@ -1,0 +1,210 @@
+"""RLHF stage: optimise the policy against the reward model, on a KL leash, and watch for hacking.
+
+    hfstack rlhf --config recipes/tiny/rlhf.yaml --algo rloo|grpo|ppo
+    hfstack rlhf --config recipes/tiny/rlhf-hack.yaml          # KL off: watch the reward get gamed
+
+Step 3 of RLHF in the notes. The reward model (from `hfstack reward`) stands in for the person, so
+RL can ask it millions of times; but it is a network, and RL finds inputs that fool it ("the the
+the the"). Algorithms:
+- rloo, grpo: TRL's RLOOTrainer / GRPOTrainer with `reward_funcs` = the reward model; `beta` is the
+  KL penalty to the starting (reference) policy;
+- ppo: hfstack's own PPO with a critic and GAE (`hfstack.rlalgo.ppo`), fixed or adaptive KL.
+
+The reward-hacking watch logs, at every logging step, the RM score, the KL to the reference (when
+the algorithm computes it), the answer length, repetition (distinct bigrams) and a held-out judge's
+score (a function by import path; default the scripted person of `hfstack rank`). When the RM score
+has risen while the judge's score fell, or repetition spiked, it warns, or stops the run when
+`on_hack: stop`. Everything goes to `output_dir/watch.jsonl` and `eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.launch import print0, process_state
+from hfstack.core.model import load_reward_model, wants_bf16
+from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
+from hfstack.core.telemetry import available_trackers
+from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
+from hfstack.rlalgo.watch import HackingWatch, metric_rewards, read_watch, watch_callback
+from hfstack.tasks.judges import distinct_n, load_judge
+from hfstack.tasks.open_prompts import open_prompts
+
+ALGORITHMS = ("rloo", "grpo", "ppo")
+
+
+@dataclass
+class RLHFConfig:
+    """Policy, reward model, algorithm, KL leash and the hacking watch."""
+
+    model: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
+    reward_model: str = model_folder("runs/tiny/rm")
+    output_dir: str = "runs/tiny/rlhf"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    algo: str = "rloo"
+    prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
+    num_prompts: int = bounded(180, ge=1)
+    seed: int = 0
+    # --- optimisation
+    max_steps: int = bounded(40, ge=1)
+    learning_rate: float = bounded(1e-4, gt=0)
+    num_generations: int = bounded(4, ge=1)  # answers per prompt (rloo/grpo groups; ppo samples as many)
+    prompts_per_step: int = bounded(4, ge=1)
+    max_completion_length: int = bounded(32, ge=1)
+    temperature: float = bounded(1.0, gt=0, why="the policy samples its answers")
+    beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")  # KL penalty to the reference policy
+    # ppo only: adapt beta towards this KL per answer (summed over tokens)
+    kl_target: float | None = bounded(None, gt=0)
+    ppo_epochs: int = bounded(2, ge=1)
+    save_every: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
+    # --- the watch
+    judge: str = "hfstack.stages.rank:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
+    rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
+    judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
+    distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
+    on_hack: str = "warn"  # warn | stop
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    log_every: int = bounded(5, ge=1)
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+    # any other field of TRL's RLOOConfig or GRPOConfig, passed through unchanged (not for ppo: hfstack's own loop)
+    training_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "rlhf")
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(f"rlhf: unknown algo '{self.algo}'; choose from {', '.join(ALGORITHMS)}")
+        if self.training_args and self.algo == "ppo":
+            raise ConfigError("rlhf: training_args pass through to TRL's trainers; algo ppo is hfstack's own loop, "
+                              "whose settings are this config's fields")
+        if self.training_args:
+            from trl import GRPOConfig, RLOOConfig
+
+            check_training_args(RLOOConfig if self.algo == "rloo" else GRPOConfig, self.training_args, "rlhf")
+        if self.algo != "ppo" and self.num_generations < 2:
+            raise ConfigError(f"rlhf: algo {self.algo} needs num_generations >= 2 (it compares answers within a "
+                              f"group), got {self.num_generations}")
+        if self.on_hack not in ("warn", "stop"):
+            raise ConfigError(f"rlhf: on_hack must be 'warn' or 'stop', got '{self.on_hack}'")
+        if self.algo != "ppo" and self.kl_target is not None:
+            raise ConfigError("rlhf: kl_target (adaptive KL) is for algo ppo; rloo and grpo use a fixed beta")
+
+
+# ----------------------------------------------------------------------------- the watch
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
+    texts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed + 1, "rlhf")
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+def run_rlhf(cfg: RLHFConfig) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+
+    for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
+    out, main = start_output("rlhf", cfg)  # after the inputs are checked: a bad one writes nothing
+    set_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    policy = AutoModelForCausalLM.from_pretrained(cfg.model)
+    reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
+    judge = load_judge(cfg.judge)
+    prompts = rlhf_prompts(cfg)
+    checkpoints = out / "checkpoints"
+    resuming = bool(newest_ppo_checkpoint(checkpoints) if cfg.algo == "ppo" else newest_checkpoint(checkpoints))
+    watch = HackingWatch(cfg, out / "watch.jsonl", record=main, resuming=resuming)
+    if cfg.algo == "ppo":
+        policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+    else:
+        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+    if not main:
+        return out
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+    carry_run_files(Path(cfg.model), out)
+    rows = read_watch(out / "watch.jsonl")
+    report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
+              "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
+              "alarms": watch.alarms}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print0(f"[rlhf] done: {json.dumps(report)}")
+    finish_output(out, "rlhf", steps=len(rows))
+    return out
+
+
+def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algo == "rloo" else (GRPOConfig, GRPOTrainer)
+    args = trainer_config(config_cls, "rlhf", cfg.training_args,
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0],
+        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=1,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress)
+    samples: list[str] = []
+    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, reward_processing_classes=[reward_tokenizer, None, None])
+    trainer.add_callback(watch_callback(watch, trainer.reward_func_names[0], samples))
+    trainer.train(resume_from_checkpoint=newest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+    import copy
+
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    critic = AutoModelForTokenClassification.from_pretrained(cfg.reward_model, num_labels=1)
+    reward_model.eval().requires_grad_(False)
+
+    def score(batch_prompts, answers):
+        texts = [reward_tokenizer.apply_chat_template(p + [{"role": "assistant", "content": a}], tokenize=False)
+                 for p, a in zip(batch_prompts, answers)]
+        inputs = reward_tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
+                                  add_special_tokens=False).to(reward_model.device)
+        with torch.no_grad():
+            return reward_model(**inputs).logits[:, 0].tolist()
+
+    def answer_metrics(batch_prompts, answers):  # per process; train_ppo averages them over processes
+        return {"judge": sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers),
+                "distinct2": sum(distinct_n(a) for a in answers) / len(answers)}
+
+    def on_log(step, metrics, batch_prompts, answers):
+        if step % cfg.log_every and step != cfg.max_steps:
+            return False
+        return watch.observe(step, metrics | {"sample": answers[0]})
+
+    settings = PPOSettings(steps=cfg.max_steps, batch_size=cfg.prompts_per_step * cfg.num_generations,
+                           minibatch_size=max(1, cfg.prompts_per_step * cfg.num_generations // 2),
+                           ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
+                           critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
+                           temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
+    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
+                     answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
+                     save_every=cfg.save_every)
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = RLHFConfig
+run = run_rlhf

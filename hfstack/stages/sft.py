@@ -1,0 +1,341 @@
+"""SFT stage: turn the base model into an assistant by training on conversations (TRL SFTTrainer).
+
+    hfstack sft --config recipes/tiny/sft.yaml [--max_steps 300 ...]
+
+The mixture (hfstack.conversations) holds identity conversations from an identity card, arithmetic
+with Python tool calls, letter counting and spelling, and any chat datasets given. The loss covers
+only the assistant's tokens, tool calls included, through the chat template's generation markers;
+tool outputs and user turns are context. The identity card's system message is built into the saved
+chat template as the default. `peft:` in the recipe trains LoRA adapters instead of all weights
+(`quantize_4bit: true` for QLoRA on a GPU); the adapters are merged into the saved model.
+`first_phase:` trains on part of the mixture alone before the whole of it (a curriculum): the tiny
+model learns to copy numbers from the question only when arithmetic is all it sees (and from many
+distinct conversations, not a few repeated), then keeps the skill while arithmetic stays a large
+part of the mixture. `freeze:` holds named parameters fixed after the first phase (the tiny recipe
+fixes the embeddings: what the first phase learned then holds through the mixture on every seed
+tried, and identity drops: docs/LOG.md).
+
+Writes `output_dir/` as a plain transformers model with its chat template, and `eval_sets.jsonl`,
+the held-out conversations `hfstack eval` scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hfstack.core.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
+from hfstack.core.launch import print0, wait_for_all_ranks
+from hfstack.core.model import wants_bf16
+from hfstack.core.protocol import END_OF_TURN, chat_template
+from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.telemetry import available_trackers
+from hfstack.core.tokens import read_texts
+from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.dataprep import knowledge
+from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
+from hfstack.tasks.generators import IdentityCard
+from hfstack.tools.search import SearchIndex
+
+
+@dataclass
+class SFTStageConfig:
+    """Base model, conversation mixture, training and optional LoRA."""
+
+    model: str = model_folder("runs/tiny/base")
+    output_dir: str = "runs/tiny/sft"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    # --- mixture: generated conversations per source, plus chat data
+    identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
+    counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
+                                                   "knowledge": 300, "search": 300})
+    # --- knowledge: facts from the corpus (or a file), the model interrogated on each, refusals where it
+    #     does not know; search traces over a BM25 index of the same corpus
+    facts_from: list[str] = field(default_factory=list)  # corpus: data-stage dir(s) or text files
+    facts_file: str | None = None  # jsonl with question, answer (and passage)
+    interrogation_samples: int = bounded(3, ge=1)
+    knowledge_repeats: int = bounded(1, ge=1)  # conversations per training fact (the copies get an opener and closer)
+    judge: str = "hfstack.dataprep.knowledge:word_overlap_judge"
+    chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
+    chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
+    chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")
+    seed: int = 0
+    # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
+    #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
+    first_phase: dict | None = None
+    # --- parameters whose names contain any of these stay as they are after the first phase (from the
+    #     start without one), e.g. [self_attn]: the mixture trains the rest
+    freeze: list[str] = field(default_factory=list)
+    # --- training
+    max_steps: int = bounded(300, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    warmup_steps: int = bounded(20, ge=0)
+    micro_batch_size: int = bounded(8, ge=1)
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    max_length: int = bounded(256, ge=2)
+    packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
+    group_by_length: bool = False  # batches of similar length: ~20% faster, but see docs/LOG.md
+    assistant_only_loss: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(500, ge=1)
+    report_to: list[str] = field(default_factory=list)
+    # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
+    peft: dict | None = None
+    progress: bool = True
+    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
+    training_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "sft")
+        if self.training_args:  # before any work: the trainer's config class names the valid keys
+            from trl import SFTConfig
+
+            check_training_args(SFTConfig, self.training_args, "sft")
+        unknown = set(self.identity) - set(asdict(IdentityCard()))
+        if unknown:
+            raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; "
+                              f"valid: {sorted(asdict(IdentityCard()))}")
+        unknown = set(self.counts) - set(SOURCES)
+        if unknown:
+            raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: "
+                              f"{', '.join(SOURCES)} (chat data goes in chat_files / chat_hub)")
+        bad = {k: v for k, v in self.counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"sft: 'counts' are conversations per source, whole numbers >= 0; got {bad}")
+        if self.first_phase is not None:
+            phase = self.first_phase
+            if not isinstance(phase, dict) or not isinstance(phase.get("counts"), dict) or "max_steps" not in phase:
+                raise ConfigError("sft: 'first_phase' must be a mapping with 'counts' (a mixture) and 'max_steps', "
+                                  "e.g. {counts: {arithmetic: 2400}, max_steps: 800}")
+            unknown = set(phase) - set(PHASE_FIELDS)
+            if unknown:
+                raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; "
+                                  f"valid: {', '.join(PHASE_FIELDS)}")
+            unknown = set(phase["counts"]) - set(GENERATED_SOURCES)
+            if unknown:
+                raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; "
+                                  f"got {sorted(unknown)}")
+        if self.freeze and (not isinstance(self.freeze, list)
+                            or not all(isinstance(f, str) and f for f in self.freeze)):
+            raise ConfigError("sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; "
+                              f"got {self.freeze!r}")
+        if self.freeze and self.peft:
+            raise ConfigError("sft: 'freeze' is for full finetuning; with 'peft', choose peft.target_modules instead "
+                              "and set freeze: [] (on the command line: --freeze with no parts)")
+        if self.peft is not None and not isinstance(self.peft, dict):
+            raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
+
+    def card(self) -> IdentityCard:
+        return IdentityCard(**self.identity)
+
+
+PHASE_FIELDS = ("counts", "max_steps", "micro_batch_size", "learning_rate", "warmup_steps")
+# Mixture sources: the generated ones need only the identity card, so a first phase can use them;
+# knowledge and search need the corpus and the base model's interrogation.
+SOURCES = GENERATED_SOURCES + ("knowledge", "search")
+
+
+def lora_config(options: dict):
+    from peft import LoraConfig
+
+    options = dict(options)
+    options.pop("quantize_4bit", None)
+    options.setdefault("target_modules", "all-linear")
+    options.setdefault("task_type", "CAUSAL_LM")
+    try:
+        return LoraConfig(**options)
+    except TypeError as e:
+        raise ConfigError(f"sft: bad 'peft' option: {e}") from None
+
+
+def load_base(cfg: SFTStageConfig, on_gpu: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"sft: no model at '{cfg.model}' (expected config.json); run `hfstack pretrain` first")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    options = {}
+    if cfg.peft and cfg.peft.get("quantize_4bit"):
+        if not on_gpu:
+            raise ConfigError("sft: QLoRA (peft.quantize_4bit) needs a GPU and bitsandbytes")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, **options)
+    if model.config.vocab_size != len(tokenizer):
+        raise ConfigError(f"sft: model vocab_size {model.config.vocab_size} != tokenizer's {len(tokenizer)}")
+    return model, tokenizer
+
+
+def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
+    import torch
+    from transformers import set_seed
+
+
+    check_model_folder(cfg.model, "sft", "base model")  # before the claim: a missing base writes nothing
+    # a checked launch and a claimed folder: another base model or mixture never resumes this one's
+    # checkpoints or first phase
+    out, main = start_output("sft", cfg)
+    on_gpu = torch.cuda.is_available()
+    set_seed(cfg.seed)
+    model, tokenizer = load_base(cfg, on_gpu)
+    frozen_names = to_freeze(model, cfg.freeze)
+    card = cfg.card()
+    tokenizer.chat_template = chat_template(default_system=card.system_message())
+    extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out, main)
+    train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
+                                         extra)
+    if not train_rows:
+        raise ConfigError("sft: the mixture is empty; set counts or chat_files")
+    if main:  # only the main process writes; the others train alongside it
+        with (out / "eval_sets.jsonl").open("w") as handle:
+            for rows in held_out.values():
+                for row in rows:
+                    handle.write(json.dumps(row) + "\n")
+    phase_steps = 0
+    if cfg.first_phase:
+        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks, main)
+    frozen = freeze(model, frozen_names)
+    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks)
+    model = trainer.model
+    if cfg.peft:
+        model = model.merge_and_unload()  # a plain model again: loadable without peft
+    model.generation_config.update(eos_token_id=[tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id],
+                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    if main:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
+                "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
+                "last_loss": losses[-1:], "lora": bool(cfg.peft)}
+               | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report)
+    if cfg.freeze:
+        summary["frozen_parameters"] = frozen
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print0(f"[sft] done: {json.dumps(summary)}")
+    finish_output(out, "sft", main, steps=trainer.state.global_step)
+    wait_for_all_ranks()
+    return out
+
+
+def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, callbacks: list | None,
+          **overrides):
+    """One SFTTrainer run over `rows`, checkpointing under `out/checkpoints` and resuming from there."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+
+    on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
+    args = trainer_config(SFTConfig, "sft", cfg.training_args,
+        output_dir=str(out / "checkpoints"), max_steps=on["max_steps"], learning_rate=on["learning_rate"],
+        warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine",
+        per_device_train_batch_size=on["micro_batch_size"],
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),  # padding: the tokenizer's own
+        gradient_checkpointing=False, logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
+        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
+        dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
+    trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
+    return trainer
+
+
+def to_freeze(model, parts: list[str]) -> list[str]:
+    """Names of the parameters that contain one of `parts`. A part that names no parameter is an
+    error (caught before any training), not a silent no-op."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [part for part in parts if not any(part in name for name in names)]
+    if unmatched:
+        raise ConfigError(f"sft: 'freeze' part(s) {unmatched} match no parameter; names look like {names[:3]}")
+    chosen = [name for name in names if any(part in name for part in parts)]
+    if chosen and len(chosen) == len(names):
+        raise ConfigError(f"sft: 'freeze' {parts} matches every parameter; the mixture would have nothing to train")
+    return chosen
+
+
+def freeze(model, names: list[str]) -> int:
+    """Stop the gradient of the named parameters; returns how many values that holds fixed."""
+    parameters = dict(model.named_parameters())
+    for name in names:
+        parameters[name].requires_grad_(False)
+    frozen = sum(parameters[name].numel() for name in names)
+    if names:
+        print0(f"[sft] frozen for the mixture: {frozen:,} values in {len(names)} parameters")
+    return frozen
+
+
+def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None,
+                main: bool = True):
+    """Train on the first phase's own mixture (training rows only: the held-out items are the main
+    mixture's, and the generators never put a held-out item in any training split), save it under
+    `out/first_phase`, and hand the model on. A rerun finds it saved and goes straight on."""
+    from transformers import AutoModelForCausalLM
+
+
+    folder = out / "first_phase"
+    if (folder / "summary.json").is_file():
+        print0(f"[sft] first phase already done: {folder}")
+        return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
+    rows, _ = build_mixture(cfg.first_phase["counts"], card, [], [], -1, cfg.seed, {})
+    if not rows:
+        raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got "
+                          f"{cfg.first_phase['counts']}")
+    print0(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
+           f"{cfg.first_phase['max_steps']} steps")
+    trainer = train(cfg, model, tokenizer, rows, folder, callbacks,
+                    **{k: v for k, v in cfg.first_phase.items() if k != "counts"})
+    model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
+    if main:  # under a launch, every rank holds the same model; one writes it
+        model.save_pretrained(folder)
+        (folder / "summary.json").write_text(json.dumps({"steps": trainer.state.global_step,
+                                                           "conversations": len(rows)}) + "\n")
+    return model, trainer.state.global_step
+
+
+def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bool = True) -> tuple[dict, dict]:
+    """Interrogate the base model on the fact set (refusals where it does not know) and build the
+    search index and its traces. Skipped when neither source is asked for or no corpus is given."""
+
+    wanted = {k: cfg.counts.get(k, 0) for k in ("knowledge", "search")}
+    if not any(wanted.values()):
+        return {}, {}
+    if not cfg.facts_from and not cfg.facts_file:
+        print0("[sft] knowledge and search sources skipped: set facts_from (the corpus) or facts_file")
+        return {}, {}
+
+    texts = list(read_texts(cfg.facts_from))
+    facts = knowledge.load_facts(cfg.facts_file) if cfg.facts_file else knowledge.derive_facts(texts)
+    extra, report = {}, {"facts": len(facts)}
+    if wanted["knowledge"] and facts:
+        asked = facts[:wanted["knowledge"]]
+        results = knowledge.interrogate(model, tokenizer, asked, cfg.interrogation_samples,
+                                        knowledge.load_judge(cfg.judge))
+        report |= {"known_facts": sum(r["known"] for r in results),
+                   "unknown_facts": sum(not r["known"] for r in results)}
+        print0(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "
+               f"does not know {report['unknown_facts']} (those get refusals)")
+        extra["knowledge"] = knowledge.knowledge_conversations(results, cfg.seed, repeats=cfg.knowledge_repeats)
+    if wanted["search"] and texts:
+        index = SearchIndex.build(texts)
+        if main:
+            index.save(out / "search_index")
+        extra["search"] = knowledge.search_conversations(facts[:wanted["search"]], index, cfg.seed)
+        report["search_traces"] = len(extra["search"]["train"])
+    model.train()
+    return extra, report
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = SFTStageConfig
+run = run_sft

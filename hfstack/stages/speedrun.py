@@ -1,0 +1,306 @@
+"""Speedrun: every stage that exists, in order, on one preset, each in RUN/<stage>/.
+
+    hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
+
+Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
+rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
+held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
+card (also the final model's README.md).
+The tiny preset runs offline on CPU. A stage that finished with the same settings and inputs (its
+fingerprint, hfstack.core.rundir) is skipped, so rerunning after an interruption continues where it stopped
+(and each stage resumes its own unfinished work); a stage whose folder holds a run with other settings
+stops the speedrun with one line naming them. `--force` recomputes every stage from scratch (each
+removes what it wrote before, and nothing else).
+Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hfstack.core.config import (
+    ConfigError,
+    bounded,
+    check_fields,
+    check_values,
+    from_dict,
+    load_config,
+    read_yaml,
+    save_config,
+)
+from hfstack.core.launch import launch_command
+from hfstack.core.recipes import recipes_dir
+from hfstack.core.rundir import (
+    check_output_dir,
+    claim_output,
+    clear_done,
+    finish_output,
+    is_done,
+    mark_done,
+    stored_run,
+)
+from hfstack.dataprep.synthetic import write_crawl
+from hfstack.stages import BY_COMMAND, config_class, load
+
+
+@dataclass
+class SpeedrunConfig:
+    preset: str = "tiny"
+    output_dir: str | None = None  # default: runs/<preset>
+    crawl_pages: int = bounded(300, ge=10)  # size of the synthetic crawl used when the preset has no data input
+    force: bool = False  # recompute every stage from scratch (each runs with overwrite)
+    # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
+    #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
+    overrides: dict = field(default_factory=dict)
+    # training stages (pretrain, sft, rl, reward, rlhf) under `accelerate launch` on N processes
+    launcher: str = "none"  # none | accelerate
+    num_processes: int = bounded(1, ge=1)
+    launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
+
+    def __post_init__(self):
+        check_fields(self, "speedrun")
+        if self.launch_config is not None and not Path(self.launch_config).is_file():
+            raise ConfigError(f"speedrun: 'launch_config' '{self.launch_config}' is not a file (an accelerate config)")
+        if not (recipes_dir() / self.preset).is_dir():
+            presets = sorted(p.name for p in recipes_dir().iterdir() if (p / "data.yaml").is_file())
+            raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{self.preset}"
+        if self.launcher not in ("none", "accelerate"):
+            raise ConfigError(f"speedrun: launcher must be 'none' or 'accelerate', got '{self.launcher}'")
+        unknown = set(self.overrides) - {name for name, _ in STAGES}
+        if unknown or not all(isinstance(v, dict) for v in self.overrides.values()):
+            raise ConfigError(f"speedrun: 'overrides' maps a stage ({', '.join(n for n, _ in STAGES)}) to its "
+                              f"fields; got {self.overrides}")
+
+        for stage, fields in self.overrides.items():
+            if stage in BY_COMMAND:  # a misspelt field or a bad value stops the run now, not hours in
+                check_values(config_class(stage), fields, f"speedrun overrides for {stage}")
+
+
+def stage_config(cfg: SpeedrunConfig, stage: str, run_args: list[str]):
+    """The preset's recipe for a stage, the run's paths, then the speedrun's overrides for that stage."""
+    cls = config_class(stage)
+
+    path = recipes_dir() / cfg.preset / f"{stage}.yaml"
+    loaded = load_config(cls, path if path.is_file() else None, run_args)
+    forced = {"overwrite": True} if cfg.force and hasattr(loaded, "overwrite") else {}  # --force recomputes
+    return from_dict(cls, asdict(loaded) | forced | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
+
+
+def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
+    """Run a training stage in this process, or under `accelerate launch` when the speedrun says so:
+    the resolved config goes to RUN/launch/<command>.yaml (outside the stage's folder, which the stage
+    claims) and `hfstack <command> --config` reads it back."""
+    if cfg.launcher == "none":
+        runner(stage_cfg)
+        return
+    import subprocess
+
+
+    recipe_file = save_config(stage_cfg, Path(cfg.output_dir) / "launch", f"{command}.yaml")
+    line = launch_command(command, cfg.num_processes, cfg.launch_config, ["--config", str(recipe_file)])
+    print(f"[speedrun] {' '.join(line[2:])}", flush=True)
+    if subprocess.call(line) != 0:
+        raise ConfigError(f"speedrun: `{' '.join(line[2:])}` failed; see its output above")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the speedrun: its stage's config (built when its turn comes, so it sees what the steps
+    before it wrote), the folder holding its outputs and fingerprint (RUN/<folder>), and how it runs.
+    A step whose stage claims no folder of its own (claims=False) has the speedrun claim RUN/<folder>."""
+
+    config: Callable[[SpeedrunConfig, Path], object]
+    run: Callable[[SpeedrunConfig, Path, object], None]
+    folder: str
+    stage: str  # its fingerprint's kind (hfstack.core.fingerprint.STAGES)
+    claims: bool = True
+
+
+@dataclass
+class SamplesConfig:
+    """What the generate step depends on: the base model (its prompts and sampling are fixed)."""
+
+    model: str
+
+
+def _crawl_config(cfg: SpeedrunConfig, run: Path):
+    return config_class("synth-crawl")(output=str(run / "crawl" / "crawl.warc.gz"), pages=cfg.crawl_pages)
+
+
+def _crawl(cfg: SpeedrunConfig, run: Path, crawl_cfg) -> None:
+    summary = write_crawl(crawl_cfg.output, pages=crawl_cfg.pages, seed=crawl_cfg.seed)
+    print(f"[crawl] synthetic crawl: {summary.counts}")
+
+
+def _data_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "data", ["--output_dir", str(run / "data")] + _default_input(cfg, run))
+
+
+def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
+    recipe = read_yaml(recipes_dir() / cfg.preset / "data.yaml")
+    if recipe.get("input") or recipe.get("hub_dataset"):
+        return []
+    return ["--input", str(run / "crawl" / "*.warc.gz")]
+
+
+def _tokenizer_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "tokenizer",
+                        ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
+
+
+def _pretrain_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
+                                                          str(run / "tokenizer"), "--output_dir", str(run / "base")])
+
+
+def _generate(cfg: SpeedrunConfig, run: Path, samples_cfg: SamplesConfig) -> None:
+    """The base model dreams documents from a few openings, and is asked a question the few-shot way."""
+    import json
+
+
+    generate, settings = load("generate").run, config_class("generate")
+    samples = []
+    for prompt in ("The", "In this module,", "Python is"):
+        text = generate(settings(model=samples_cfg.model, prompt=prompt, max_new_tokens=48, seed=0,
+                                 temperature=0.8, stream=False))[0]
+        samples.append({"prompt": prompt, "sample": text})
+    answer = generate(settings(model=samples_cfg.model, as_assistant="What does the os module do?",
+                               max_new_tokens=48, temperature=0, stream=False))[0]
+    samples.append({"as_assistant": "What does the os module do?", "answer": answer})
+    (run / "generate" / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
+
+
+def _regurgitation_config(cfg: SpeedrunConfig, run: Path):
+    held_out = read_yaml(run / "base" / "config.yaml")["val_fraction"]  # the documents pretraining never saw
+    return stage_config(cfg, "regurgitation", [
+        "--model", str(run / "base"), "--data", str(run / "data"), "--val_fraction", str(held_out),
+        "--output", str(run / "regurgitation" / "report.json")])
+
+
+def _sft_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "sft", ["--model", str(run / "base"), "--output_dir",
+                                                     str(run / "sft"), "--facts_from", str(run / "data")])
+
+
+def _eval_config(model: str, folder: str):
+    def build(cfg: SpeedrunConfig, run: Path):
+        return stage_config(cfg, "eval", ["--model", str(run / model),
+                                                      "--output", str(run / folder / "eval.json")])
+
+    return build
+
+
+def _rl_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")])
+
+
+def _rank_config(cfg: SpeedrunConfig, run: Path):
+    """Offline, a scripted judge plays the person who ranks (the recipe names it)."""
+
+    rank_cfg = stage_config(cfg, "rank", ["--model", str(run / "rl"), "--output_dir", str(run / "prefs")])
+    if not rank_cfg.judge:
+        raise ConfigError("speedrun: the rank recipe needs a scripted 'judge' (a person ranks with `hfstack rank`)")
+    return rank_cfg
+
+
+def _reward_config(cfg: SpeedrunConfig, run: Path):
+    return stage_config(cfg, "reward", [
+        "--model", str(run / "rl"), "--preferences", str(run / "prefs"), "--output_dir", str(run / "rm")])
+
+
+def _rlhf_config(cfg: SpeedrunConfig, run: Path):
+    """The last stage: its policy is the run's final model."""
+
+    return stage_config(cfg, "rlhf", [
+        "--model", str(run / "rl"), "--reward_model", str(run / "rm"), "--output_dir", str(run / "rlhf")])
+
+
+def _report_config(cfg: SpeedrunConfig, run: Path):
+    return config_class("report")(run=str(run))
+
+
+def _runner(command: str):
+    """Run `hfstack <command>` on the step's config; a training stage may go through `train`."""
+    def run_step(cfg: SpeedrunConfig, run: Path, stage_cfg) -> None:
+        runner = load(command).run
+        if BY_COMMAND[command].trains:
+            train(cfg, command, stage_cfg, runner)
+        else:
+            runner(stage_cfg)
+
+    return run_step
+
+
+STAGES = [
+    ("crawl", Step(_crawl_config, _crawl, "crawl", "crawl", claims=False)),
+    ("data", Step(_data_config, _runner("data"), "data", "data")),
+    ("tokenizer", Step(_tokenizer_config, _runner("tokenizer"), "tokenizer", "tokenizer")),
+    ("pretrain", Step(_pretrain_config, _runner("pretrain"), "base", "pretrain")),
+    ("generate", Step(lambda cfg, run: SamplesConfig(model=str(run / "base")), _generate, "generate", "generate",
+                      claims=False)),
+    ("regurgitation", Step(_regurgitation_config, _runner("regurgitation"), "regurgitation",
+                           "regurgitation", claims=False)),
+    ("sft", Step(_sft_config, _runner("sft"), "sft", "sft")),
+    ("eval", Step(_eval_config("sft", "eval"), _runner("eval"), "eval", "eval", claims=False)),
+    ("rl", Step(_rl_config, _runner("rl"), "rl", "rl")),
+    ("rank", Step(_rank_config, _runner("rank"), "prefs", "rank")),
+    ("reward", Step(_reward_config, _runner("reward"), "rm", "reward")),
+    ("rlhf", Step(_rlhf_config, _runner("rlhf"), "rlhf", "rlhf")),
+    # the final model on the SFT model's held-out sets: what RL and RLHF cost or gained
+    ("final-eval", Step(_eval_config("rlhf", "final-eval"), _runner("eval"), "final-eval", "eval",
+                        claims=False)),
+    ("report", Step(_report_config, _runner("report"), "report", "report")),
+]
+
+
+def claim_run(cfg: SpeedrunConfig) -> Path:
+    """RUN itself: never $HOME or a root, and a non-empty folder only if a speedrun made it."""
+    run = Path(cfg.output_dir)  # `~` already expanded when the config was built
+    check_output_dir("speedrun", run)
+    if run.is_dir() and any(run.iterdir()) and not (run / "speedrun.yaml").is_file():
+        raise ConfigError(f"speedrun: {run} is not empty and no speedrun made it (no speedrun.yaml); choose a new "
+                          "or empty --output_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run, "speedrun.yaml")
+    return run
+
+
+def speedrun(cfg: SpeedrunConfig) -> Path:
+    run = claim_run(cfg)
+    for name, step in STAGES:
+        if name == "crawl" and _default_input(cfg, run) == []:
+            continue
+        stage_cfg = step.config(cfg, run)
+        folder = run / step.folder
+        # without --force a step is skipped only when done with the same settings and inputs, and
+        # one whose folder holds a different run stops the speedrun rather than mixing the two
+        stored = "none" if cfg.force else stored_run(step.stage, stage_cfg, folder)  # "none", "same", or fields
+        if stored not in ("none", "same"):
+            raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(stored)}); "
+                              "rerun with --force to recompute, or choose another --output_dir")
+        if stored == "same" and is_done(run / name) and is_done(folder):
+            print(f"[speedrun] {name}: already done, skipping ({folder})")
+            continue
+        print(f"[speedrun] {name}: starting", flush=True)
+        started = time.time()
+        clear_done(run / name)  # a kill from here on leaves the step not done (RUN/pretrain is not base's folder)
+        if not step.claims:  # --force recomputes: the earlier run's files go, unknown ones stay
+            claim_output(step.stage, stage_cfg, overwrite=cfg.force, folder=folder)
+        step.run(cfg, run, stage_cfg)
+        if not step.claims:
+            finish_output(folder, step.stage)
+        (run / name).mkdir(parents=True, exist_ok=True)  # RUN/pretrain, RUN/rank, RUN/reward hold only this marker
+        mark_done(run / name, name, seconds=round(time.time() - started, 1))
+        print(f"[speedrun] {name}: done in {time.time() - started:.1f}s", flush=True)
+    print(f"[speedrun] finished: {run}")
+    return run
+
+
+# the registry's names for this stage (hfstack.stages): its config and its runner
+Config = SpeedrunConfig
+run = speedrun
