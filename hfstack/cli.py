@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from hfstack import __version__
 from hfstack.core.config import ConfigError, _field_types, _type_name, field_comments, field_range, load_config
 from hfstack.core.launch import launch_command
 from hfstack.stages import BY_COMMAND, STAGES, load
@@ -145,9 +146,7 @@ def version() -> str:
     try:
         return installed_version("hfstack")
     except PackageNotFoundError:
-        import hfstack
-
-        return getattr(hfstack, "__version__", "unknown")
+        return __version__
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -265,7 +265,13 @@ def _fake_command(monkeypatch, error):
     def runner(cfg):
         raise error
 
-    monkeypatch.setattr(hfstack.cli, "_commands", lambda: {"fake": lambda: (FakeConfig, runner)})
+    import types
+
+    import hfstack.stages
+
+    fake = hfstack.stages.Stage("fake", "fake", "fake", "FakeConfig", "")
+    monkeypatch.setitem(hfstack.stages.BY_COMMAND, "fake", fake)
+    monkeypatch.setattr(hfstack.cli, "load", lambda command: types.SimpleNamespace(Config=FakeConfig, run=runner))
 
 
 @pytest.mark.parametrize("config, fields, names", [

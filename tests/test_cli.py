@@ -157,7 +157,7 @@ def test_every_public_name_stays_what_it_is_after_its_module_is_imported():
 
     import hfstack
 
-    for name, (module, attr) in hfstack._EXPORTS.items():
+    for name, (module, attr) in hfstack._exports().items():
         importlib.import_module(module)
         assert getattr(hfstack, name) is getattr(importlib.import_module(module), attr), name
 
@@ -169,8 +169,9 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
 
     from hfstack.core.config import load_config
     from hfstack.core.recipes import recipes_dir
+    from hfstack.stages import recipe
     from hfstack.stages.reward import RewardStageConfig
-    from hfstack.stages.speedrun import SpeedrunConfig, recipe, train
+    from hfstack.stages.speedrun import SpeedrunConfig, train
 
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda line: calls.append(line) or 0)

@@ -147,7 +147,7 @@ def test_every_command_and_recipe_in_the_docs_exists():
     commands and recipe files, and together show every command `hfstack --help` lists."""
     import re
 
-    from hfstack.cli import _commands
+    from hfstack.stages import BY_COMMAND
 
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md")),
              *sorted((REPO / "recipes").glob("*/README.md"))]
@@ -158,8 +158,8 @@ def test_every_command_and_recipe_in_the_docs_exists():
         used |= set(re.findall(r"(?m)(?:^|&& |-m )hfstack ([a-z-]+)", shell_blocks))
         missing += [f"{page.relative_to(REPO)}: {path}" for path in re.findall(r"recipes/[\w./-]+\.yaml", shell_blocks)
                     if not (REPO / path).is_file()]
-    assert set(_commands()) <= used, set(_commands()) - used
-    assert used <= set(_commands()), used - set(_commands())
+    assert set(BY_COMMAND) <= used, set(BY_COMMAND) - used
+    assert used <= set(BY_COMMAND), used - set(BY_COMMAND)
     assert not missing, missing
 
 

@@ -184,7 +184,7 @@ def toy_preferences(directory, prompts=80):
                 chosen = [chosen[0]] * 6
             answers.append(" ".join(chosen))
         rows.append({"prompt_id": i, "prompt": prompt, "completions": answers})
-    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.stages.rank:reference_judge")
+    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.tasks.judges:reference_judge")
     claim_output("rank", cfg)  # the rank stage's folder, with rollouts written by hand instead of by a model
     RankingStore(directory).write_rollouts(rows)
     rank(cfg)
@@ -305,7 +305,7 @@ def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
     no_prompt.write_text(json.dumps({"question": "hi"}) + "\n")
     with pytest.raises(ConfigError, match="no 'prompt' column"):
         run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(no_prompt),
-                        reward_funcs=["hfstack.stages.rl:format_reward"]))
+                        reward_funcs=["hfstack.rlalgo.rewards:format_reward"]))
 
 
 def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):

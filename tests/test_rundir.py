@@ -147,8 +147,8 @@ def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_pa
 def ranked_folder(tmp_path: Path, model: Path, **options) -> RankConfig:
     model.mkdir(exist_ok=True)
     (model / "weights.bin").write_bytes(model.name.encode())
-    cfg = RankConfig(model=str(model), output_dir=str(tmp_path / "prefs"), judge="hfstack.stages.rank:reference_judge",
-                     **options)
+    cfg = RankConfig(model=str(model), output_dir=str(tmp_path / "prefs"),
+                     judge="hfstack.tasks.judges:reference_judge", **options)
     claim_output("rank", cfg)  # rollouts written by hand below instead of sampled from a model
     RankingStore(cfg.output_dir).write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about owl {i}.",
                                                   "completions": [f"owl joke {j} of {i}" for j in range(3)]}
@@ -174,7 +174,7 @@ def test_rank_never_deletes_pair_files_it_did_not_write(tmp_path):
     (theirs / "data").mkdir(parents=True)
     (theirs / "data" / "train.parquet").write_bytes(b"a user's own preference pairs")
     with pytest.raises(ConfigError, match="not empty and has no"):
-        rank(RankConfig(model="unused", output_dir=str(theirs), judge="hfstack.stages.rank:reference_judge"))
+        rank(RankConfig(model="unused", output_dir=str(theirs), judge="hfstack.tasks.judges:reference_judge"))
     assert (theirs / "data" / "train.parquet").read_bytes() == b"a user's own preference pairs"
     cfg = ranked_folder(tmp_path, tmp_path / "policy", test_fraction=0.0)  # every pair in train: no test split
     mine = Path(cfg.output_dir) / "data" / "test.parquet"

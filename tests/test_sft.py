@@ -318,7 +318,7 @@ def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
     assert all((r["messages"][-1]["content"] == r["answer"]) == r["known"] for r in repeated)
     held_out = knowledge_conversations(results, seed=0, eval_fraction=1.0, repeats=3)["eval"]
     assert [r["messages"][0]["content"] for r in held_out] == [f["question"] for f in results]
-    assert load_judge("hfstack.dataprep.knowledge:word_overlap_judge")("It is a dict subclass", "a dict subclass")
+    assert load_judge("hfstack.tasks.judges:word_overlap_judge")("It is a dict subclass", "a dict subclass")
     with pytest.raises(ConfigError, match="cannot import"):
         load_judge("nowhere.module:judge")
 

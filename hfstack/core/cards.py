@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""The model card's YAML front matter (library, license, base model, datasets, tags) that the report
+card and every push share."""
 
 from __future__ import annotations
 

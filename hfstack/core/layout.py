@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""The run directory's layout: which folder each stage of a speedrun writes (RUN/base, RUN/prefs, ...)
+and which model is the run's final one. The only place that knows the folder names."""
 
 from __future__ import annotations
 

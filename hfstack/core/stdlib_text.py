@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""The offline corpus: the Python standard library's docstrings as articles, which the synthetic crawl
+and the word tasks (counting, spelling) draw from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Token helpers every stage shares: reading text files and data-stage folders, encoding without
+special tokens, token bytes, and GPT-4's cl100k for comparison."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Reward functions for `hfstack rl` on verifiable tasks, in TRL's reward_funcs signature: correctness
+(the task's own check) and answer form; a user's own function loads by dotted path."""
 
 from __future__ import annotations
 

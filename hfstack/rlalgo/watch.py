@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""The reward-hacking watch: while `hfstack rlhf` trains against a learned reward model, track that
+reward next to measurable stand-ins (the scripted judge, length, distinct-2) and flag when they part."""
 
 from __future__ import annotations
 

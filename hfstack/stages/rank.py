@@ -1,7 +1,7 @@
 """Preferences stage: rank the policy's rollouts best to worst, and turn rankings into pairs.
 
     hfstack rank --config recipes/tiny/rank.yaml                       # a person ranks, in the browser
-    hfstack rank --config recipes/tiny/rank.yaml --judge hfstack.stages.rank:reference_judge   # scripted
+    hfstack rank --config recipes/tiny/rank.yaml --judge hfstack.tasks.judges:reference_judge   # scripted
 
 This is step 1 of RLHF in the notes: for each prompt the policy writes K rollouts (default 5) and a
 person orders them, best to worst. Ordering is easier than writing the ideal answer, and it is all

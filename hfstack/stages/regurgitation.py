@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""How much of its training documents a model recites word for word, against held-out documents.
+
+    hfstack regurgitation --model runs/tiny/base --data runs/tiny/data
+"""
 
 from __future__ import annotations
 

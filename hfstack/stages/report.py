@@ -23,8 +23,7 @@ from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import final_model
 from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
 from hfstack.core.textfiles import read_jsonl
-from hfstack.stages.tokenize import TokenizeConfig, tokens_of_text
-from hfstack.ui.tokens import _shown, render_html
+from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
 
 @dataclass
@@ -147,9 +146,9 @@ def tokenizer_section(report: Report, run: Path):
                    stats.get("cl100k_bytes_per_token", "-"), stats.get("ratio_to_cl100k", "-")]])
 
     sample = "The assistant counts 3 r's in strawberry: s-t-r-a-w-b-e-r-r-y."
-    tokens = tokens_of_text(TokenizeConfig(text=sample, tokenizer=str(run / "tokenizer")), sample)
+    tokens = tokens_of_text(str(run / "tokenizer"), sample)
     page = render_html(tokens, "", "", False)
-    report.code("|".join(_shown(t) for t in tokens), page[page.index("<div class=tokens>"):])
+    report.code("|".join(shown(t) for t in tokens), page[page.index("<div class=tokens>"):])
 
 
 def pretrain_section(report: Report, run: Path):

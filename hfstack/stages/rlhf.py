@@ -63,7 +63,7 @@ class RLHFConfig:
     ppo_epochs: int = bounded(2, ge=1)
     save_every: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     # --- the watch
-    judge: str = "hfstack.stages.rank:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
+    judge: str = "hfstack.tasks.judges:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
     rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
     judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
     distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value

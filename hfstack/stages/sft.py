@@ -57,7 +57,7 @@ class SFTStageConfig:
     facts_file: str | None = None  # jsonl with question, answer (and passage)
     interrogation_samples: int = bounded(3, ge=1)
     knowledge_repeats: int = bounded(1, ge=1)  # conversations per training fact (the copies get an opener and closer)
-    judge: str = "hfstack.dataprep.knowledge:word_overlap_judge"
+    judge: str = "hfstack.tasks.judges:word_overlap_judge"
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
     chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")

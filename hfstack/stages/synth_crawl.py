@@ -1,4 +1,8 @@
-"""TODO docstring"""
+"""Write the offline synthetic crawl: a WARC of pages from the Python standard library's docs, with
+the spam, foreign-language, boilerplate and duplicate pages the data stage must drop.
+
+    hfstack synth-crawl --output crawl.warc.gz --pages 300 --seed 0
+"""
 
 from __future__ import annotations
 

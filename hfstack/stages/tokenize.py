@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Literal
 
 from hfstack.core.config import ConfigError
-from hfstack.core.tokens import cl100k, encode_ordinary, token_bytes
-from hfstack.ui.tokens import PALETTE, SPECIAL, TRAINED, Token, _shown, render_html
+from hfstack.ui.tokens import (
+    Token,
+    render_html,
+    render_terminal,
+    summary,
+    tokens_of_chat,
+    tokens_of_text,
+)
 
 
 @dataclass
@@ -58,71 +64,14 @@ def load_conversation(path: str) -> list[dict]:
     return messages
 
 
-def tokens_of_text(cfg: TokenizeConfig, text: str) -> list[Token]:
-    if cfg.tokenizer == "cl100k":
-        encoding = cl100k()
-        return [Token(i, encoding.decode_single_token_bytes(i)) for i in encoding.encode_ordinary(text)]
-
-    tokenizer = _load(cfg.tokenizer)
-    return [_token(tokenizer, i) for i in encode_ordinary(tokenizer, [text])[0]]
-
-
-def tokens_of_chat(cfg: TokenizeConfig, messages: list[dict]) -> list[Token]:
-    if cfg.tokenizer == "cl100k":
-        raise ConfigError("tokenize: cl100k has no chat template here; use --tokenizer DIR with --chat")
-    tokenizer = _load(cfg.tokenizer)
-    try:
-        rendered = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-    except Exception as e:  # the template raises on unknown roles and tools: say so in one line
-        raise ConfigError(f"--chat '{cfg.chat}': cannot render it ({e})") from None
-    tokens = [_token(tokenizer, i) for i in rendered["input_ids"]]
-    for token, trained in zip(tokens, rendered["assistant_masks"]):
-        token.trained = bool(trained)
-    return tokens
-
-
-def _load(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _token(tokenizer, token_id: int) -> Token:
-    piece = tokenizer.convert_ids_to_tokens(token_id)
-    if token_id in tokenizer.all_special_ids:
-        return Token(token_id, piece.encode("utf-8"), special=True)
-    return Token(token_id, token_bytes(piece))
-
-
-def summary(tokens: list[Token], text_bytes: int) -> str:
-    line = f"{len(tokens)} tokens, {text_bytes} bytes, {text_bytes / max(1, len(tokens)):.2f} bytes/token"
-    if any(t.trained is not None for t in tokens):
-        line += f", {sum(bool(t.trained) for t in tokens)} trained on (assistant)"
-    return line
-
-
-def render_terminal(tokens: list[Token], color: bool) -> str:
-    parts = []
-    for index, token in enumerate(tokens):
-        text = _shown(token)
-        if not color:
-            parts.append(f"[{text}]" if token.trained else f"|{text}")  # [trained] |other
-            continue
-        r, g, b = TRAINED if token.trained else SPECIAL if token.special else PALETTE[index % len(PALETTE)]
-        # a newline inside the coloured span would colour the rest of the line: show it as ⏎ then break
-        visible = text.replace("\n", "⏎\n")
-        parts.append(f"\x1b[38;2;0;0;0;48;2;{r};{g};{b}m{visible}\x1b[0m")
-    return "".join(parts)
-
-
 def tokenize(cfg: TokenizeConfig) -> list[Token]:
     """Print the view (and write the page); returns the tokens."""
     if cfg.chat is not None:
-        tokens = tokens_of_chat(cfg, load_conversation(cfg.chat))
+        tokens = tokens_of_chat(cfg.tokenizer, load_conversation(cfg.chat), cfg.chat)
         title = f"{cfg.chat} through {cfg.tokenizer}"
     else:
         text = cfg.text if cfg.text is not None else Path(cfg.file).read_text(encoding="utf-8", errors="replace")
-        tokens = tokens_of_text(cfg, text)
+        tokens = tokens_of_text(cfg.tokenizer, text)
         title = f"{'text' if cfg.text is not None else cfg.file} through {cfg.tokenizer}"
     stats = summary(tokens, sum(len(t.data) for t in tokens))
     color = cfg.color == "always" or (cfg.color == "auto" and sys.stdout.isatty())

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Judges that stand in for a person: the word-overlap judge for facts, the scripted ranking judge,
+distinct-n for repetition; a user's own judge loads by dotted path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Scoring the assistant's answers on the held-out task sets: what `hfstack eval` reports and
+`hfstack rl` measures pass@1 with."""
 
 from __future__ import annotations
 

@@ -1,0 +1,2 @@
+"""The tasks the assistant is taught, scored and rewarded on (identity, arithmetic, counting, spelling),
+with the judges and open-ended prompts; shared by SFT, eval, RL and RLHF."""
