@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 from hfstack.dataprep.config import DataConfig
-from hfstack.dataprep.steps import ResiliparseExtractor
+from hfstack.dataprep.extractors import ResiliparseExtractor
+from hfstack.dataprep.filters import HttpResponseFilter
+from hfstack.dataprep.readers import WarcResponseReader
 from hfstack.dataprep.synthetic import write_crawl
-from hfstack.dataprep.warc import HttpResponseFilter, WarcResponseReader
 from hfstack.stages.data import DataPipeline, run_data
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "crawl-sample.warc.gz"

@@ -57,12 +57,13 @@ def main():
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before tokenizers starts its thread pool
 
-    from hfstack.core.tokens import cl100k, encode_ordinary, is_heldout, tiktoken_encoding
+    from hfstack.core.splits import stable_split
+    from hfstack.core.tokens import cl100k, encode_ordinary, tiktoken_encoding
     from hfstack.stages.tokenizer import to_transformers, train_bpe
 
     texts = web_texts(Path(tempfile.mkdtemp(prefix="hfstack-tokbench-")))
-    train = [t for t in texts if not is_heldout(t, HELDOUT)]
-    heldout = [t for t in texts if is_heldout(t, HELDOUT)]
+    train = [t for t in texts if not stable_split(t, HELDOUT)]
+    heldout = [t for t in texts if stable_split(t, HELDOUT)]
     train_mb = sum(len(t.encode()) for t in train) / 1e6
     print(f"text: {len(train)} training docs ({train_mb:.1f} MB), {len(heldout)} held-out docs "
           f"({sum(len(t.encode()) for t in heldout) / 1e6:.2f} MB); {args.threads} threads")

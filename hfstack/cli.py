@@ -8,11 +8,14 @@ when a stage runs, so `hfstack --help` answers at once.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import re
 import sys
 
 from hfstack import __version__
-from hfstack.core.config import ConfigError, _field_types, _type_name, field_comments, field_range, load_config
+from hfstack.core.config import ConfigError, _field_types, _type_name, field_default, field_range, load_config
 from hfstack.core.launch import launch_command
 from hfstack.stages import BY_COMMAND, STAGES, load
 
@@ -47,19 +50,46 @@ def _with_positional(command: str, args: list[str]) -> list[str]:
 
 
 def _field_help(config_cls) -> str:
-    """Every field: its type, default, valid range or choices, and the line of help its comment gives."""
-    import dataclasses
-
-    lines = [f"fields of {config_cls.__name__} (set in YAML or as --field value):"]
+    """Every field: its type, default, valid range or choices, and the line of help its comment gives;
+    the stage's own fields first, then those every training stage shares (TrainConfig), then old names."""
     types, comments = _field_types(config_cls), field_comments(config_cls)
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        kind = _type_name(types[f.name]) if f.name in types else "?"  # a Literal's name lists its choices
-        bounds = field_range(f)  # declared with hfstack.core.config.bounded (and every seed's)
-        line = f"  --{f.name:<22} {kind}, default {default!r}" + (f", {bounds}" if bounds else "")
-        lines.append(line + (f"\n  {'':<24}{comments[f.name]}" if f.name in comments else ""))
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    own = [name for name in config_cls.__dict__.get("__annotations__", {}) if name in fields]  # in the class order
+    title = f"fields of {config_cls.__name__} (set in YAML or as --field value):"
+    groups = [(title, [fields[name] for name in own]),
+              ("shared by every training stage:", [f for name, f in fields.items() if name not in own])]
+    lines = []
+    for title, group in groups:
+        if not group:
+            continue
+        lines.append(title if not lines else "\n" + title)
+        for f in group:
+            default = field_default(f)
+            default = "(required)" if default is dataclasses.MISSING else repr(default)
+            kind = _type_name(types[f.name])  # a Literal's name lists its choices
+            bounds = field_range(f)  # declared with hfstack.core.config.bounded (and every seed's)
+            line = f"  --{f.name:<28} {kind}, default {default}" + (f", {bounds}" if bounds else "")
+            lines.append(line + (f"\n{'':<33}{comments[f.name]}" if f.name in comments else ""))
+    renamed = getattr(config_cls, "RENAMED", {})
+    if renamed:
+        names = ", ".join(f"{old} → {new}" for old, (new, _) in renamed.items())
+        lines.append(f"\nolder names, still accepted: {names}")
     return "\n".join(lines)
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field's trailing `# comment` in the class's source, which says what the field does: the
+    one line of help `--help` shows (a config's comments are its documentation)."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's comment wins over its base's
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M):
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
 
 
 DISTRIBUTED = {stage.command for stage in STAGES if stage.trains}  # stages that train on every launched process

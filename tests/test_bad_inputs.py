@@ -66,12 +66,12 @@ CASES = [
     ("pretrain --seq_len 1", "'seq_len' must be >= 2"),
     ("pretrain --depth 0", "'depth'"),
     ("pretrain --hidden_size 0", "'hidden_size'"),  # an Optional int: None passes, 0 does not
-    ("sft --micro_batch_size 0", "'micro_batch_size'"),
-    ("chat --model {fx}/model_ok --batch_size 0", "'batch_size'"),
+    ("sft --per_device_train_batch_size 0", "'per_device_train_batch_size'"),
+    ("chat --model_name_or_path {fx}/model_ok --batch_size 0", "'batch_size'"),
     ("teach --teacher t --prompts {fx}/prompts.jsonl --batch_size 0", "'batch_size'"),
-    ("generate --model {fx}/model_ok --max_new_tokens 0", "'max_new_tokens'"),
+    ("generate --model_name_or_path {fx}/model_ok --max_new_tokens 0", "'max_new_tokens'"),
     ("rl --max_completion_length 0", "'max_completion_length'"),
-    ("eval --model {fx}/model_ok --limit 0", "'limit' must be >= 1"),
+    ("eval --model_name_or_path {fx}/model_ok --limit 0", "'limit' must be >= 1"),
     ("data --input x.warc.gz --limit 0", "'limit' must be >= 1, or -1 (-1 reads everything)"),
     ("data --input x.warc.gz --workers -3", "'workers'"),
     ("tokenizer --input x --max_chars 0", "'max_chars'"),
@@ -94,15 +94,15 @@ CASES = [
     ("rank --test_fraction 1", "'test_fraction'"),
     ("pretrain --val_fraction 0", "'val_fraction' must be in (0, 1)"),
     ("tokenizer --input x --heldout_fraction -0.1", "'heldout_fraction'"),
-    ("regurgitation --model {fx}/model_ok --val_fraction 1", "'val_fraction'"),
+    ("regurgitation --model_name_or_path {fx}/model_ok --val_fraction 1", "'val_fraction'"),
     ("data --input x.warc.gz --language_threshold 1.5", "'language_threshold' must be in [0, 1]"),
     ("rlhf --distinct_floor 2", "'distinct_floor'"),
     ("pretrain --adam_beta2 1", "'adam_beta2' must be in [0, 1)"),
-    ("generate --model {fx}/model_ok --top_p 0", "'top_p'"),
+    ("generate --model_name_or_path {fx}/model_ok --top_p 0", "'top_p'"),
     # --- temperatures, ports, group sizes
-    ("generate --model {fx}/model_ok --temperature -0.5", "'temperature' must be >= 0"),
+    ("generate --model_name_or_path {fx}/model_ok --temperature -0.5", "'temperature' must be >= 0"),
     ("rank --temperature 0", "'temperature' must be > 0"),
-    ("generate --model {fx}/model_ok --top_k -1", "'top_k'"),
+    ("generate --model_name_or_path {fx}/model_ok --top_k -1", "'top_k'"),
     ("serve --port 70000", "'port' must be in [0, 65535]"),
     ("rank --port -1", "'port'"),
     ("rl --num_generations 1", "'num_generations' must be >= 2"),
@@ -118,10 +118,11 @@ CASES = [
     ("pretrain --config {fx}/fraction_steps.yaml", "field 'max_steps': expected int"),
     ("pretrain --config {fx}/bool_steps.yaml", "field 'max_steps': expected int"),
     ("pretrain --config {fx}/bool_rate.yaml", "field 'learning_rate': expected float"),
-    ("pretrain --compile maybe", "field 'compile': expected bool"),
+    ("pretrain --torch_compile maybe", "field 'torch_compile': expected bool"),
     ("pretrain --config {fx}/number_flag.yaml", "field 'progress': expected bool"),
-    ("pretrain --schedule linear", "field 'schedule': expected one of: wsd, cosine, constant"),
-    ("sft --precision fp16", "field 'precision': expected one of: auto, bf16, fp32"),
+    ("pretrain --lr_scheduler_type linear", "field 'lr_scheduler_type': expected one of: warmup_stable_decay, "
+                                          "cosine_with_min_lr, constant_with_warmup"),
+    ("sft --bf16 maybe", "field 'bf16'"),
     ("tokenizer --input x --digits pairs", "field 'digits': expected one of: single, groups3, numbers"),
     ("speedrun --overrides '{{pretrain: ['", "field 'overrides': not a valid YAML mapping"),
     ("sft --peft 5", "field 'peft'"),
@@ -134,7 +135,7 @@ CASES = [
     ("pretrain --config {fx}/null_output.yaml", "field 'output_dir': expected str, got null"),
     ("pretrain --config {fx}/empty_steps.yaml", "field 'max_steps': expected int, got null"),
     ("pretrain --output_dir=", "'output_dir' is empty"),
-    ("rank --model=", "'model' is empty"),
+    ("rank --model_name_or_path=", "'model_name_or_path' is empty"),
     ("pretrain --resume=", "'resume' is empty"),
     ("speedrun --preset=", "'preset' is empty"),
     # --- the command line itself
@@ -157,11 +158,11 @@ CASES = [
     ("pretrain --config {fx}/orphan.yaml", "nowhere.yaml"),
     ("pretrain --config {fx}/typo.yaml", "typo.yaml: unknown key 'max_step'"),
     # --- models: missing, torn config.json, no model_type, no weights
-    ("eval --model {fx}/no_such_model", "no model at '{fx}/no_such_model'"),
-    ("serve --model {fx}/no_such_model", "no_such_model"),
-    ("generate --model {fx}/model_corrupt", "model_corrupt': config.json is unreadable"),
-    ("sft --model {fx}/model_no_weights", "model_no_weights' has config.json but no weights"),
-    ("rlhf --reward_model {fx}/model_no_type", "model ('reward_model') '{fx}/model_no_type'"),
+    ("eval --model_name_or_path {fx}/no_such_model", "no model at '{fx}/no_such_model'"),
+    ("serve --model_name_or_path {fx}/no_such_model", "no_such_model"),
+    ("generate --model_name_or_path {fx}/model_corrupt", "model_corrupt': config.json is unreadable"),
+    ("sft --model_name_or_path {fx}/model_no_weights", "model_no_weights' has config.json but no weights"),
+    ("rlhf --reward_model_path {fx}/model_no_type", "model ('reward_model_path') '{fx}/model_no_type'"),
     ("pretrain --init_from {fx}/model_corrupt", "model ('init_from')"),
     # --- input files
     ("data --input {fx}/torn.parquet", "torn.parquet': not a readable parquet file"),
@@ -173,7 +174,7 @@ CASES = [
     ("frobnicate --max_steps 1", "unknown command 'frobnicate'"),
     # --- seeds, a batch smaller than one micro-batch, an output a person may have reviewed
     ("pretrain --seed -1", "'seed' must be in [0, 4294967295]"),
-    ("generate --model {fx}/model_ok --seed 4294967296", "'seed' must be in"),
+    ("generate --model_name_or_path {fx}/model_ok --seed 4294967296", "'seed' must be in"),
     ("speedrun --overrides '{{pretrain: {{seed: -1}}}}'", "'seed' must be in"),
     ("pretrain --batch_tokens 7", "'batch_tokens' 7 is less than one micro-batch"),
     ("sft --training_args '{{optimm: sgd}}'", "unknown key 'optimm' for SFTConfig; did you mean 'optim'?"),
@@ -201,7 +202,7 @@ def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (tmp_path / "m" / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert GenerateConfig(model="~/m").model == str(tmp_path / "m")
+    assert GenerateConfig(model_name_or_path="~/m").model_name_or_path == str(tmp_path / "m")
 
 
 @pytest.mark.parametrize("line, expected", CASES, ids=[line for line, _ in CASES])
@@ -295,4 +296,7 @@ def test_help_lists_each_range_and_the_choices(capsys):
     out = capsys.readouterr().out
     assert "in [0, 1) (0 holds no prompts out)" in out and "in [0, 65535]" in out
     assert main(["pretrain", "--help"]) == 0
-    assert "--schedule               one of: wsd, cosine, constant, default 'wsd'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("--lr_scheduler_type            one of: warmup_stable_decay, cosine_with_min_lr, constant_with_warmup, "
+            "default 'warmup_stable_decay'") in out
+    assert "schedule → lr_scheduler_type" in out  # the old names are listed, and still accepted

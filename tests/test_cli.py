@@ -44,12 +44,12 @@ def test_errors_are_one_line(tmp_path):
 
 QUICK = ("{pretrain: {max_steps: 20}, sft: {max_steps: 10, counts: {identity: 20, arithmetic: 20, counting: 20, "
          "knowledge: 20, search: 20}, interrogation_samples: 1, "
-         "first_phase: {counts: {arithmetic: 20}, max_steps: 3, micro_batch_size: 4}}, "
+         "first_phase: {counts: {arithmetic: 20}, max_steps: 3, per_device_train_batch_size: 4}}, "
          "eval: {limit: 8, max_new_tokens: 16}, "
          "rl: {max_steps: 2, tasks: {arithmetic: 8, counting: 8}, num_generations: 2, prompts_per_step: 2, "
          "max_completion_length: 24, eval_limit: 4}, rank: {num_prompts: 12, max_new_tokens: 12}, "
          "reward: {max_steps: 4}, rlhf: {max_steps: 2, num_generations: 2, prompts_per_step: 2, "
-         "max_completion_length: 12, log_every: 1}}")
+         "max_completion_length: 12, logging_steps: 1}}")
 
 
 @pytest.mark.slow
@@ -62,7 +62,7 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "hfstack", "speedrun", "--preset", "tiny", "--output_dir", str(run),
             "--crawl_pages", "60", "--overrides",
-            QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_every: 4")]
+            QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_steps: 4")]
     killed = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     for line in killed.stdout:
         if "[speedrun] sft: starting" in line:
@@ -72,7 +72,8 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
         time.sleep(0.2)  # kill it in the middle of training, after its first checkpoint
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
-    assert not (run / "sft" / MARKER).is_file() and (run / "pretrain" / MARKER).is_file()
+    assert not (run / "sft" / MARKER).is_file()  # killed midway: not done
+    assert json.loads((run / "base" / MARKER).read_text())["step"] == "pretrain"  # pretrain's marker: in RUN/base
     first = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "pretrain: already done" in first.stdout and "sft: starting" in first.stdout
@@ -110,6 +111,10 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
     assert set(json.loads((run / "final-eval" / "eval.json").read_text())) == set(
         json.loads((run / "eval" / "eval.json").read_text()))
     assert "<table>" in (run / "report" / "report.html").read_text()
+    for step, folder in (("pretrain", "base"), ("rank", "prefs"), ("reward", "rm"), ("final-eval", "final-eval")):
+        assert json.loads((run / folder / MARKER).read_text())["step"] == step  # each marker where its outputs are
+        assert f"| {step} | " in card  # with its time on the report card
+    assert not any((run / name).exists() for name in ("pretrain", "rank", "reward"))
     second = hfstack("speedrun", "--preset", "tiny", "--output_dir", str(run), "--crawl_pages", "60",
                      "--overrides", QUICK)
     assert second.returncode == 0
@@ -177,7 +182,7 @@ def test_speedrun_can_launch_training_stages_through_accelerate(tmp_path, monkey
     monkeypatch.setattr(subprocess, "call", lambda line: calls.append(line) or 0)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     cfg = SpeedrunConfig(output_dir=str(tmp_path), launcher="accelerate", num_processes=2)
-    stage_cfg = recipe("reward", model="m", preferences="p", output_dir=str(tmp_path / "rm"))
+    stage_cfg = recipe("reward", model_name_or_path="m", dataset_name="p", output_dir=str(tmp_path / "rm"))
     train(cfg, "reward", stage_cfg, lambda c: pytest.fail("ran in this process"))
     line = calls[0]
     assert line[1:6] == ["-m", "accelerate.commands.launch", "--config_file",
@@ -211,7 +216,7 @@ def test_version_prints_the_installed_version():
 def test_help_shows_each_fields_type_default_range_and_comment(capsys):
     assert main(["rlhf", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "--beta                   float, default 0.05, >= 0 (0 takes the KL leash off)" in text
+    assert "--beta                         float, default 0.05, >= 0 (0 takes the KL leash off)" in text
     assert "KL penalty to the reference policy" in text  # the field's comment in RLHFConfig
 
 

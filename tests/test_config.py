@@ -199,7 +199,7 @@ def test_training_args_pass_through_to_the_trainers_config(tmp_path):
     from trl import SFTConfig
 
     from hfstack.core.config import ConfigError
-    from hfstack.core.trainer_args import trainer_config
+    from hfstack.core.training import trainer_config
     from hfstack.stages.pretrain import PretrainConfig, training_arguments
 
     cfg = PretrainConfig(data=["d"], output_dir=str(tmp_path), training_args={"optim": "sgd", "adam_beta1": 0.5})

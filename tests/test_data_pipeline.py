@@ -47,8 +47,8 @@ def test_sample_language_gate_drops_only_foreign_pages(sample_run, crawl_sample)
     """The gate before extraction drops nothing the labels call English, and most of the foreign pages
     (the rest are left to the language step after extraction)."""
     _, funnel, labels = sample_run
-    from hfstack.dataprep.steps import LanguageGate
-    from hfstack.dataprep.warc import HttpResponseFilter, WarcResponseReader
+    from hfstack.dataprep.filters import HttpResponseFilter, LanguageGate
+    from hfstack.dataprep.readers import WarcResponseReader
 
     pages = list(HttpResponseFilter()(WarcResponseReader([str(crawl_sample)])()))
     passed = {d.metadata["url"] for d in LanguageGate(["en"])(pages)}

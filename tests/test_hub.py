@@ -2,7 +2,11 @@
 the real huggingface_hub, transformers and datasets clients: push a run, then load the model with
 `from_pretrained` and the datasets with `load_dataset`, and compare with the local files. A run
 seeded with secrets, logs, checkpoints and held-out sets shows that only the allowlist goes up,
-checked on what the server received."""
+checked on what the server received; the same for one model folder through hfstack.core.hub's
+push_model_folder, what a training stage's push_to_hub calls.
+
+    python -m pytest -q tests/test_hub.py
+"""
 
 import json
 import os
@@ -224,7 +228,7 @@ def test_include_eval_sets_adds_the_held_out_sets(seeded_run, tmp_path):
 
 
 def test_files_to_push_takes_weights_tokenizer_and_adapters_only(tmp_path):
-    from hfstack.stages.push import files_to_push
+    from hfstack.core.hub import files_to_push
 
     allowed = {"adapter_config.json", "adapter_model.safetensors", "model-00001-of-00002.safetensors",
                "model-00002-of-00002.safetensors", "model.safetensors.index.json", "config.json",
@@ -277,3 +281,89 @@ def test_push_names_hf_auth_login_and_creates_private_repos(run_dir, monkeypatch
                     "tokenizer.json", "tokenizer_config.json"])
     assert calls == [("create_repo", "tester/tiny", True), ("create_commit", "tester/tiny", files),
                      ("create_repo", "tester/tiny", False), ("create_commit", "tester/tiny", files)]
+
+
+FOLDER_PUSH = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hfstack.core.hub import push_model_folder
+    url = push_model_folder(Path(sys.argv[1]), "tester/tiny-sft", base_model="tester/tiny-base",
+                            datasets=["tester/tiny-data"], who="sft")
+    print("URL", url)
+""")
+
+
+def seed_secrets(folder):
+    """What a training stage's output_dir holds besides its model: a secret, a pickle, checkpoints, held-out sets."""
+    for name, text in {".env": f"HF_TOKEN={SECRET}\n", "training_args.bin": SECRET, "nohup.out": SECRET,
+                       "checkpoints/checkpoint-5/model.safetensors": SECRET,
+                       "checkpoints/checkpoint-5/config.json": SECRET,
+                       "eval_sets.jsonl": json.dumps({"task": "identity", "question": SECRET}) + "\n",
+                       "plot.png": b"\x89PNG plot", "stray.png": SECRET}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            (folder / name).write_bytes(text)
+        else:
+            (folder / name).write_text(text)
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\n---\n\n# sft card\n\n![plot](plot.png)\n")
+
+
+def test_push_model_folder_uploads_only_the_allowlist(run_dir, tmp_path):
+    """A stage's push_to_hub: a folder holding .env, training_args.bin, checkpoints/ and eval_sets.jsonl
+    sends its model, tokenizer, card and the card's plot, in one commit, with its lineage in the card."""
+    folder = run_dir / "sft"
+    seed_secrets(folder)
+    server, state = start_hub()
+    done = subprocess.run([sys.executable, "-c", FOLDER_PUSH, str(folder)], capture_output=True, text=True,
+                          env=hub_env(server, tmp_path), timeout=300)
+    server.shutdown()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"URL http://127.0.0.1:{server.server_address[1]}/tester/tiny-sft" in done.stdout
+    assert set(state.repos) == {"model:tester/tiny-sft"}
+    files = state.repos["model:tester/tiny-sft"]
+    assert set(files) == MODEL_FILES | {"plot.png"}
+    received = list(files.values()) + list(state.lfs.values())
+    assert not any(SECRET.encode() in data for data in received)
+    assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: transformers") and card.count("---\n") == 2 and "# sft card" in card
+    assert "base_model: tester/tiny-base\n" in card and "datasets: [tester/tiny-data]" in card
+    assert len(commits(state)) == 1
+
+
+def test_push_model_folder_is_private_by_default_and_a_dry_run_sends_nothing(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    from hfstack.core.config import ConfigError
+    from hfstack.core.hub import push_model_folder
+
+    folder = run_dir / "rl"
+    seed_secrets(folder)
+    calls = []
+
+    class RecordingApi:
+        endpoint, logged_in = "http://hub.invalid", True
+
+        def whoami(self):
+            calls.append(("whoami",))
+            if not RecordingApi.logged_in:
+                raise OSError("401 Client Error: Unauthorized")
+
+        def create_repo(self, repo_id, **options):
+            calls.append(("create_repo", repo_id, options["private"]))
+
+        def create_commit(self, repo_id, operations, **options):
+            calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    url = push_model_folder(folder, "tester/tiny-rl", dry_run=True, include_eval_sets=True, who="rl")
+    listed = parse_listing(capsys.readouterr().out.replace("[rl] ", "[push] "))
+    assert calls == [] and url.endswith("/tester/tiny-rl")
+    assert set(listed["tester/tiny-rl"]) == MODEL_FILES | {"plot.png", "eval_sets.jsonl"}
+    assert push_model_folder(folder, "tester/tiny-rl") == "http://hub.invalid/tester/tiny-rl"
+    assert calls == [("whoami",), ("create_repo", "tester/tiny-rl", True),
+                     ("create_commit", "tester/tiny-rl", sorted(MODEL_FILES | {"plot.png"}))]
+    RecordingApi.logged_in = False
+    with pytest.raises(ConfigError, match=r"^rl: cannot use the Hub .*hf auth login"):
+        push_model_folder(folder, "tester/tiny-rl", private=False, who="rl")
+    assert calls[-1] == ("whoami",)  # nothing created before the login was checked

@@ -14,8 +14,8 @@ from transformers import TrainerCallback
 from hfstack.core.config import ConfigError
 from hfstack.core.model import model_dims
 from hfstack.core.recipes import recipes_dir
+from hfstack.core.splits import stable_split
 from hfstack.core.stdlib_text import stdlib_articles
-from hfstack.core.tokens import is_heldout
 from hfstack.stages.generate import GenerateConfig, generate
 from hfstack.stages.pretrain import PretrainConfig, run_pretrain
 from hfstack.stages.regurgitation import RegurgitationConfig, in_context_probe, regurgitation
@@ -38,8 +38,8 @@ def corpus(tmp_path_factory):
 def tiny(corpus, out, **overrides) -> PretrainConfig:
     root, data, tok = corpus
     options = dict(data=[str(data)], tokenizer=str(tok), output_dir=str(out), depth=1, seq_len=64,
-                   micro_batch_size=4, batch_tokens=256, max_steps=12, warmup_steps=2, learning_rate=1e-2,
-                   eval_every=6, save_every=6, log_every=1, val_fraction=0.1, sample_tokens=4,
+                   per_device_train_batch_size=4, batch_tokens=256, max_steps=12, warmup_steps=2, learning_rate=1e-2,
+                   eval_steps=6, save_steps=6, logging_steps=1, val_fraction=0.1, sample_tokens=4,
                    sample_prompts=["The"], progress=False)
     return PretrainConfig(**(options | overrides))
 
@@ -151,11 +151,11 @@ def test_saved_model_loads_in_a_fresh_offline_process_and_generates(trained):
 
 
 def test_resume_continues_with_identical_losses(corpus, tmp_path):
-    straight = run_pretrain(tiny(corpus, tmp_path / "straight", max_steps=10, save_every=5))
+    straight = run_pretrain(tiny(corpus, tmp_path / "straight", max_steps=10, save_steps=5))
     interrupted = tmp_path / "interrupted"
-    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_every=5), callbacks=[StopAt(7)])
+    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_steps=5), callbacks=[StopAt(7)])
     assert not (interrupted / "model.safetensors").exists()  # killed: only checkpoint-5 survives the steps
-    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_every=5))  # resume: auto
+    run_pretrain(tiny(corpus, interrupted, max_steps=10, save_steps=5))  # resume: auto
     reference, resumed = losses(straight), losses(interrupted)
     for step in range(6, 11):  # after checkpoint-5 the resumed run retraces the uninterrupted one
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
@@ -167,8 +167,8 @@ def test_two_process_cpu_launch_through_accelerate(corpus, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(recipes_dir() / "accelerate/cpu.yaml"), "-m", "hfstack", "pretrain", "--data", str(data),
                "--tokenizer", str(tok), "--output_dir", str(tmp_path / "ddp"), "--depth", "1", "--seq_len", "64",
-               "--micro_batch_size", "2", "--batch_tokens", "256", "--max_steps", "6", "--eval_every", "3",
-               "--save_every", "3", "--log_every", "1", "--val_fraction", "0.1", "--progress", "false"]
+               "--per_device_train_batch_size", "2", "--batch_tokens", "256", "--max_steps", "6", "--eval_steps", "3",
+               "--save_steps", "3", "--logging_steps", "1", "--val_fraction", "0.1", "--progress", "false"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -239,20 +239,20 @@ def test_bad_input_is_a_clear_error_before_training(corpus, trained, tmp_path):
 
 def test_sampling_seeds_and_greedy(trained, capsys):
     out, _ = trained
-    sample = lambda **kw: generate(GenerateConfig(model=str(out), prompt="The", max_new_tokens=12,  # noqa: E731
+    sample = lambda **kw: generate(GenerateConfig(model_name_or_path=str(out), prompt="The", max_new_tokens=12,  # noqa: E731
                                                   stream=False, **kw))[0]
     assert sample(seed=1) == sample(seed=1)
     assert len({sample(seed=s) for s in range(4)}) > 1
     assert len({sample() for _ in range(4)}) > 1  # no seed: fresh randomness each time
     assert sample(temperature=0) == sample(temperature=0, seed=5)
-    three = generate(GenerateConfig(model=str(out), prompt="The", max_new_tokens=6, num_samples=3, seed=2,
+    three = generate(GenerateConfig(model_name_or_path=str(out), prompt="The", max_new_tokens=6, num_samples=3, seed=2,
                                     stream=True))
     assert len(three) == 3 and "--- sample 3" in capsys.readouterr().out
 
 
 def test_as_assistant_stops_at_the_end_of_the_turn(trained):
     out, _ = trained
-    answer = generate(GenerateConfig(model=str(out), as_assistant="What is a module?", max_new_tokens=40,
+    answer = generate(GenerateConfig(model_name_or_path=str(out), as_assistant="What is a module?", max_new_tokens=40,
                                      temperature=0, stream=False))[0]
     assert "Human:" not in answer
 
@@ -267,8 +267,8 @@ def test_in_context_probe_shows_the_passage_before_its_prefix():
 def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     """A model trained hard on a few documents recites them; documents it never saw it cannot."""
     texts = [" ".join(paragraphs)[:600] for _, paragraphs in stdlib_articles()[:40]]
-    seen = [t for t in texts if not is_heldout(t, 0.5)][:6]
-    unseen = [t for t in texts if is_heldout(t, 0.5)][:6]
+    seen = [t for t in texts if not stable_split(t, 0.5)][:6]
+    unseen = [t for t in texts if stable_split(t, 0.5)][:6]
     assert len(seen) == 6 and len(unseen) == 6
     train_file, all_file = tmp_path / "train.jsonl", tmp_path / "all.jsonl"
     train_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in seen * 4))
@@ -276,11 +276,12 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
     run_tokenizer(TokenizerConfig(input=[str(all_file)], output_dir=str(tmp_path / "tok"), vocab_size=400,
                                   heldout_fraction=0, compare_cl100k=False, progress=False))
     run_pretrain(PretrainConfig(data=[str(train_file)], tokenizer=str(tmp_path / "tok"),
-                                output_dir=str(tmp_path / "m"), depth=2, seq_len=64, micro_batch_size=8,
+                                output_dir=str(tmp_path / "m"), depth=2, seq_len=64, per_device_train_batch_size=8,
                                 batch_tokens=512, max_steps=800, warmup_steps=5, learning_rate=1e-2,
-                                val_fraction=0.01, eval_every=1000, save_every=1000, log_every=20, sample_prompts=[],
-                                progress=False, seed=0))
-    report = regurgitation(RegurgitationConfig(model=str(tmp_path / "m"), data=[str(all_file)], prefix_tokens=16,
+                                val_fraction=0.01, eval_steps=1000, save_steps=1000, logging_steps=20,
+                                sample_prompts=[], progress=False, seed=0))
+    report = regurgitation(RegurgitationConfig(model_name_or_path=str(tmp_path / "m"), data=[str(all_file)],
+                                               prefix_tokens=16,
                                                continuation_tokens=15, val_fraction=0.5))
     assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == report["heldout_in_context"]["docs"] == 6
     assert report["train"]["mean_matched_tokens"] > report["heldout"]["mean_matched_tokens"] + 4, report

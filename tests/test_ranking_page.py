@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def start_server(directory: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "hfstack", "rank", "--output_dir", str(directory), "--port",
-                                str(port), "--model", "unused"], env=os.environ | {"HF_HUB_OFFLINE": "1"},
+                                str(port), "--model_name_or_path", "unused"], env=os.environ | {"HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -50,7 +50,8 @@ def test_rank_by_keyboard_and_mouse_then_survive_a_restart(tmp_path):
     from hfstack.core.rundir import claim_output
     from hfstack.stages.rank import RankConfig, RankingStore
 
-    claim_output("rank", RankConfig(output_dir=str(tmp_path), model="unused"))  # rollouts written by hand below
+    claim_output("rank", RankConfig(output_dir=str(tmp_path),
+                                    model_name_or_path="unused"))  # rollouts written by hand below
     store = RankingStore(tmp_path)
     store.write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about topic{i}.",
                            "completions": [f"joke {j} about topic{i}" for j in range(5)]} for i in range(3)])

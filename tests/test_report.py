@@ -2,6 +2,7 @@
 
 import json
 
+from hfstack.core.layout import RunLayout
 from hfstack.stages.report import ReportConfig, report
 
 
@@ -36,3 +37,23 @@ def test_report_card_from_a_partial_run(tmp_path):
     assert "<h2>Environment</h2>" in (out / "report.html").read_text()
     card = (run / "base" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers") and "## Pretraining" in card
+
+
+def test_time_per_step_from_the_markers_in_the_output_folders(tmp_path):
+    """The speedrun's marker in each step's folder names the step: eval and final-eval both run the eval
+    stage and get a row each. A run of the previous layout kept the step's seconds in RUN/<step name>,
+    beside the stage's own marker: those seconds are still shown."""
+    run = RunLayout(tmp_path / "run")
+    markers = {"eval": {"stage": "eval", "step": "eval", "seconds": 4.5},
+               "final-eval": {"stage": "eval", "step": "final-eval", "seconds": 5.5},
+               "reward": {"stage": "reward", "step": "reward", "seconds": 6.5},
+               "pretrain": {"stage": "pretrain", "steps": 20}}  # the stage's own, from the previous layout
+    for step, info in markers.items():
+        run.folder(step).mkdir(parents=True)
+        (run.folder(step) / ".hfstack-done").write_text(json.dumps(info))
+    run.old_marker("pretrain").mkdir()
+    (run.old_marker("pretrain") / ".hfstack-done").write_text(json.dumps({"stage": "pretrain", "seconds": 2.5}))
+    text = (report(ReportConfig(run=str(run.root))) / "report.md").read_text()
+    for row in ("| eval | 4.5 |", "| final-eval | 5.5 |", "| reward | 6.5 |", "| pretrain | 2.5 |"):
+        assert row in text, text
+    assert text.count("| pretrain |") == 1

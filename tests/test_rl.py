@@ -30,8 +30,9 @@ def sft_model(tmp_path_factory):
     """A tiny SFT model: tokenizer, a few pretraining steps, a few SFT steps (chat template, eval sets)."""
     root = tmp_path_factory.mktemp("rlbase")
     tiny_base(root)
-    run_sft(SFTStageConfig(model=str(root / "base"), output_dir=str(root / "sft"),
-                           counts={"identity": 20, "arithmetic": 40, "counting": 40}, max_steps=15, micro_batch_size=4,
+    run_sft(SFTStageConfig(model_name_or_path=str(root / "base"), output_dir=str(root / "sft"),
+                           counts={"identity": 20, "arithmetic": 40, "counting": 40}, max_steps=15,
+                           per_device_train_batch_size=4,
                            max_length=128, learning_rate=3e-3, warmup_steps=1, progress=False))
     return root / "sft"
 
@@ -71,10 +72,11 @@ def test_grpo_raises_the_reward_on_a_toy_user_task(sft_model, tmp_path, monkeypa
     from transformers import AutoModelForCausalLM
 
     before = {n: p.clone() for n, p in AutoModelForCausalLM.from_pretrained(sft_model).named_parameters()}
-    out = run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(tasks),
+    out = run_rl(RLConfig(model_name_or_path=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={},
+                          dataset_name=str(tasks),
                           reward_funcs=["toy_reward:share_of_e"], max_steps=12, learning_rate=3e-3,
                           num_generations=8, prompts_per_step=2, max_completion_length=16, eval_limit=4,
-                          log_every=1, use_tools=False, progress=False))
+                          logging_steps=1, use_tools=False, progress=False))
     rewards = json.loads((out / "eval.json").read_text())["reward_curves"]["share_of_e"]
     assert len(rewards) == 12
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.02, rewards
@@ -103,9 +105,9 @@ def test_grpo_runs_the_python_tool_inside_rollouts(sft_model, tmp_path, monkeypa
         return wrapped
 
     monkeypatch.setattr(reinforcement, "tool_rollout", spying_rollout)
-    out = run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"),
+    out = run_rl(RLConfig(model_name_or_path=str(sft_model), output_dir=str(tmp_path / "rl"),
                           tasks={"arithmetic": 8, "counting": 8}, max_steps=2, num_generations=2,
-                          prompts_per_step=2, max_completion_length=40, eval_limit=6, log_every=1, progress=False))
+                          prompts_per_step=2, max_completion_length=40, eval_limit=6, logging_steps=1, progress=False))
     assert seen["masks"] and all(set(m) <= {0, 1} for m in seen["masks"]) and all(seen["lengths"])
     report = json.loads((out / "eval.json").read_text())
     assert report["held_out_items"] == {"arithmetic": 6, "counting": 6}
@@ -113,10 +115,10 @@ def test_grpo_runs_the_python_tool_inside_rollouts(sft_model, tmp_path, monkeypa
 
 
 def test_rl_config_errors():
-    with pytest.raises(ConfigError, match="unknown task"):
-        RLConfig(tasks={"chess": 5})
+    with pytest.raises(ConfigError, match=r"unknown task\(s\) \['chess'\].*built-in: arithmetic, counting \("):
+        RLConfig(tasks={"chess": 5})  # the registry's tasks with an answer form
     with pytest.raises(ConfigError, match="reward_funcs"):
-        RLConfig(dataset="x.jsonl")
+        RLConfig(dataset_name="x.jsonl")
     with pytest.raises(ConfigError, match="num_generations"):
         RLConfig(num_generations=1)
 
@@ -184,7 +186,8 @@ def toy_preferences(directory, prompts=80):
                 chosen = [chosen[0]] * 6
             answers.append(" ".join(chosen))
         rows.append({"prompt_id": i, "prompt": prompt, "completions": answers})
-    cfg = RankConfig(model="unused", output_dir=str(directory), judge="hfstack.tasks.judges:reference_judge")
+    cfg = RankConfig(model_name_or_path="unused", output_dir=str(directory),
+                     judge="hfstack.tasks.judges:reference_judge")
     claim_output("rank", cfg)  # the rank stage's folder, with rollouts written by hand instead of by a model
     RankingStore(directory).write_rollouts(rows)
     rank(cfg)
@@ -195,8 +198,9 @@ def test_reward_model_learns_a_scripted_preference(sft_model, tmp_path):
     prefs = toy_preferences(tmp_path / "prefs")
     summary = json.loads((prefs / "summary.json").read_text())
     assert summary["ranked"] == 80 and summary["pairs"]["train"] > 200 and summary["pairs"]["test"] > 40
-    out = run_reward(RewardStageConfig(model=str(sft_model), preferences=str(prefs), output_dir=str(tmp_path / "rm"),
-                                       max_steps=120, learning_rate=3e-3, log_every=20, progress=False))
+    out = run_reward(RewardStageConfig(model_name_or_path=str(sft_model), dataset_name=str(prefs),
+                                       output_dir=str(tmp_path / "rm"),
+                                       max_steps=120, learning_rate=3e-3, logging_steps=20, progress=False))
     report = json.loads((out / "eval.json").read_text())
     assert report["held_out_accuracy_after"] > 0.8, report
     from transformers import AutoModelForSequenceClassification
@@ -218,15 +222,17 @@ def test_scripted_judge_prefers_on_topic_varied_answers():
 def reward_dir(sft_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")
     prefs = toy_preferences(root / "prefs", prompts=20)
-    return run_reward(RewardStageConfig(model=str(sft_model), preferences=str(prefs), output_dir=str(root / "rm"),
+    return run_reward(RewardStageConfig(model_name_or_path=str(sft_model), dataset_name=str(prefs),
+                                        output_dir=str(root / "rm"),
                                         max_steps=10, progress=False))
 
 
 @pytest.mark.parametrize("algo", ["rloo", "grpo", "ppo"])
 def test_rlhf_runs_each_algorithm_and_logs_the_watch(sft_model, reward_dir, tmp_path, algo):
-    out = run_rlhf(RLHFConfig(model=str(sft_model), reward_model=str(reward_dir), output_dir=str(tmp_path / algo),
+    out = run_rlhf(RLHFConfig(model_name_or_path=str(sft_model), reward_model_path=str(reward_dir),
+                              output_dir=str(tmp_path / algo),
                               algo=algo, max_steps=4, num_generations=2, prompts_per_step=2, max_completion_length=12,
-                              num_prompts=10, log_every=2, progress=False))
+                              num_prompts=10, logging_steps=2, progress=False))
     rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
     assert {"rm_score", "judge", "distinct2", "length"} <= set(rows[0])
@@ -242,10 +248,10 @@ def test_ppo_runs_as_two_processes_under_accelerate_launch(sft_model, reward_dir
     picks recipes/accelerate/cpu.yaml, two gloo ranks)."""
     out = tmp_path / "ppo2"
     command = [sys.executable, "-m", "hfstack", "rlhf", "--launcher", "accelerate", "--num_processes", "2",
-               "--algo", "ppo", "--model",
-               str(sft_model), "--reward_model", str(reward_dir), "--output_dir", str(out), "--max_steps", "2",
+               "--algo", "ppo", "--model_name_or_path",
+               str(sft_model), "--reward_model_path", str(reward_dir), "--output_dir", str(out), "--max_steps", "2",
                "--num_generations", "2", "--prompts_per_step", "2", "--max_completion_length", "8",
-               "--num_prompts", "6", "--log_every", "1", "--progress", "false"]
+               "--num_prompts", "6", "--logging_steps", "1", "--progress", "false"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -284,9 +290,10 @@ def test_rlhf_config_errors():
 
 def test_missing_inputs_are_clear_errors(sft_model, tmp_path):
     with pytest.raises(ConfigError, match="run `hfstack rank` first"):
-        run_reward(RewardStageConfig(model=str(sft_model), preferences=str(tmp_path), output_dir=str(tmp_path / "o")))
+        run_reward(RewardStageConfig(model_name_or_path=str(sft_model), dataset_name=str(tmp_path),
+                                     output_dir=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="no policy"):
-        run_rlhf(RLHFConfig(model=str(tmp_path / "nope"), output_dir=str(tmp_path / "o")))
+        run_rlhf(RLHFConfig(model_name_or_path=str(tmp_path / "nope"), output_dir=str(tmp_path / "o")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "good": "a"}) + "\n")
     with pytest.raises(ConfigError, match="chosen"):
@@ -299,19 +306,21 @@ def test_a_bad_reward_function_path_fails_before_any_work(sft_model, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"prompt": "hi"}) + "\n")
     with pytest.raises(ConfigError, match="cannot import reward function 'nowhere:nothing'"):
-        run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(tasks),
+        run_rl(RLConfig(model_name_or_path=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={},
+                        dataset_name=str(tasks),
                         reward_funcs=["nowhere:nothing"]))
     no_prompt = tmp_path / "bad.jsonl"
     no_prompt.write_text(json.dumps({"question": "hi"}) + "\n")
     with pytest.raises(ConfigError, match="no 'prompt' column"):
-        run_rl(RLConfig(model=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={}, dataset=str(no_prompt),
+        run_rl(RLConfig(model_name_or_path=str(sft_model), output_dir=str(tmp_path / "rl"), tasks={},
+                        dataset_name=str(no_prompt),
                         reward_funcs=["hfstack.rlalgo.rewards:format_reward"]))
 
 
 def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
     (tmp_path / "short_judge.py").write_text("def judge(prompt, completions):\n    return [1.0]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = RankConfig(model="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge")
+    cfg = RankConfig(model_name_or_path="unused", output_dir=str(tmp_path / "prefs"), judge="short_judge:judge")
     claim_output("rank", cfg)
     write_rollouts(tmp_path / "prefs", n=2)
     with pytest.raises(ConfigError, match="returned 1 scores for 5 completions"):
@@ -321,9 +330,10 @@ def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
 def test_ppo_resumes_from_its_checkpoint(sft_model, reward_dir, tmp_path, capsys, monkeypatch):
     """A PPO run stopped after step 2 (its checkpoint saved) continues at step 3 when rerun; the
     watch keeps the logs from before the stop and their baseline."""
-    options = dict(model=str(sft_model), reward_model=str(reward_dir), output_dir=str(tmp_path / "ppo"), algo="ppo",
-                   num_generations=2, prompts_per_step=2, max_completion_length=8, num_prompts=6, log_every=1,
-                   save_every=2, progress=False, max_steps=4)
+    options = dict(model_name_or_path=str(sft_model), reward_model_path=str(reward_dir),
+                   output_dir=str(tmp_path / "ppo"), algo="ppo",
+                   num_generations=2, prompts_per_step=2, max_completion_length=8, num_prompts=6, logging_steps=1,
+                   save_steps=2, progress=False, max_steps=4)
 
     class Killed(Exception):
         pass

@@ -86,20 +86,21 @@ def test_sft_into_a_folder_of_another_base_model_is_refused_naming_the_fields(tm
         model.mkdir()
         (model / "weights.bin").write_bytes(weights)
     out = tmp_path / "sft"
-    claim_output("sft", SFTStageConfig(model=str(m1), output_dir=str(out)))
+    claim_output("sft", SFTStageConfig(model_name_or_path=str(m1), output_dir=str(out)))
     checkpoint = fake_checkpoint(out / "checkpoints", 5)
-    with pytest.raises(ConfigError, match=r"^sft: .*sft was made with different settings \(model\); rerun with "
-                                          r"--overwrite to start fresh, or choose another --output_dir$"):
-        claim_output("sft", SFTStageConfig(model=str(m2), output_dir=str(out)))
-    with pytest.raises(ConfigError, match=r"\(learning_rate, model\)"):
-        claim_output("sft", SFTStageConfig(model=str(m2), output_dir=str(out), learning_rate=0.5))
+    with pytest.raises(ConfigError, match=r"^sft: .*sft was made with different settings \(model_name_or_path\); "
+                                          r"rerun with --overwrite to start fresh, or choose another --output_dir$"):
+        claim_output("sft", SFTStageConfig(model_name_or_path=str(m2), output_dir=str(out)))
+    with pytest.raises(ConfigError, match=r"\(learning_rate, model_name_or_path\)"):
+        claim_output("sft", SFTStageConfig(model_name_or_path=str(m2), output_dir=str(out), learning_rate=0.5))
     # logging and checkpoint cadence change no result: the same run, which resumes its checkpoint
-    claim_output("sft", SFTStageConfig(model=str(m1), output_dir=str(out), log_every=1, save_every=7, progress=False))
+    claim_output("sft", SFTStageConfig(model_name_or_path=str(m1), output_dir=str(out), logging_steps=1,
+                                       save_steps=7, progress=False))
     assert newest_checkpoint(out / "checkpoints") == str(checkpoint)
     (m1 / "weights.bin").write_bytes(b"ONE")  # the same path, other weights: another base model too
-    with pytest.raises(ConfigError, match=r"\(model\)"):
-        claim_output("sft", SFTStageConfig(model=str(m1), output_dir=str(out)))
-    claim_output("sft", SFTStageConfig(model=str(m2), output_dir=str(out), overwrite=True))
+    with pytest.raises(ConfigError, match=r"\(model_name_or_path\)"):
+        claim_output("sft", SFTStageConfig(model_name_or_path=str(m1), output_dir=str(out)))
+    claim_output("sft", SFTStageConfig(model_name_or_path=str(m2), output_dir=str(out), overwrite=True))
     assert newest_checkpoint(out / "checkpoints") is None  # --overwrite: nothing of the old run to resume
 
 
@@ -125,7 +126,7 @@ def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_pa
     first, second = tiny_tokenizer(tmp_path / "a", vocab_size=400), tiny_tokenizer(tmp_path / "b", vocab_size=420)
     out = tmp_path / "base"
     options = dict(data=[str(tmp_path / "a" / "docs.jsonl")], output_dir=str(out), depth=1, seq_len=64,
-                   micro_batch_size=4, batch_tokens=256, max_steps=4, eval_every=100, save_every=2,
+                   per_device_train_batch_size=4, batch_tokens=256, max_steps=4, eval_steps=100, save_steps=2,
                    sample_prompts=[], progress=False)
     run_pretrain(PretrainConfig(tokenizer=str(first), **options), callbacks=[StopAt(3)])  # killed after checkpoint-2
     checkpoint = out / "checkpoints" / "checkpoint-2" / "model.safetensors"
@@ -147,7 +148,7 @@ def test_pretrain_with_another_tokenizer_never_resumes_the_old_checkpoint(tmp_pa
 def ranked_folder(tmp_path: Path, model: Path, **options) -> RankConfig:
     model.mkdir(exist_ok=True)
     (model / "weights.bin").write_bytes(model.name.encode())
-    cfg = RankConfig(model=str(model), output_dir=str(tmp_path / "prefs"),
+    cfg = RankConfig(model_name_or_path=str(model), output_dir=str(tmp_path / "prefs"),
                      judge="hfstack.tasks.judges:reference_judge", **options)
     claim_output("rank", cfg)  # rollouts written by hand below instead of sampled from a model
     RankingStore(cfg.output_dir).write_rollouts([{"prompt_id": i, "prompt": f"Tell me a joke about owl {i}.",
@@ -164,8 +165,8 @@ def test_rank_with_a_new_model_is_refused_and_keeps_the_old_rollouts(tmp_path):
     new = tmp_path / "policy2"
     new.mkdir()
     (new / "weights.bin").write_bytes(b"new policy")
-    with pytest.raises(ConfigError, match=r"rank: .* \(model\)"):
-        rank(RankConfig(model=str(new), output_dir=cfg.output_dir, judge=cfg.judge))
+    with pytest.raises(ConfigError, match=r"rank: .* \(model_name_or_path\)"):
+        rank(RankConfig(model_name_or_path=str(new), output_dir=cfg.output_dir, judge=cfg.judge))
     assert (tmp_path / "prefs" / "rollouts.jsonl").read_bytes() == rollouts
 
 
@@ -273,7 +274,7 @@ def test_report_or_overwrite_into_another_stages_folder_is_refused_and_deletes_n
     assert main(["report", "--run", str(run), "--output_dir", str(tok)]) == 2  # report always starts fresh
     error = capsys.readouterr().err
     assert f"report: {tok} holds the output of `hfstack tokenizer`; choose another --output_dir\n" in error
-    sft = SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(tok), overwrite=True)
+    sft = SFTStageConfig(model_name_or_path=str(tmp_path / "m"), output_dir=str(tok), overwrite=True)
     with pytest.raises(ConfigError, match=r"^sft: .* holds the output of `hfstack tokenizer`; choose another "
                                           r"--output_dir \(--overwrite replaces only sft's own earlier output\)$"):
         claim_output("sft", sft)
@@ -335,7 +336,7 @@ def test_overwrite_never_follows_a_symbolic_link(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "train.parquet").write_bytes(b"pairs of another project")
-    cfg = RankConfig(model=str(tmp_path / "policy"), output_dir=str(tmp_path / "prefs"))
+    cfg = RankConfig(model_name_or_path=str(tmp_path / "policy"), output_dir=str(tmp_path / "prefs"))
     out = claim_output("rank", cfg)
     (out / "data").mkdir()
     (out / "data" / "train.parquet").write_bytes(b"ours")
@@ -355,11 +356,13 @@ def test_overwrite_never_follows_a_symbolic_link(tmp_path):
         (out / FINGERPRINT).write_text(json.dumps(stored))
         with pytest.raises(ConfigError, match=r"^rank: .*prefs/data is a symbolic link \(to .*elsewhere\); hfstack "
                                               r"never deletes through one"):
-            claim_output("rank", RankConfig(model=str(tmp_path / "other"), output_dir=cfg.output_dir, overwrite=True))
+            claim_output("rank", RankConfig(model_name_or_path=str(tmp_path / "other"), output_dir=cfg.output_dir,
+                                            overwrite=True))
         assert (elsewhere / "train.parquet").read_bytes() == b"pairs of another project"
         assert (out / "data").is_symlink() and (out / "rankings.jsonl").exists()
     (out / "data").unlink()  # the user removes the link, as the error says: the rest is started afresh
-    claim_output("rank", RankConfig(model=str(tmp_path / "other"), output_dir=cfg.output_dir, overwrite=True))
+    claim_output("rank", RankConfig(model_name_or_path=str(tmp_path / "other"), output_dir=cfg.output_dir,
+                                    overwrite=True))
     assert (out / "docs").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == ["train.parquet"]
     assert not (out / "rankings.jsonl").exists() and record(out)["foreign"] == ["docs"]
 
@@ -370,7 +373,7 @@ def test_a_checkpoint_name_the_trainer_would_rotate_away_is_refused(tmp_path):
     from hfstack.stages.rlhf import RLHFConfig
 
     out = tmp_path / "sft"
-    cfg = SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(out))
+    cfg = SFTStageConfig(model_name_or_path=str(tmp_path / "m"), output_dir=str(out))
     claim_output("sft", cfg)
     fake_checkpoint(out / "checkpoints", 2)
     backup = fake_checkpoint(out / "checkpoints", 5).rename(out / "checkpoints" / "checkpoint-5-backup")
@@ -379,12 +382,14 @@ def test_a_checkpoint_name_the_trainer_would_rotate_away_is_refused(tmp_path):
         with pytest.raises(ConfigError, match=r"^sft: .*checkpoints holds checkpoint-5-backup, which is not a "
                                               r"checkpoint hfstack wrote, and the Trainer's checkpoint rotation "
                                               r"would delete it .*: move it elsewhere and rerun$"):
-            claim_output("sft", SFTStageConfig(model=str(tmp_path / "m"), output_dir=str(out), overwrite=overwrite))
+            claim_output("sft", SFTStageConfig(model_name_or_path=str(tmp_path / "m"), output_dir=str(out),
+                                               overwrite=overwrite))
     assert (backup / "trainer_state.json").is_file()
     assert newest_checkpoint(out / "checkpoints") == str(out / "checkpoints" / "checkpoint-2")  # still no crash
     # PPO rotates only step-<n> itself: a `step-4-best` may stay while the run continues, not when it starts afresh
     ppo = tmp_path / "rlhf"
-    options = dict(model=str(tmp_path / "m"), reward_model=str(tmp_path / "rm"), output_dir=str(ppo), algo="ppo")
+    options = dict(model_name_or_path=str(tmp_path / "m"), reward_model_path=str(tmp_path / "rm"),
+                   output_dir=str(ppo), algo="ppo")
     claim_output("rlhf", RLHFConfig(**options))
     (ppo / "checkpoints" / "step-4-best").mkdir(parents=True)
     claim_output("rlhf", RLHFConfig(**options))
@@ -441,6 +446,10 @@ def test_speedrun_force_recomputes_while_a_plain_rerun_skips(tmp_path, monkeypat
     options = dict(output_dir=str(run), crawl_pages=10, overrides={"data": {
         "exact_dedup": False, "minhash_dedup": False, "tasks": 1, "workers": 1, "progress": False}})
     speedrun(SpeedrunConfig(**options))
+    for step in ("crawl", "data"):  # the step's marker is the stage's, in its output folder, with the step's time
+        marker = json.loads((run / step / MARKER).read_text())
+        assert marker["stage"] == marker["step"] == step and marker["seconds"] >= 0
+    assert json.loads((run / "data" / MARKER).read_text())["documents"] > 0  # what the data stage recorded stays
     outputs = [run / "crawl" / "crawl.warc.gz", run / "data" / "stats.json"]
     stamps = [p.stat().st_mtime_ns for p in outputs]
     capsys.readouterr()

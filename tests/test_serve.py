@@ -20,7 +20,7 @@ QUESTION = "What is 6 times 7?"
 @pytest.fixture(scope="module")
 def tool_model(tmp_path_factory):
     from hfstack.stages.sft import SFTStageConfig, run_sft
-    from hfstack.tasks.generators import message, python_turns
+    from hfstack.tasks.conversation import message, python_turns
 
     root = tmp_path_factory.mktemp("serve")
     tiny_base(root, docs=20, vocab_size=300, steps=2)
@@ -28,9 +28,9 @@ def tool_model(tmp_path_factory):
                                                              "The answer is 42.")]
     chats = root / "chats.jsonl"
     chats.write_text(json.dumps({"messages": conversation}) + "\n")
-    return run_sft(SFTStageConfig(model=str(root / "base"), output_dir=str(root / "sft"), counts={},
+    return run_sft(SFTStageConfig(model_name_or_path=str(root / "base"), output_dir=str(root / "sft"), counts={},
                                   chat_files=[str(chats)] * 16, max_steps=80, learning_rate=1e-2, warmup_steps=1,
-                                  micro_batch_size=4, max_length=128, progress=False))
+                                  per_device_train_batch_size=4, max_length=128, progress=False))
 
 
 @needs_sandbox  # the tool's output is checked
@@ -38,7 +38,7 @@ def test_chat_streams_and_shows_the_tool_call(tool_model):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from hfstack.stages.serve import ServeConfig, make_server
 
-    server = make_server(ServeConfig(model=str(tool_model), port=0, max_new_tokens=96))
+    server = make_server(ServeConfig(model_name_or_path=str(tool_model), port=0, max_new_tokens=96))
     assert server.server_address[0] == "127.0.0.1"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -11,7 +11,8 @@ from hfstack.core.config import ConfigError
 from hfstack.core.stdlib_text import stdlib_articles
 from hfstack.dataprep.mixture import build_mixture, load_chat_file
 from hfstack.stages.sft import SFTStageConfig, run_sft
-from hfstack.tasks.generators import IdentityCard, arithmetic, counting, identity
+from hfstack.tasks.identity import IdentityCard
+from hfstack.tasks.registry import TASKS
 
 from tiny import tiny_base
 
@@ -26,6 +27,18 @@ def keys(rows, key):
     return {key(r) for r in rows}
 
 
+def arithmetic(n, seed):
+    return TASKS["arithmetic"].generate(n, seed)
+
+
+def counting(n, seed):
+    return TASKS["counting"].generate(n, seed)
+
+
+def identity(card, n, seed):
+    return TASKS["identity"].generate(n, seed, card=card)
+
+
 def test_generators_are_deterministic_and_eval_never_overlaps_training():
     assert arithmetic(50, seed=3) == arithmetic(50, seed=3)
     assert arithmetic(50, seed=3) != arithmetic(50, seed=4)
@@ -38,10 +51,14 @@ def test_generators_are_deterministic_and_eval_never_overlaps_training():
     word = lambda r: r["word"]  # noqa: E731
     assert counts["eval"] and not keys(counts["train"], word) & keys(counts["eval"], word)
     assert all(r["word"] in question(r) for r in counts["train"] + counts["eval"])
-    for split in counts.values():  # no single count is most answers, so always saying "1" scores low
+    # no single count is most answers (about 0.40 each for 0 and 1), so always saying "1" scores low;
+    # measured on enough items (600 held out) that chance cannot carry a split past 0.45
+    for split in counting(3000, seed=0).values():
         answers = [r["answer"] for r in split if r["task"] == "counting"]
         assert max(map(answers.count, set(answers))) < 0.45 * len(answers) and {"0", "1", "2"} <= set(answers)
-    from hfstack.tasks.generators import ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS, phrasings
+    from hfstack.tasks.arithmetic import ARITHMETIC_PHRASINGS
+    from hfstack.tasks.conversation import phrasings
+    from hfstack.tasks.counting import COUNTING_PHRASINGS
 
     for templates in (ARITHMETIC_PHRASINGS, COUNTING_PHRASINGS):  # held-out questions are paraphrases
         assert not set(phrasings(templates, "train")) & set(phrasings(templates, "eval"))
@@ -61,28 +78,28 @@ def test_identity_answers_come_from_the_card():
 
 
 def test_identity_holds_out_phrasings_of_every_topic_and_scores_the_facts():
-    from hfstack.tasks.generators import IDENTITY_QUESTIONS, identity_phrasings
-    from hfstack.tasks.scoring import score
+    from hfstack.tasks.identity import IDENTITY_QUESTIONS, identity_phrasings
 
+    score = TASKS["identity"].score
     held_out = identity_phrasings("eval", 0.25)
     assert {topic for topic, _ in held_out} == set(IDENTITY_QUESTIONS)  # every topic is measured
     assert not set(held_out) & set(identity_phrasings("train", 0.25))
     rows = {r["topic"]: r for r in identity(IdentityCard(), 200, seed=0)["eval"]}
     # the creator stated in other words is right; the name alone, or a refusal, is not
-    assert score("identity", rows["creator"], "I am hfstack-assistant, an AI assistant made by the hfstack project.")
-    assert not score("identity", rows["creator"], "I am hfstack-assistant.")
-    assert not score("identity", rows["name"], "I don't know that one.")
+    assert score(rows["creator"], "I am hfstack-assistant, an AI assistant made by the hfstack project.")
+    assert not score(rows["creator"], "I am hfstack-assistant.")
+    assert not score(rows["name"], "I don't know that one.")
     limits = "I cannot browse the internet or remember past conversations."
-    assert score("identity", rows["limits"], limits) and not score("identity", rows["limits"], limits[:30])
+    assert score(rows["limits"], limits) and not score(rows["limits"], limits[:30])
     older = {k: v for k, v in rows["creator"].items() if k != "facts"}  # a held-out set from before facts
-    assert score("identity", older, older["messages"][-1]["content"])
-    assert not score("identity", older, "I am hfstack-assistant, an AI assistant made by the hfstack project.")
+    assert score(older, older["messages"][-1]["content"])
+    assert not score(older, "I am hfstack-assistant, an AI assistant made by the hfstack project.")
 
 
 def test_identity_training_bank_is_balanced_unambiguous_and_never_holds_a_held_out_phrasing():
     from collections import Counter
 
-    from hfstack.tasks.generators import IDENTITY_QUESTIONS, identity_answer, identity_phrasings, normalised
+    from hfstack.tasks.identity import IDENTITY_QUESTIONS, identity_answer, identity_phrasings, normalised
 
     train = identity_phrasings("train", 0.25, generated=True)
     held_out = {normalised(q) for _, q in identity_phrasings("eval", 0.25)}
@@ -131,8 +148,9 @@ class Snapshot(TrainerCallback):
 
 
 def small_sft(base, out, **overrides):
-    options = dict(model=str(base), output_dir=str(out), counts={"identity": 40, "arithmetic": 60, "counting": 40},
-                   max_steps=15, micro_batch_size=4, max_length=128, log_every=1, learning_rate=3e-3,
+    options = dict(model_name_or_path=str(base), output_dir=str(out), counts={"identity": 40, "arithmetic": 60,
+                                                                              "counting": 40},
+                   max_steps=15, per_device_train_batch_size=4, max_length=128, logging_steps=1, learning_rate=3e-3,
                    warmup_steps=1, progress=False)
     return SFTStageConfig(**(options | overrides))
 
@@ -197,7 +215,7 @@ class RunLog(TrainerCallback):
 def test_first_phase_trains_its_own_mixture_then_the_whole_one(base, tmp_path):
     log = RunLog()
     cfg = small_sft(base, tmp_path / "sft", first_phase={"counts": {"arithmetic": 30}, "max_steps": 4,
-                                                         "micro_batch_size": 2})
+                                                         "per_device_train_batch_size": 2})
     out = run_sft(cfg, callbacks=[log])
     first, main = log.runs
     assert (first["steps"], first["batch"], main["steps"], main["batch"]) == (4, 2, 15, 4)
@@ -256,19 +274,19 @@ def test_batch_chat_runs_the_python_tool_end_to_end(base, tmp_path):
     from hfstack.stages.eval import EvalConfig, evaluate
     from hfstack.tools.sandbox import run_python
 
-    out = run_sft(small_sft(base, tmp_path / "tools", counts={"arithmetic": 300}, max_steps=150, log_every=50,
-                            micro_batch_size=8, learning_rate=5e-3))
+    out = run_sft(small_sft(base, tmp_path / "tools", counts={"arithmetic": 300}, max_steps=150, logging_steps=50,
+                            per_device_train_batch_size=8, learning_rate=5e-3))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}]}) + "\n"
                                for a, b in [(12, 30), (451, 7), (88, 120)]) + json.dumps({"prompt": "Compute 5 * 6."}))
     answers = tmp_path / "answers.jsonl"
-    rows = chat(ChatConfig(model=str(out), input=str(prompts), output=str(answers)))
+    rows = chat(ChatConfig(model_name_or_path=str(out), input=str(prompts), output=str(answers)))
     assert len(rows) == 4 and [json.loads(line) for line in answers.open()] == rows
     calls = [call for row in rows for call in row["tool_calls"]]
     assert calls, rows  # the assistant learned to call Python, and the loop ran it
     for call in calls:
         assert call["tool"] == "python" and call["output"] == run_python(call["input"]).output.strip()
-    report = evaluate(EvalConfig(model=str(out), limit=20))
+    report = evaluate(EvalConfig(model_name_or_path=str(out), limit=20))
     assert report["arithmetic"]["items"] == 20 and report["arithmetic"]["tool_use_rate"] > 0.5
     assert 0 <= report["arithmetic"]["accuracy"] <= 1 and "accuracy_without_tools" in report["arithmetic"]
     answers = [json.loads(line)["answer"] for line in (out / "eval_sets.jsonl").open()
@@ -324,7 +342,7 @@ def test_refusal_miner_labels_known_and_unknown_with_a_scripted_judge(base):
 
 
 def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
-    from hfstack.dataprep.knowledge import derive_facts, search_conversations
+    from hfstack.dataprep.knowledge import derive_facts
     from hfstack.tools.search import SearchIndex
 
     texts = [" ".join(p) for _, p in stdlib_articles()[:60]]
@@ -334,7 +352,7 @@ def test_search_index_finds_the_passage_and_traces_answer_from_it(tmp_path):
     index.save(tmp_path / "index")
     assert SearchIndex.load(tmp_path / "index").search("heap queue algorithm priority")[0][0] == top
     facts = derive_facts(texts)
-    traces = search_conversations(facts, index, seed=0)
+    traces = TASKS["search"].generate(len(facts), 0, facts=facts, index=index)
     assert traces["train"]
     for row in traces["train"][:10]:
         call, output, final = row["messages"][1], row["messages"][2], row["messages"][3]

@@ -3,15 +3,9 @@
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherQualityFilter
 
-from hfstack.dataprep.steps import (
-    LanguageGate,
-    Metered,
-    OfflineURLFilter,
-    OfflineWordTokenizer,
-    Py3LangidFilter,
-    ResiliparseExtractor,
-    TrafilaturaExtractor,
-)
+from hfstack.dataprep.extractors import ResiliparseExtractor, TrafilaturaExtractor
+from hfstack.dataprep.filters import LanguageGate, OfflineURLFilter, OfflineWordTokenizer, Py3LangidFilter
+from hfstack.dataprep.funnel import Metered
 from hfstack.dataprep.synthetic import _blocklisted_domains
 
 

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from hfstack.core.config import ConfigError
 from hfstack.core.protocol import SPECIAL_TOKENS, TOOL_OUTPUT
+from hfstack.core.splits import stable_split
 from hfstack.core.stdlib_text import stdlib_articles
-from hfstack.core.tokens import encode_ordinary, is_heldout, tiktoken_encoding
+from hfstack.core.tokens import encode_ordinary, tiktoken_encoding
 from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer, to_transformers, train_bpe
 
 
@@ -233,8 +234,8 @@ def test_bigger_vocab_compresses_real_web_text_better(sample_run):
 
     out, _, _ = sample_run
     texts = [t for f in sorted(out.glob("*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
-    train = [t for t in texts if not is_heldout(t, 0.1)]
-    heldout = [t for t in texts if is_heldout(t, 0.1)]
+    train = [t for t in texts if not stable_split(t, 0.1)]
+    heldout = [t for t in texts if stable_split(t, 0.1)]
     assert len(heldout) >= 10 and len(train) >= 200
     n_bytes = sum(len(t.encode()) for t in heldout)
     per_token = {}

@@ -4,8 +4,9 @@ import pytest
 from conftest import html_page, http_response, warc_record
 
 from hfstack.core.config import ConfigError
+from hfstack.dataprep.filters import HttpResponseFilter, SamePageFilter
+from hfstack.dataprep.readers import WarcResponseReader, decode_html
 from hfstack.dataprep.sources import resolve_inputs
-from hfstack.dataprep.warc import HttpResponseFilter, SamePageFilter, WarcResponseReader, decode_html
 
 
 def read_all(paths, **kwargs):

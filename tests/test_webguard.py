@@ -87,7 +87,8 @@ def chat(tool_model):  # noqa: F811 - the fixture imported above
     from hfstack.stages.serve import ServeConfig, make_server
 
     python = StandInPython()
-    server = make_server(ServeConfig(model=str(tool_model), port=0, max_new_tokens=96), tools={"python": python})
+    server = make_server(ServeConfig(model_name_or_path=str(tool_model), port=0, max_new_tokens=96),
+                         tools={"python": python})
     python.server = server
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, python
@@ -277,7 +278,7 @@ def test_chat_generation_stops_within_tokens_of_the_client_leaving(tool_model): 
     alone = assistant_replies(model, tokenizer, [[{"role": "user", "content": "hi"}]], 200, tools={})[0]
     assert len(alone.completion_ids) == 200 and not alone.finished  # it would run to its budget
     budget = 20000
-    server = make_server(ServeConfig(model=str(base), port=0, max_new_tokens=budget), tools={})
+    server = make_server(ServeConfig(model_name_or_path=str(base), port=0, max_new_tokens=budget), tools={})
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]

@@ -25,7 +25,7 @@ def tiny_base(root: Path, docs: int = 40, vocab_size: int = 400, steps: int = 5)
 
     tokenizer = tiny_tokenizer(root, docs, vocab_size)
     run_pretrain(PretrainConfig(data=[str(root / "docs.jsonl")], tokenizer=str(tokenizer),
-                                output_dir=str(root / "base"), depth=1, seq_len=64, micro_batch_size=4,
-                                batch_tokens=256, max_steps=steps, eval_every=100, save_every=100, sample_prompts=[],
+                                output_dir=str(root / "base"), depth=1, seq_len=64, per_device_train_batch_size=4,
+                                batch_tokens=256, max_steps=steps, eval_steps=100, save_steps=100, sample_prompts=[],
                                 progress=False))
     return root / "base"

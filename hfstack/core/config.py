@@ -29,11 +29,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hfstack.core.errors import ConfigError
+from hfstack.core.renames import current_names
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config problem the user can fix: the message names the file/field and what was expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,14 +152,15 @@ def check_fields(cfg, stage: str) -> None:
     for f in dataclasses.fields(cfg):
         folder, value = f.metadata.get("model_folder"), getattr(cfg, f.name)
         if folder and value and (folder == "must_exist" or (Path(value).expanduser() / "config.json").exists()):
-            check_model_folder(value, stage, "model" if f.name == "model" else f"model ('{f.name}')")
+            plain = f.name in ("model", "model_name_or_path")
+            check_model_folder(value, stage, "model" if plain else f"model ('{f.name}')")
 
 
 def check_values(cls, values: dict[str, Any], source: str) -> None:
     """Names, types and ranges of some of a config's fields (a speedrun's overrides for a stage) without
     building the config, whose other fields are only known when the stage runs."""
     field_types, fields = _field_types(cls), {f.name: f for f in dataclasses.fields(cls)}
-    for key, raw in values.items():
+    for key, raw in current_names(cls, values, source).items():
         if key not in field_types:
             raise unknown_key(source, key, cls)
         value = _coerce(key, raw, field_types[key])
@@ -292,25 +294,19 @@ def unknown_key(source: str, key: str, cls) -> ConfigError:
     return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}; {hint}valid keys: {', '.join(valid)}")
 
 
-def field_comments(cls) -> dict[str, str]:
-    """Each field's trailing `# comment` in the class's source, which says what the field does: the
-    one line of help `--help` shows (a config's comments are its documentation)."""
-    import inspect
-    import re
-
-    comments = {}
-    for klass in reversed(cls.__mro__[:-1]):  # a subclass's comment wins over its base's
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M):
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
+def field_default(f: dataclasses.Field):
+    """A field's default value (a fresh one from its factory), or dataclasses.MISSING."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build `cls` from a dict, rejecting unknown keys with the list of valid ones."""
+    """Build `cls` from a dict, rejecting unknown keys with the list of valid ones (a renamed key is
+    taken under its current name, with a deprecation line)."""
+    values = current_names(cls, values, source)
     field_types = _field_types(cls)
     for key in values:
         if key not in field_types:
@@ -367,9 +363,9 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, cli_args: lis
     values, origins = read_recipe(yaml_path) if yaml_path else ({}, {})
     source = str(yaml_path) if yaml_path else "command line"
     for key in values:
-        if key not in _field_types(cls):
+        if key not in _field_types(cls) and key not in getattr(cls, "RENAMED", {}):
             from_dict(cls, {key: None}, str(origins[key]))  # the unknown-key error, naming the file that set it
-    values.update(cli)
+    values = current_names(cls, values, source) | current_names(cls, cli, "command line")
     return from_dict(cls, values, source)
 
 

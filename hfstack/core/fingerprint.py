@@ -26,6 +26,9 @@ import json
 import os
 from pathlib import Path
 
+from hfstack.core.config import field_default
+from hfstack.core.renames import current_names
+
 SMALL_FILE = 4 * 2**20  # files up to 4 MB are identified by content; larger ones by size and mtime
 # Inside a folder input, what a stage works with or writes about it, not what it hands on: a resumed
 # or re-reported stage changes these without changing what the next stage reads.
@@ -39,7 +42,9 @@ MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "m
                "chat_template.jinja", "vocab.json", "merges.txt", "adapter_*", "training_args.bin", "README.md",
                "*.png")
 # Left out of every fingerprint: where the stage writes, whether it starts over, and how it reports.
-COMMON_IGNORED = ("output_dir", "output", "overwrite", "progress", "report_to")
+# (and where it is pushed: hfstack/core/hub.py uploads after the run)
+COMMON_IGNORED = ("output_dir", "output", "overwrite", "progress", "report_to", "run_name", "push_to_hub",
+                  "hub_model_id", "hub_private_repo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,30 +63,34 @@ STAGES = {
     "tokenizer": Spec(inputs=("input",), outputs=MODEL_FILES + ("eval.json",)),
     # resume and checkpoint cadence, logging, MFU's peak figure and the logged samples leave the weights as they are
     "pretrain": Spec(inputs=("data", "tokenizer", "init_from"),
-                     ignored=("resume", "save_every", "keep_checkpoints", "log_every", "num_proc", "peak_flops",
+                     ignored=("resume", "save_steps", "save_total_limit", "logging_steps", "num_proc", "peak_flops",
                               "sample_prompts", "sample_tokens"),
                      outputs=MODEL_FILES + ("cache", "checkpoints", "log.jsonl", "summary.json",
                                             "regurgitation.json")),
-    "sft": Spec(inputs=("model", "facts_from", "facts_file", "chat_files"), ignored=("save_every", "log_every"),
+    "sft": Spec(inputs=("model_name_or_path", "facts_from", "facts_file", "chat_files"),
+                ignored=("save_steps", "save_total_limit", "logging_steps"),
                 outputs=MODEL_FILES + ("checkpoints", "first_phase", "search_index", "eval_sets.jsonl", "summary.json",
                                        "eval.json")),
-    "rl": Spec(inputs=("model", "dataset"), ignored=("save_every", "log_every"),
+    "rl": Spec(inputs=("model_name_or_path", "dataset_name"),
+               ignored=("save_steps", "save_total_limit", "logging_steps"),
                outputs=MODEL_FILES + ("checkpoints", "search_index", "eval_sets.jsonl", "eval.json")),
     # where the ranking page listens and where the pairs are pushed change nothing on disk
-    "rank": Spec(inputs=("model", "prompts_file"), ignored=("host", "port", "push_to_hub"),
+    "rank": Spec(inputs=("model_name_or_path", "prompts_file"), ignored=("host", "port", "push_to_hub"),
                  outputs=("rollouts.jsonl", "rollouts.tmp", "rankings.jsonl", "data/train.parquet",
                           "data/test.parquet", "data/*.parquet.tmp", ".hfstack-pairs.json", "summary.json")),
-    "reward": Spec(inputs=("model", "preferences", "test_preferences"), ignored=("save_every", "log_every"),
+    "reward": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences"),
+                   ignored=("save_steps", "save_total_limit", "logging_steps"),
                    outputs=MODEL_FILES + ("checkpoints", "eval.json")),
-    # rlhf's log_every stays in: the reward-hacking watch looks (and may stop the run) at each log
-    "rlhf": Spec(inputs=("model", "reward_model", "prompts_file"), ignored=("save_every",),
+    # rlhf's logging_steps stays in: the reward-hacking watch looks (and may stop the run) at each log
+    "rlhf": Spec(inputs=("model_name_or_path", "reward_model_path", "prompts_file"),
+                 ignored=("save_steps", "save_total_limit"),
                  outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
     "report": Spec(outputs=("report.md", "report.html", "*.png")),
     # the speedrun's own steps (hfstack.stages.speedrun claims their folders for them)
     "crawl": Spec(outputs=("*.warc.gz",)),
     "generate": Spec(inputs=("model",), outputs=("samples.json",)),
-    "regurgitation": Spec(inputs=("model", "data"), outputs=("report.json",)),
-    "eval": Spec(inputs=("model", "eval_sets"), outputs=("eval.json",)),
+    "regurgitation": Spec(inputs=("model_name_or_path", "data"), outputs=("report.json",)),
+    "eval": Spec(inputs=("model_name_or_path", "eval_sets"), outputs=("eval.json",)),
 }
 
 
@@ -108,7 +117,8 @@ def differences(stored: dict, current: dict, cfg) -> list[str]:
     defaults = field_defaults(cfg)
     differing = []
     for part in ("settings", "inputs"):
-        old, new = stored.get(part) or {}, current[part]
+        # a run stored under a field's older name (micro_batch_size) compares as its current one
+        old, new = current_names(type(cfg), stored.get(part) or {}, "stored run", warn=False), current[part]
         for key in sorted(new):
             if key in old:
                 if old[key] != new[key]:
@@ -119,13 +129,8 @@ def differences(stored: dict, current: dict, cfg) -> list[str]:
 
 
 def field_defaults(cfg) -> dict:
-    defaults = {}
-    for f in dataclasses.fields(cfg):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = plain(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = plain(f.default_factory())
-    return defaults
+    return {f.name: plain(default) for f in dataclasses.fields(cfg)
+            if (default := field_default(f)) is not dataclasses.MISSING}
 
 
 def identify_field(value):

@@ -115,7 +115,6 @@ def launch_command(command: str, num_processes: int, config: str | None, args: l
     if not config:
         import torch
 
-
         config = str(recipes_dir() / "accelerate" / ("multi_gpu.yaml" if torch.cuda.is_available() else "cpu.yaml"))
     line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
     if num_processes:

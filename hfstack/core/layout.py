@@ -1,13 +1,98 @@
-"""The run directory's layout: which folder each stage of a speedrun writes (RUN/base, RUN/prefs, ...)
-and which model is the run's final one. The only place that knows the folder names."""
+"""The run directory's layout: which folder each step of a speedrun writes (RUN/base, RUN/prefs, ...),
+where launch configs go, which model is the run's final one, and each model's lineage (the model it
+started from, the datasets it trained on). The only place that knows the folder names: the speedrun,
+`hfstack report` and `hfstack push` ask a RunLayout.
+
+    layout = RunLayout(Path("runs/tiny"))
+    layout.base, layout.folder("pretrain")   # both RUN/base
+    layout.final_model()                     # RUN/rlhf, else the newest of rl, sft, base; None without one
+
+Tests: python -m pytest -q tests/unit/test_run_layout.py
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-FINAL_MODELS = ("rlhf", "rl", "sft", "base")  # the newest stage's model is the run's final model
+# every step of a speedrun, in order, and the folder under RUN that holds its outputs
+FOLDERS = {
+    "crawl": "crawl", "data": "data", "tokenizer": "tokenizer", "pretrain": "base", "generate": "generate",
+    "regurgitation": "regurgitation", "sft": "sft", "eval": "eval", "rl": "rl", "rank": "prefs", "reward": "rm",
+    "rlhf": "rlhf", "final-eval": "final-eval", "report": "report",
+}
+LAUNCH = "launch"  # the resolved configs `accelerate launch` reads back: outside every step's folder
+MODELS = ("pretrain", "sft", "rl", "reward", "rlhf")  # the steps that save a model (config.json)
+FINAL_CANDIDATES = ("rlhf", "rl", "sft", "pretrain")  # the newest that saved one is the run's final model
+DATASETS = ("data", "rank")  # the steps whose outputs are datasets another run could train on
+PARENTS = {"sft": "pretrain", "rl": "sft", "rlhf": "rl", "reward": "rl"}  # model step → the model it started from
+TRAINED_ON = {"pretrain": ("data",), "reward": ("rank",), "rlhf": ("rank",)}  # model step → dataset steps
 
 
-def final_model(run: Path) -> str | None:
-    """The stage folder name of the run's final model (the newest stage that saved one), or None."""
-    return next((name for name in FINAL_MODELS if (run / name / "config.json").is_file()), None)
+def _folder_of(step: str) -> property:
+    return property(lambda self: self.folder(step), doc=f"RUN/{FOLDERS[step]}: the {step} step's outputs")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The folders of the run directory `root`; reads nothing but `final_model` and `models`."""
+
+    root: Path
+
+    crawl = _folder_of("crawl")
+    data = _folder_of("data")
+    tokenizer = _folder_of("tokenizer")
+    base = _folder_of("pretrain")
+    generate = _folder_of("generate")
+    regurgitation = _folder_of("regurgitation")
+    sft = _folder_of("sft")
+    eval = _folder_of("eval")
+    rl = _folder_of("rl")
+    prefs = _folder_of("rank")
+    rm = _folder_of("reward")
+    rlhf = _folder_of("rlhf")
+    final_eval = _folder_of("final-eval")
+    report = _folder_of("report")
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def folder(self, step: str) -> Path:
+        """RUN/<folder> holding the outputs, fingerprint and done marker of `step` (a FOLDERS key)."""
+        if step not in FOLDERS:
+            raise KeyError(f"no step '{step}' in a run (steps: {', '.join(FOLDERS)})")
+        return self.root / FOLDERS[step]
+
+    @property
+    def launch(self) -> Path:
+        return self.root / LAUNCH
+
+    def old_marker(self, step: str) -> Path | None:
+        """Where the previous layout's speedrun marked `step` done, when that was not the step's folder:
+        RUN/pretrain, RUN/rank and RUN/reward held only that marker (the outputs are in base, prefs, rm).
+        Read for runs made then; never written."""
+        folder = self.root / step
+        return None if folder == self.folder(step) else folder
+
+    def final_step(self) -> str | None:
+        """The step whose model is the run's final model: the newest that saved one; None before pretraining."""
+        return next((step for step in FINAL_CANDIDATES if (self.folder(step) / "config.json").is_file()), None)
+
+    def final_model(self) -> Path | None:
+        step = self.final_step()
+        return None if step is None else self.folder(step)
+
+    def models(self) -> list[str]:
+        """The model steps (MODELS, in run order) whose folder holds a saved model."""
+        return [step for step in MODELS if (self.folder(step) / "config.json").is_file()]
+
+    @staticmethod
+    def parent(step: str) -> str | None:
+        """The model step that `step`'s model started from (None for pretraining, which starts from scratch)."""
+        return PARENTS.get(step)
+
+    @staticmethod
+    def trained_on(step: str) -> tuple[str, ...]:
+        """The dataset steps (DATASETS) whose outputs `step`'s model was trained on."""
+        return TRAINED_ON.get(step, ())
+

@@ -106,14 +106,6 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *encode_ordinary(tokenizer, [text])[0]]
 
 
-def wants_bf16(precision: str) -> bool:
-    """bf16 when asked for, or on `auto` when a GPU that has it is present (on CPU it is slower)."""
-    import torch
-
-    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available()
-                                   and torch.cuda.is_bf16_supported())
-
-
 def load_reward_model(path: str):
     """A reward model as TRL's trainers want it: sequence classifier with pad_token_id set."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

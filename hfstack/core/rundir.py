@@ -11,7 +11,8 @@ Next to a stage's outputs its folder holds hfstack's bookkeeping:
   its results, what its inputs hold), written before the work starts; `written`, the names matching the
   stage's outputs when it finished; and `foreign`, every other name (they are not hfstack's, and stay);
 - `config.yaml`: the resolved config, written once the claim succeeded;
-- `.hfstack-done`: the completion marker, written last; an unreadable one counts as not done.
+- `.hfstack-done`: the completion marker, written last; an unreadable one counts as not done (the
+  speedrun adds its step's name and seconds to it once the step returned).
 
 claim_output refuses $HOME, a root, a non-empty folder hfstack did not make, and another stage's folder
 (even with --overwrite); continues a run with the same fingerprint (a trainer resumes, datatrove skips

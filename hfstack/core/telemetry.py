@@ -112,7 +112,6 @@ def continue_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of a document that starts with `prompt` (after the boundary token)."""
     import torch
 
-
     was_training = model.training
     model.eval()
     ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)

@@ -36,7 +36,6 @@ def load_records(source: str, split: str, label: str, limit: int = -1) -> list[d
     as dicts. Errors name the source."""
     import os
 
-
     if source.endswith((".jsonl", ".jsonl.gz", ".json")):
         if not os.path.isfile(source):
             raise ConfigError(f"{label} '{source}' does not exist")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import zlib
 from collections.abc import Iterator
 
 from hfstack.core.config import ConfigError
@@ -77,11 +76,6 @@ def read_texts(patterns: list[str], column: str = "text") -> Iterator[str]:
     """Every document's text in the files, globs and directories given, streamed file by file."""
     for path in resolve_text_files(patterns):
         yield from _read_file(path, column)
-
-
-def is_heldout(text: str, fraction: float) -> bool:
-    """A stable choice by content, so the same documents are held out on every run and machine."""
-    return zlib.crc32(text.encode("utf-8", "replace")) % 10_000 < fraction * 10_000
 
 
 def encode_ordinary(tokenizer, texts: list[str]) -> list[list[int]]:

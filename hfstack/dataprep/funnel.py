@@ -1,7 +1,9 @@
 """The data funnel: documents and bytes in and out of every step, with drop reasons.
 
-Built from datatrove's per-task stats files (DIR/logs/<stage>/stats/*.json), so a resumed run that
-only re-ran some tasks still reports the whole dataset. Written to DIR/stats.json and printed.
+`Metered` wraps each step of the data stage's pipeline and counts what goes in and out; the funnel is
+then built from datatrove's per-task stats files (DIR/logs/<stage>/stats/*.json), so a resumed run
+that only re-ran some tasks still reports the whole dataset. Written to DIR/stats.json and printed by
+`hfstack data`; tested by `python -m pytest -q tests/test_steps.py tests/test_data_pipeline.py`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from datatrove.pipeline.base import PipelineStep
+
 # datatrove counters that mean "this document was dropped" without a dropped_<reason> key
 _EXTRACTOR_LOSSES = ("timeout", "clean_error", "broken_process")
 # counters that describe files rather than documents, reported as notes of the reading step
 _FILE_NOTES = ("input_files", "corrupt_files", "files_without_responses")
+
+
+class Metered(PipelineStep):
+    """Wraps a step to count documents and UTF-8 bytes going in and out, for the funnel report.
+
+    The wrapper shares the inner step's Stats object, so datatrove's own stats and these counters
+    land in one entry of the executor's stats.json.
+    """
+
+    def __init__(self, step: PipelineStep):
+        super().__init__()
+        self.step = step
+        self.stats = step.stats
+        self.name, self.type = step.name, step.type
+
+    def _count(self, docs, prefix: str):
+        for doc in docs:
+            self.stats[f"{prefix}_docs"].update(1)
+            self.stats[f"{prefix}_bytes"].update(len(doc.text.encode("utf-8", "replace")))
+            yield doc
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        incoming = self._count(data, "in") if data is not None else None
+        yield from self._count(self.step.run(incoming, rank, world_size), "out")
 
 
 def _value(stat) -> int:

@@ -1,5 +1,6 @@
 """Knowledge: facts from the corpus, interrogating the model to find what it does not know, refusals
-there (hallucination mitigation #1), and search traces that answer from retrieved text (#2).
+there (hallucination mitigation #1); the search traces that answer from retrieved text (#2) are
+the search task's (hfstack/tasks/search.py), built from the same facts.
 
 - `derive_facts` turns sentences about a named thing in the pretraining corpus ("X is Y." gives
   "What is X?", "X returns Y." "What does X return?", "X is used for Y." "What happens to X?"; not
@@ -10,7 +11,7 @@ there (hallucination mitigation #1), and search traces that answer from retrieve
   the judge is a function `judge(answer, reference) -> bool`, by default word overlap, or any
   function by import path (a scripted judge for tests, an LLM judge in production).
 - `knowledge_conversations` keeps the correct answer where the model knows the fact and trains an
-  "I don't know" where it does not; `search_conversations` has the assistant search, read and answer.
+  "I don't know" where it does not.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import re
 
 from hfstack.core.config import ConfigError, import_object
 from hfstack.core.model import FEW_SHOT, TURN_END, prompt_ids
+from hfstack.core.splits import stable_split
 from hfstack.core.textfiles import read_jsonl
-from hfstack.tasks.generators import dressed, in_eval_split, message, tool_call
+from hfstack.tasks.conversation import dressed, message
 from hfstack.tasks.judges import word_overlap_judge
 from hfstack.tools.loop import generate_batch
 
@@ -132,35 +134,11 @@ def knowledge_conversations(results: list[dict], seed: int, eval_fraction: float
     rng = random.Random(seed)
     out: dict[str, list] = {"train": [], "eval": []}
     for fact in results:
-        split = "eval" if in_eval_split(fact["question"], eval_fraction) else "train"
+        split = "eval" if stable_split(fact["question"], eval_fraction) else "train"
         for copy in range(repeats if split == "train" else 1):
             answer = fact["answer"] if fact["known"] else rng.choice(REFUSALS)
             question = dressed(rng, fact["question"]) if copy else fact["question"]
             out[split].append({"messages": [message("user", question), message("assistant", answer)],
                                "task": "knowledge", "known": fact["known"], "answer": fact["answer"],
                                "passage": fact.get("passage", "")})
-    return out
-
-
-SEARCH_REQUESTS = ["Search your documents: {q}", "Look it up: {q}", "Can you search for this? {q}",
-                   "Use search to answer: {q}", "{q} Please search for it."]
-
-
-def search_conversations(facts: list[dict], index, seed: int, eval_fraction: float = 0.2) -> dict[str, list]:
-    """The assistant searches the local index for the question, reads the results, answers from them.
-
-    The user asks for a search in so many words, so these never contradict the refusal conversations,
-    where the same kind of question without a request to search gets "I don't know"."""
-    rng = random.Random(seed)
-    out: dict[str, list] = {"train": [], "eval": []}
-    for fact in facts:
-        results = index.search_text(fact["question"])
-        if fact["answer"][:40] not in results:  # only traces where the search finds the answer
-            continue
-        split = "eval" if in_eval_split("search:" + fact["question"], eval_fraction) else "train"
-        out[split].append({"messages": [
-            message("user", rng.choice(SEARCH_REQUESTS).format(q=fact["question"])),
-            message("assistant", "Let me search for that.", [tool_call("search", fact["question"])]),
-            message("tool", results, name="search"),
-            message("assistant", fact["answer"])], "task": "search", "answer": fact["answer"]})
     return out

@@ -14,16 +14,15 @@ from hfstack.core.config import ConfigError
 from hfstack.core.launch import print0
 from hfstack.core.protocol import contains_protocol_token
 from hfstack.core.textfiles import check_hub_dataset, read_jsonl
-from hfstack.tasks.generators import IdentityCard, arithmetic, counting, identity, message
+from hfstack.tasks.conversation import message
+from hfstack.tasks.identity import IdentityCard
+from hfstack.tasks.registry import TASKS
 
-# The sources generated from the identity card alone (no corpus, no model), each drawing its own
-# seeded stream so that changing one source's count leaves the others' conversations as they were.
-GENERATORS = {
-    "identity": lambda n, card, seed: identity(card, n, seed),
-    "arithmetic": lambda n, card, seed: arithmetic(n, seed + 1),
-    "counting": lambda n, card, seed: counting(n, seed + 2),
-}
-GENERATED_SOURCES = tuple(GENERATORS)
+# The tasks generated from the identity card alone (no corpus, no model), each with the offset of its
+# own seeded stream (seed + offset), so that changing one source's count leaves the others'
+# conversations as they were. Knowledge and search need the corpus: they come in through `extra`.
+SEED_OFFSETS = {"identity": 0, "arithmetic": 1, "counting": 2, "spelling": 3}
+GENERATED_SOURCES = tuple(SEED_OFFSETS)
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PAIR_LAYOUTS = [("prompt", "response"), ("instruction", "output"), ("question", "answer"), ("prompt", "completion")]
@@ -98,7 +97,8 @@ def build_mixture(counts: dict, card: IdentityCard, chat_files: list[str], chat_
     holds already generated sources ({name: {"train": rows, "eval": rows}}), e.g. knowledge."""
     import random
 
-    generated = (extra or {}) | {name: make(counts.get(name, 0), card, seed) for name, make in GENERATORS.items()}
+    generated = (extra or {}) | {name: TASKS[name].generate(counts[name], seed + offset, card=card)
+                                 for name, offset in SEED_OFFSETS.items() if counts.get(name, 0)}
     train = [row for name, splits in generated.items() if counts.get(name, 0) for row in splits["train"]]
     held_out = {name: splits["eval"] for name, splits in generated.items() if counts.get(name, 0) and splits["eval"]}
     for path in chat_files:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from hfstack.core.config import ConfigError
-from hfstack.core.tokens import is_heldout, read_texts, tiktoken_encoding, token_bytes
+from hfstack.core.splits import stable_split
+from hfstack.core.tokens import read_texts, tiktoken_encoding, token_bytes
 
 CHUNK_DOCS = 512
 
@@ -42,7 +43,6 @@ def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: 
     their paths and counts. Reuses the files when the same inputs were encoded before."""
     from tqdm.auto import tqdm
 
-
     key = _fingerprint(files, tokenizer_dir, text_column, val_fraction)
     folder = cache_dir / f"tokens-{key}"
     meta_path = folder / "meta.json"
@@ -58,7 +58,7 @@ def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: 
 
     def flush(texts: list[str]):
         for text, ids in zip(texts, encoding.encode_ordinary_batch(texts, num_threads=num_proc)):
-            split = "val" if is_heldout(text, val_fraction) else "train"
+            split = "val" if stable_split(text, val_fraction) else "train"
             np.asarray([boundary, *ids], dtype=dtype).tofile(handles[split])
             counts[split][0] += 1
             counts[split][1] += len(ids) + 1

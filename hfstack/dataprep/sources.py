@@ -1,8 +1,8 @@
-"""Input resolution for the data stage: paths, globs and URLs become one ordered file list, and each
-kind of input (WARC, jsonl, parquet, a Hub dataset) gets its datatrove reader.
+"""Input resolution for the data stage: paths, globs, directories and URLs become one ordered file
+list per kind of input (WARC, jsonl, parquet); readers.py turns those lists into datatrove readers.
 
 A missing path or a glob that matches nothing is a one-line `ConfigError` that names it.
-Used by `hfstack data --input PATH|GLOB|URL` (and `--hub_dataset NAME`).
+Used by `hfstack data --input PATH|GLOB|URL`; tested by `python -m pytest -q tests/test_warc.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def input_kind(path: str) -> str:
                       f"{', '.join(WARC_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)}")
 
 
-def _is_remote(pattern: str) -> bool:
+def is_remote(pattern: str) -> bool:
     return "://" in pattern and not pattern.startswith("file://")
 
 
@@ -70,7 +70,7 @@ def resolve_inputs(patterns: list[str]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {"warc": [], "jsonl": [], "parquet": []}
     seen: set[str] = set()
     for pattern in patterns:
-        for path in (_expand_remote if _is_remote(pattern) else _expand_local)(pattern):
+        for path in (_expand_remote if is_remote(pattern) else _expand_local)(pattern):
             if path not in seen:
                 seen.add(path)
                 grouped[input_kind(path)].append(path)
@@ -83,7 +83,7 @@ def check_parquet_inputs(patterns: list[str]) -> None:
     inputs are left to `resolve_inputs` when the stage runs: a recipe may name files not written yet."""
     files = []
     for pattern in patterns:
-        if not _is_remote(pattern):
+        if not is_remote(pattern):
             try:
                 files += [f for f in _expand_local(pattern) if f.lower().endswith(PARQUET_SUFFIXES)]
             except ConfigError:
@@ -99,36 +99,3 @@ def check_parquet_inputs(patterns: list[str]) -> None:
         except (pyarrow.ArrowException, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(f"input '{path}': not a readable parquet file ({reason})") from None
-
-
-def text_reader(kind: str, files: list[str], text_column: str, limit: int, progress: bool, work_dir: str):
-    """datatrove's JsonlReader/ParquetReader over an explicit file list (absolute paths or URLs).
-
-    The list goes into a paths file inside the run's work dir, where cluster tasks can read it too.
-    """
-    from datatrove.pipeline.readers import JsonlReader, ParquetReader
-
-    if any(_is_remote(f) for f in files):
-        import fsspec
-
-        fs, _ = fsspec.core.url_to_fs(files[0])
-        folder, paths = (fs.unstrip_protocol(""), fs), [fs._strip_protocol(f) for f in files]
-    else:
-        folder, paths = "/", [f.lstrip("/") for f in files]
-    paths_file = os.path.join(work_dir, f"inputs-{kind}.txt")
-    os.makedirs(work_dir, exist_ok=True)
-    with open(paths_file, "w") as handle:
-        handle.write("\n".join(paths) + "\n")
-    reader_cls = JsonlReader if kind == "jsonl" else ParquetReader
-    return reader_cls(folder, paths_file=paths_file, text_key=text_column, limit=limit, doc_progress=progress)
-
-
-def hub_reader(dataset: str, split: str, subset: str | None, text_column: str, limit: int, progress: bool):
-    """A Hub dataset, streamed. Fails fast with a clear message when the Hub is unreachable."""
-    from datatrove.pipeline.readers import HuggingFaceDatasetReader
-
-    options = {"split": split} | ({"name": subset} if subset else {})
-    return HuggingFaceDatasetReader(dataset, dataset_options=options, streaming=True, text_key=text_column,
-                                    limit=limit, doc_progress=progress)
-
-

@@ -122,7 +122,6 @@ def newest_ppo_checkpoint(folder) -> str | None:
     """The newest checkpoint whose `complete` marker was written (after all of its files)."""
     from pathlib import Path
 
-
     steps = {p.parent: checkpoint_step(p.parent, "step-") for p in Path(folder).glob("step-*/complete")}
     found = sorted((p for p, step in steps.items() if step is not None), key=steps.get)  # `step-2-old` is not one
     return str(found[-1]) if found else None
@@ -150,7 +149,6 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
     import random
 
     from accelerate import Accelerator
-
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.learning_rate)

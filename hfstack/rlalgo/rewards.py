@@ -1,25 +1,23 @@
 """Reward functions for `hfstack rl` on verifiable tasks, in TRL's reward_funcs signature: correctness
-(the task's own check) and answer form; a user's own function loads by dotted path."""
+(the task's own `reward`) and answer form (its `answer_form`); a user's own function loads by dotted path.
+Tested in tests/test_rl.py."""
 
 from __future__ import annotations
 
 import re
 
 from hfstack.core.config import import_object
-from hfstack.tasks.scoring import score
+from hfstack.tasks.registry import TASKS
 
-BUILTIN_TASKS = ("arithmetic", "counting")
-
-
-ANSWER_FORMS = {"arithmetic": r"^The answer is -?\d+\.$",
-                "counting": r"^(There (is|are) \d+ '.' in '[a-z]+'\.|Spelling it out: .*So '[a-z]+' has \d+ '.'\.)$"}
+# the built-in tasks RL trains on: those whose answer has a checkable form
+BUILTIN_TASKS = tuple(name for name, task in TASKS.items() if task.answer_form)
 
 
 def correctness_reward(completions, task=None, answer=None, reply=None, log_metric=None, **_) -> list[float | None]:
-    """1 when the final answer holds the expected number; None for tasks it does not know (user tasks).
-    Also logs the share correct per task (`correct/<task>`), so a task that gets no signal shows."""
+    """The task's reward for the final answer (1 when right); None for tasks it does not know (user
+    tasks). Also logs the share correct per task (`correct/<task>`), so a task that gets no signal shows."""
 
-    rewards = [float(score(t, {"answer": a}, r)) if t in BUILTIN_TASKS else None
+    rewards = [TASKS[t].reward({"answer": a}, r) if t in BUILTIN_TASKS else None
                for t, a, r in zip(task, answer, reply)]
     for name in sorted(set(task) & set(BUILTIN_TASKS)) if log_metric else []:
         hits = [x for t, x in zip(task, rewards) if t == name]
@@ -35,7 +33,7 @@ def format_reward(completions, task=None, reply=None, finished=None, tool_errors
         if t not in BUILTIN_TASKS:
             rewards.append(None)
             continue
-        phrased = re.match(ANSWER_FORMS[t], r.strip()) is not None
+        phrased = re.match(TASKS[t].answer_form, r.strip()) is not None
         rewards.append((float(done) + float(errors == 0) + float(phrased)) / 3)
     return rewards
 

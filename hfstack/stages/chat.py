@@ -17,14 +17,16 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tools.loop import assistant_replies, default_tools
 from hfstack.tools.search import index_of_model
 
 
+@renamed(model="model_name_or_path")
 @dataclass
 class ChatConfig:
-    model: str = model_folder("runs/tiny/sft", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)
     input: str | None = None  # batch mode: jsonl with messages (or prompt) per line
     output: str | None = None  # batch mode: where answers go (default: stdout)
     system: str | None = None  # replaces the model's default system message
@@ -50,8 +52,8 @@ def _read_batch(path: str) -> list[list[dict]]:
 
 
 def chat(cfg: ChatConfig) -> list[dict] | None:
-    model, tokenizer = load_model(cfg.model)
-    tools = default_tools(index_of_model(cfg.model))
+    model, tokenizer = load_model(cfg.model_name_or_path)
+    tools = default_tools(index_of_model(cfg.model_name_or_path))
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.input is not None:
         conversations = [system + c if system and c[0]["role"] != "system" else c for c in _read_batch(cfg.input)]

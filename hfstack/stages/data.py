@@ -24,18 +24,18 @@ from hfstack.core.config import ConfigError
 from hfstack.core.rundir import claim_output, finish_output
 from hfstack.core.textfiles import check_hub_dataset
 from hfstack.dataprep.config import DataConfig, quality_filter_classes
-from hfstack.dataprep.funnel import build_funnel, format_funnel, write_funnel
-from hfstack.dataprep.sources import hub_reader, resolve_inputs, text_reader
-from hfstack.dataprep.steps import (
+from hfstack.dataprep.extractors import ResiliparseExtractor, TrafilaturaExtractor
+from hfstack.dataprep.filters import (
+    HttpResponseFilter,
     LanguageGate,
-    Metered,
     OfflineURLFilter,
     OfflineWordTokenizer,
     Py3LangidFilter,
-    ResiliparseExtractor,
-    TrafilaturaExtractor,
+    SamePageFilter,
 )
-from hfstack.dataprep.warc import HttpResponseFilter, SamePageFilter, WarcResponseReader
+from hfstack.dataprep.funnel import Metered, build_funnel, format_funnel, write_funnel
+from hfstack.dataprep.readers import WarcResponseReader, hub_reader, text_reader
+from hfstack.dataprep.sources import resolve_inputs
 
 OUTPUT_COLUMNS = ("text", "id", "url", "language", "language_score", "date")
 
@@ -117,7 +117,6 @@ class DataPipeline:
 
     def filter_steps(self, has_html: bool) -> list[tuple[str, object]]:
         from datatrove.pipeline.filters import LanguageFilter
-
 
         cfg, steps = self.cfg, []
         if cfg.url_filter:

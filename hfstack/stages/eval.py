@@ -8,12 +8,14 @@ saw) and measures, with greedy decoding:
   creator, the purpose, the knowledge cutoff, or every "cannot"), in any wording;
 - arithmetic and counting with tools: the tool loop runs, and the number the final answer ends on is
   the right one; alongside, the one-answer baseline (always giving the most common expected answer);
+- spelling: the last letter-by-letter spelling in the answer ("q-u-e-u-e") is the word;
 - arithmetic and counting without tools: the turn is pre-filled ("The answer is" / "Spelling it out:")
   so the model must produce the number itself, as in the notes' mental-arithmetic failure;
 - knowledge: the refusal rate on facts the base model did not know, against the accuracy on facts it
   knew; and "vague recollection vs working memory": accuracy with the source passage pasted into
   the question against without it;
 - search: accuracy when the assistant can search the run's index.
+Each row is scored by the task its `task` field names (hfstack/tasks/registry.py).
 Prints a table and writes `MODEL/heldout_eval.json` (or `--output`); the name is its own, since the
 rl, rlhf and reward stages keep their reports in `eval.json`.
 """
@@ -27,16 +29,23 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
-from hfstack.tasks.judges import word_overlap_judge
-from hfstack.tasks.scoring import NO_TOOL_PREFILL, is_refusal, one_answer_baseline, prompt_of, score, task_accuracy
+from hfstack.tasks.base import one_answer_baseline
+from hfstack.tasks.conversation import prompt_of
+from hfstack.tasks.judges import is_refusal, word_overlap_judge
+from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
 from hfstack.tools.search import index_of_model
 
+# held-out facts the base model did or did not know: scored by refusals and recall, not as one task
+KNOWLEDGE = "knowledge"
 
+
+@renamed(model="model_name_or_path")
 @dataclass
 class EvalConfig:
-    model: str = model_folder("runs/tiny/sft", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)
     eval_sets: str | None = None  # default: <model>/eval_sets.jsonl
     limit: int = bounded(200, ge=1)  # items per task
     output: str | None = None
@@ -67,40 +76,40 @@ def knowledge_entry(model, tokenizer, rows: list[dict], tools: dict, max_new_tok
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    path = Path(cfg.eval_sets or Path(cfg.model) / "eval_sets.jsonl")
+    path = Path(cfg.eval_sets or Path(cfg.model_name_or_path) / "eval_sets.jsonl")
     if not path.is_file():
         raise ConfigError(f"eval: no held-out sets at '{path}'; they are written by `hfstack sft`")
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for _, row in read_jsonl(str(path), "eval sets"):
-        task = "counting" if row["task"] == "spelling" else row["task"]
+    for number, row in read_jsonl(str(path), "eval sets"):
+        task = row["task"]
+        if task not in TASKS and task != KNOWLEDGE:
+            raise ConfigError(f"eval: '{path}' line {number}: unknown task '{task}'; "
+                              f"known: {', '.join([*TASKS, KNOWLEDGE])}")
         if len(by_task[task]) < cfg.limit:
             by_task[task].append(row)
-    model, tokenizer = load_model(cfg.model)
-    tools = default_tools(index_of_model(cfg.model))
+    model, tokenizer = load_model(cfg.model_name_or_path)
+    tools = default_tools(index_of_model(cfg.model_name_or_path))
     results: dict[str, dict] = {}
-    for task, rows in by_task.items():
-        if task == "knowledge":
-            results[task] = knowledge_entry(model, tokenizer, rows, tools, cfg.max_new_tokens)
+    for name, rows in by_task.items():
+        if name == KNOWLEDGE:
+            results[name] = knowledge_entry(model, tokenizer, rows, tools, cfg.max_new_tokens)
             continue
-        prompts = [prompt_of(r) for r in rows]
-        accuracy, replies = task_accuracy(model, tokenizer, task, rows, cfg.max_new_tokens, tools)
+        task = TASKS[name]
+        accuracy, replies = task.accuracy(model, tokenizer, rows, cfg.max_new_tokens, tools)
         entry = {"items": len(rows), "accuracy": accuracy}
-        if task in NO_TOOL_PREFILL:
+        if task.no_tool_prefill:
             entry["tool_use_rate"] = round(sum(bool(r.tool_calls) for r in replies) / len(rows), 4)
-            bare = assistant_replies(model, tokenizer, prompts, cfg.max_new_tokens, max_tool_calls=0,
-                                     tools=tools, prefill=NO_TOOL_PREFILL[task])
-            entry["accuracy_without_tools"] = round(
-                sum(score(task, r, b.answer, True) for r, b in zip(rows, bare))
-                / len(rows), 4)
+            entry["accuracy_without_tools"], _ = task.accuracy(model, tokenizer, rows, cfg.max_new_tokens, tools,
+                                                               no_tools=True)
             entry["one_answer_baseline"] = one_answer_baseline(rows)
-        entry["examples"] = [{"question": p[-1]["content"], "answer": reply.answer, "tool_calls": reply.tool_calls}
-                             for p, reply in list(zip(prompts, replies))[:3]]
-        results[task] = entry
-    output = Path(cfg.output or Path(cfg.model) / "heldout_eval.json")
+        entry["examples"] = [{"question": task.prompt(r)[-1]["content"], "answer": reply.answer,
+                              "tool_calls": reply.tool_calls} for r, reply in list(zip(rows, replies))[:3]]
+        results[name] = entry
+    output = Path(cfg.output or Path(cfg.model_name_or_path) / "heldout_eval.json")
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9} {'one answer':>10}")
     for task, entry in results.items():
-        if task == "knowledge":
+        if task == KNOWLEDGE:
             pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
             print(f"{task:<12} {entry['items']:>6}  refuses {pct(entry['refusal_rate_on_unknown'])} of "
                   f"{entry['unknown_items']} unknown, right on {pct(entry['accuracy_on_known'])} of "

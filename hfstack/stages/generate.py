@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 from hfstack.core.config import bounded, check_fields, model_folder
 from hfstack.core.model import FEW_SHOT, TURN_END, load_model, prompt_ids
+from hfstack.core.renames import renamed
 
 
+@renamed(model="model_name_or_path")
 @dataclass
 class GenerateConfig:
-    model: str = model_folder("runs/tiny/base", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)
     prompt: str = ""
     as_assistant: str | None = None  # a question, asked through a few-shot conversation document
     max_new_tokens: int = bounded(64, ge=1)
@@ -62,7 +64,7 @@ def generate(cfg: GenerateConfig) -> list[str]:
     """Print (stream) and return `num_samples` continuations."""
     from transformers import TextStreamer
 
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model_name_or_path)
     text = FEW_SHOT.format(question=cfg.as_assistant) if cfg.as_assistant is not None else cfg.prompt
     ids = prompt_ids(tokenizer, text)
     if len(ids) + cfg.max_new_tokens > model.config.max_position_embeddings:

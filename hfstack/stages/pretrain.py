@@ -25,26 +25,28 @@ from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, process_state, wait_for_all_ranks
-from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims, wants_bf16
+from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims
+from hfstack.core.renames import renamed, scheduler_name
 from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
-from hfstack.core.telemetry import JsonlLogger, SampleWriter, available_trackers, peak_flops_per_device
+from hfstack.core.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
 from hfstack.core.tokens import resolve_text_files
-from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config, wants_bf16
 from hfstack.dataprep.packing import encode_corpus, load_splits, token_byte_lengths
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
 
 
+@renamed(micro_batch_size="per_device_train_batch_size", eval_every="eval_steps", keep_checkpoints="save_total_limit",
+         schedule=("lr_scheduler_type", scheduler_name), compile="torch_compile")
 @dataclass
-class PretrainConfig:
-    """Model size, data, optimizer and schedule, precision, evaluation, checkpoints."""
+class PretrainConfig(TrainConfig):
+    """Model size, data, optimizer and schedule, evaluation, checkpoints (with TrainConfig's shared fields)."""
 
     # --- inputs and output
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # data-stage dir(s) or text files
     text_column: str = "text"
     tokenizer: str = "runs/tiny/tokenizer"
     output_dir: str = "runs/tiny/base"
-    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- model: the depth dial, or explicit sizes
     depth: int = bounded(2, ge=1)
     hidden_size: int | None = bounded(None, ge=1)
@@ -56,63 +58,57 @@ class PretrainConfig:
     init_from: str | None = model_folder(None)  # continue from an existing model directory instead of a fresh init
     seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")
     # --- batch and steps
-    micro_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
+    per_device_train_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
     batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference
+    gradient_accumulation_steps: int | None = bounded(None, ge=1)  # default: what batch_tokens asks for
     max_steps: int = bounded(200, ge=1)
     # --- optimizer and schedule
     learning_rate: float = bounded(3e-3, gt=0)
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"  # warmup-stable-decay, or warmup + cosine
+    lr_scheduler_type: Literal["warmup_stable_decay", "cosine_with_min_lr", "constant_with_warmup"] = (
+        "warmup_stable_decay")
     warmup_steps: int = bounded(20, ge=0)
-    decay_fraction: float = bounded(0.2, ge=0, le=1)  # wsd: the last fraction of steps decays to zero
-    min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # cosine: floor as a fraction of the peak
+    decay_fraction: float = bounded(0.2, ge=0, le=1)  # warmup_stable_decay: the last fraction of steps decays to zero
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # cosine_with_min_lr: floor as a fraction of the peak
     weight_decay: float = bounded(0.1, ge=0)
     adam_beta2: float = bounded(0.95, ge=0, lt=1)
     max_grad_norm: float = bounded(1.0, ge=0, why="0 turns clipping off")
-    # --- precision and speed
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
-    compile: bool = False
+    # --- speed
+    torch_compile: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     num_proc: int = bounded(2, ge=1)  # tokenizer threads
     # --- evaluation and logging
     val_fraction: float = bounded(0.02, gt=0, lt=1)  # same stable choice as the tokenizer's held-out documents
-    eval_every: int = bounded(50, ge=1)
+    eval_steps: int = bounded(50, ge=1)
     eval_batches: int = bounded(20, ge=1)
-    log_every: int = bounded(10, ge=1)
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_tokens: int = bounded(24, ge=1)
-    report_to: list[str] = field(default_factory=list)  # e.g. [wandb, tensorboard]; local log.jsonl always
     peak_flops: float | None = bounded(None, gt=0)  # per device, for MFU; default: known GPU peak, or measured on CPU
     # --- checkpoints
-    save_every: int = bounded(100, ge=1)
-    keep_checkpoints: int = bounded(2, ge=1)
+    save_steps: int = bounded(100, ge=1)
     resume: str = "auto"  # auto: continue from the newest checkpoint if any; never; or a checkpoint path
-    seed: int = 0
-    progress: bool = True
-    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
-    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "pretrain")
-        if self.training_args:  # before any work: the trainer's config class names the valid keys
-            from transformers import TrainingArguments
-
-            check_training_args(TrainingArguments, self.training_args, "pretrain")
+        self.check_training("pretrain", "transformers.TrainingArguments")
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]
         if not self.data:
             raise ConfigError("pretrain: 'data' is empty; name data-stage dir(s) or text files")
-        if self.batch_tokens < self.micro_batch_size * self.seq_len:  # else a step would quietly be bigger
+        one_micro_batch = self.per_device_train_batch_size * self.seq_len
+        if self.gradient_accumulation_steps is None and self.batch_tokens < one_micro_batch:
             raise ConfigError(f"pretrain: 'batch_tokens' {self.batch_tokens} is less than one micro-batch "
-                              f"(micro_batch_size × seq_len = {self.micro_batch_size * self.seq_len}); raise it or "
-                              "lower micro_batch_size")
+                              f"(per_device_train_batch_size × seq_len = {one_micro_batch}); raise it, lower "
+                              "per_device_train_batch_size, or set gradient_accumulation_steps")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ConfigError(f"pretrain: 'resume' must be auto, never or a checkpoint directory; "
                               f"'{self.resume}' does not exist")
 
     def accumulation_steps(self, world_size: int) -> int:
-        per_step = self.micro_batch_size * self.seq_len * world_size
+        if self.gradient_accumulation_steps is not None:
+            return self.gradient_accumulation_steps
+        per_step = self.per_device_train_batch_size * self.seq_len * world_size
         return max(1, round(self.batch_tokens / per_step))
 
 
@@ -127,7 +123,6 @@ def load_tokenizer(path: str):
 def build_model(cfg: PretrainConfig, tokenizer):
     """A fresh model from the dial, or `init_from`, checked against the tokenizer and seq_len."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
 
     if cfg.init_from:
         config = AutoConfig.from_pretrained(cfg.init_from)
@@ -189,22 +184,20 @@ def spread_unseen_tokens(model, unseen) -> int:
 def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_cpu: bool, evaluate: bool):
     from transformers import TrainingArguments
 
-
-    # wsd: the stable phase is whatever warmup and decay leave of max_steps
-    schedule = {"wsd": ("warmup_stable_decay", {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps))}),
-                "cosine": ("cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}),
-                "constant": ("constant_with_warmup", {})}[cfg.schedule]
-    return trainer_config(TrainingArguments, "pretrain", cfg.training_args,
-        output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.micro_batch_size, per_device_eval_batch_size=cfg.micro_batch_size,
+    # warmup_stable_decay: the stable phase is whatever warmup and decay leave of max_steps
+    scheduler_kwargs = {"warmup_stable_decay": {"num_decay_steps": max(1, int(cfg.decay_fraction * cfg.max_steps))},
+                        "cosine_with_min_lr": {"min_lr_rate": cfg.min_lr_ratio},
+                        "constant_with_warmup": {}}[cfg.lr_scheduler_type]
+    return trainer_config(TrainingArguments, "pretrain", cfg.training_args, **common_trainer_args(cfg, cfg.output_dir)
+        | dict(bf16=use_bf16, use_cpu=on_cpu),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.accumulation_steps(world_size),
-        learning_rate=cfg.learning_rate, lr_scheduler_type=schedule[0], lr_scheduler_kwargs=schedule[1],
+        lr_scheduler_type=cfg.lr_scheduler_type, lr_scheduler_kwargs=scheduler_kwargs,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, adam_beta1=0.9, adam_beta2=cfg.adam_beta2,
-        max_grad_norm=cfg.max_grad_norm, bf16=use_bf16, use_cpu=on_cpu, torch_compile=cfg.compile,
-        logging_steps=cfg.log_every, eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
-        save_strategy="steps", save_steps=cfg.save_every, save_total_limit=cfg.keep_checkpoints,
-        report_to=available_trackers(cfg.report_to), seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_drop_last=True, disable_tqdm=not cfg.progress, save_only_model=False,
+        max_grad_norm=cfg.max_grad_norm, torch_compile=cfg.torch_compile,
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps, save_strategy="steps",
+        data_seed=cfg.seed, dataloader_drop_last=True, save_only_model=False,
         include_num_input_tokens_seen="no", ddp_find_unused_parameters=False)
 
 
@@ -258,7 +251,6 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     import torch
     from transformers import set_seed
 
-
     out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
     state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -268,7 +260,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     with state.main_process_first():  # rank 0 tokenizes, the others then read its cache
         meta = encode_corpus(files, cfg.text_column, tokenizer, cfg.tokenizer, out / "cache", cfg.val_fraction,
                              cfg.num_proc, cfg.progress and state.is_main_process)
-    train, val = load_splits(meta, cfg.seq_len, cfg.micro_batch_size)
+    train, val = load_splits(meta, cfg.seq_len, cfg.per_device_train_batch_size)
     if not len(val):
         print0(f"[pretrain] note: the held-out documents make no full block of {cfg.seq_len} tokens; no validation "
                "(raise val_fraction)")
@@ -276,13 +268,14 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     wants_spread = cfg.spread_unseen_tokens and not cfg.init_from
     unseen = unseen_token_ids(train.tokens, len(tokenizer)) if wants_spread else None
     on_cpu = not torch.cuda.is_available()
-    use_bf16 = wants_bf16(cfg.precision)
+    use_bf16 = wants_bf16(cfg.bf16)
     args = training_arguments(cfg, state.num_processes, use_bf16, on_cpu, evaluate=len(val) > 0)
     print0(f"[pretrain] {count_parameters(model) / 1e6:.2f}M parameters ({model.config.num_hidden_layers} layers, "
            f"width {model.config.hidden_size}); {len(train)} train / {len(val)} val blocks of {cfg.seq_len} "
-           f"tokens; {args.gradient_accumulation_steps}×{cfg.micro_batch_size}×{state.num_processes} sequences "
-           f"per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""))
-    tokens_per_step = args.gradient_accumulation_steps * cfg.micro_batch_size * cfg.seq_len * state.num_processes
+           f"tokens; {args.gradient_accumulation_steps}×{cfg.per_device_train_batch_size}×{state.num_processes} "
+           f"sequences per step" + (f"; {len(unseen)} tokens absent from the training blocks" if wants_spread else ""))
+    sequences_per_step = args.gradient_accumulation_steps * cfg.per_device_train_batch_size * state.num_processes
+    tokens_per_step = sequences_per_step * cfg.seq_len
     peak = cfg.peak_flops or peak_flops_per_device(use_bf16)
     logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
                          peak * state.num_processes)
@@ -304,7 +297,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     if trainer.state.global_step < cfg.max_steps:  # stopped early (a callback): keep checkpoints, no final model
         return out
     spread = wants_spread and spread_unseen_tokens(model, unseen) > 0
-    if len(val) and (spread or trainer.state.global_step % cfg.eval_every):  # the saved weights' own figures
+    if len(val) and (spread or trainer.state.global_step % cfg.eval_steps):  # the saved weights' own figures
         trainer.evaluate()
     model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id)
@@ -317,6 +310,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print0(f"[pretrain] done: {json.dumps(summary)}")
     finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
+    push_trained(cfg, out, "pretrain", state.is_main_process)
     wait_for_all_ranks()
     return out
 

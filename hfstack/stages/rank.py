@@ -24,14 +24,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-import zlib
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.renames import renamed
 from hfstack.core.rundir import claim_output, finish_output, read_json, write_json
+from hfstack.core.splits import stable_split
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tasks.judges import load_judge
 from hfstack.tasks.open_prompts import open_prompts
@@ -39,11 +40,12 @@ from hfstack.tools.loop import assistant_replies
 from hfstack.ui.rank_page import serve
 
 
+@renamed(model="model_name_or_path")
 @dataclass
 class RankConfig:
     """Policy, prompts, how to rank, and where the page listens."""
 
-    model: str = model_folder("runs/tiny/rl")
+    model_name_or_path: str = model_folder("runs/tiny/rl")
     output_dir: str = "runs/tiny/prefs"
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     prompts_file: str | None = None  # jsonl/parquet with a `prompt` column; default: built-in open prompts
@@ -145,7 +147,7 @@ class RankingStore:
         splits: dict[str, list[dict]] = {"train": [], "test": []}
         for prompt_id, (order, scores) in self.rankings(with_scores=True).items():
             row = rows[prompt_id]
-            split = "test" if zlib.crc32(row["prompt"].encode()) % 1000 < self.test_fraction * 1000 else "train"
+            split = "test" if stable_split(row["prompt"], self.test_fraction) else "train"
             splits[split] += ranking_to_pairs(row["prompt"], row["completions"], order, scores)
 
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
@@ -205,11 +207,10 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
         return existing
     from transformers import set_seed
 
-
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"rank: no model at '{cfg.model}' (expected config.json)")
+    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
+        raise ConfigError(f"rank: no model at '{cfg.model_name_or_path}' (expected config.json)")
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model_name_or_path)
     prompts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed)
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(cfg.k)]
     replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature)

@@ -7,7 +7,8 @@ and the plots: the data funnel; tokenizer compression against GPT-4's cl100k and
 sample; pretraining loss and bits-per-byte; sample generations; the SFT, RL and RLHF evaluations
 before and after; the RM score against the KL during RLHF; time per stage; versions and hardware.
 The Markdown, with model-card metadata on top, also becomes the final model's `README.md`.
-A stage that did not run is left out.
+A stage that did not run is left out. Where each stage's outputs are: hfstack.core.layout.RunLayout.
+Tests: python -m pytest -q tests/test_report.py
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from hfstack.core.cards import card_front_matter
 from hfstack.core.config import ConfigError, check_fields
-from hfstack.core.layout import final_model
+from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
 from hfstack.core.textfiles import read_jsonl
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
@@ -123,8 +124,8 @@ class Report:
 # ----------------------------------------------------------------------------- sections
 
 
-def data_section(report: Report, run: Path):
-    stats = _json(run / "data" / "stats.json")
+def data_section(report: Report, run: RunLayout):
+    stats = _json(run.data / "stats.json")
     if not stats:
         return
     report.heading("Data: the funnel")
@@ -136,8 +137,8 @@ def data_section(report: Report, run: Path):
                                       ax.set_xlabel("documents")))
 
 
-def tokenizer_section(report: Report, run: Path):
-    stats = _json(run / "tokenizer" / "eval.json")
+def tokenizer_section(report: Report, run: RunLayout):
+    stats = _json(run.tokenizer / "eval.json")
     if not stats:
         return
     report.heading("Tokenizer")
@@ -146,14 +147,14 @@ def tokenizer_section(report: Report, run: Path):
                    stats.get("cl100k_bytes_per_token", "-"), stats.get("ratio_to_cl100k", "-")]])
 
     sample = "The assistant counts 3 r's in strawberry: s-t-r-a-w-b-e-r-r-y."
-    tokens = tokens_of_text(str(run / "tokenizer"), sample)
+    tokens = tokens_of_text(str(run.tokenizer), sample)
     page = render_html(tokens, "", "", False)
     report.code("|".join(shown(t) for t in tokens), page[page.index("<div class=tokens>"):])
 
 
-def pretrain_section(report: Report, run: Path):
-    log = _jsonl(run / "base" / "log.jsonl")
-    summary = _json(run / "base" / "summary.json")
+def pretrain_section(report: Report, run: RunLayout):
+    log = _jsonl(run.base / "log.jsonl")
+    summary = _json(run.base / "summary.json")
     if not log or not summary:
         return
     report.heading("Pretraining")
@@ -172,7 +173,7 @@ def pretrain_section(report: Report, run: Path):
         ax.legend()
 
     report.plot("pretraining", draw)
-    recital = _json(run / "regurgitation" / "report.json")
+    recital = _json(run.regurgitation / "report.json")
     if recital:
         report.heading("Recitation and working memory")
         report.text(f"After the first {recital['prefix_tokens']} tokens of a document, greedy tokens that match its "
@@ -184,16 +185,16 @@ def pretrain_section(report: Report, run: Path):
         report.table(["documents", "count", "mean matched tokens", "exact continuations"],
                      [[label, recital[key]["docs"], recital[key]["mean_matched_tokens"],
                        recital[key]["exact_continuations"]] for label, key in sides if key in recital])
-    samples = _json(run / "generate" / "samples.json") or []
+    samples = _json(run.generate / "samples.json") or []
     if samples:
         report.heading("Samples from the base model")
         report.code("\n\n".join(f"{s.get('prompt', s.get('as_assistant'))!r} → {s.get('sample', s.get('answer'))}"
                                 for s in samples))
 
 
-def evals_section(report: Report, run: Path):
-    sft = _json(run / "eval" / "eval.json")
-    rl = _json(run / "rl" / "eval.json")
+def evals_section(report: Report, run: RunLayout):
+    sft = _json(run.eval / "eval.json")
+    rl = _json(run.rl / "eval.json")
     if sft:
         report.heading("Assistant (SFT), held-out sets")
         rows = []
@@ -210,7 +211,7 @@ def evals_section(report: Report, run: Path):
                                                    for t in rl["pass@1_before"]])
         report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {_number(rl['reward_first'])} → "
                     f"{_number(rl['reward_last'])}.")
-    final = _json(run / "final-eval" / "eval.json")
+    final = _json(run.final_eval / "eval.json")
     if sft and final:
         report.heading("The final model against the SFT model, same held-out sets")
         rows = []
@@ -221,15 +222,15 @@ def evals_section(report: Report, run: Path):
             rows.append([task + (" (refusals on unknown facts)" if task == "knowledge" else ""),
                          sft[task][key], final[task][key]])
         report.table(["task", "SFT", "final (after RL and RLHF)"], rows)
-    rm = _json(run / "rm" / "eval.json")
+    rm = _json(run.rm / "eval.json")
     if rm:
         report.heading("Reward model")
         report.text(f"Held-out pairwise accuracy {_number(rm['held_out_accuracy_before'])} before training, "
                     f"{_number(rm['held_out_accuracy_after'])} after ({rm['train_pairs']} training pairs, "
                     f"{rm['test_pairs']} held out).")
-    watch = _jsonl(run / "rlhf" / "watch.jsonl")
+    watch = _jsonl(run.rlhf / "watch.jsonl")
     if watch:
-        rlhf = _json(run / "rlhf" / "eval.json") or {}
+        rlhf = _json(run.rlhf / "eval.json") or {}
         report.heading(f"RLHF ({rlhf.get('algo', '?')}, KL penalty {rlhf.get('beta', '?')})")
         report.table(["step", "RM score", "KL", "judge", "distinct-2", "length", "alarm"],
                      [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-",
@@ -247,21 +248,24 @@ def evals_section(report: Report, run: Path):
         report.plot("rm_vs_kl", draw)
 
 
-def timing_section(report: Report, run: Path):
+def timing_section(report: Report, run: RunLayout):
     seconds: dict[str, object] = {}
-    for marker in sorted(run.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
+    for marker in sorted(run.root.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
         info = read_json(marker)
         if info is None:  # torn or edited: that stage is not done
             continue
-        stage = info.get("stage", marker.parent.name)
-        # a stage marks its own folder (RUN/base) and the speedrun its step's (RUN/pretrain, with the time)
+        # the speedrun adds its step's name and seconds to the marker in the step's output folder (two steps
+        # run the eval stage: the step tells them apart); a stage run alone names only its stage. A run of the
+        # previous layout also has the speedrun's own markers in RUN/<step name> (named by "stage", with the
+        # seconds) beside the stage's marker, which has none: the one with the seconds wins.
+        stage = info.get("step") or info.get("stage", marker.parent.name)
         if seconds.get(stage, "-") == "-":
             seconds[stage] = info.get("seconds", "-")
     rows = [[stage, took] for stage, took in seconds.items()]
     if rows:
         report.heading("Time per stage")
         report.table(["stage", "seconds"], rows)
-        log = _jsonl(run / "base" / "log.jsonl")
+        log = _jsonl(run.base / "log.jsonl")
         speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
         if speeds:
             report.text(f"Pretraining throughput: {sum(speeds) / len(speeds):,.0f} tokens/s on average.")
@@ -286,18 +290,17 @@ def environment_section(report: Report):
 
 
 def report(cfg: ReportConfig) -> Path:
+    run = RunLayout(Path(cfg.run).expanduser())
     # always drawn afresh: report's own earlier files go, others stay; another stage's folder is refused
-    out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or Path(cfg.run).expanduser() / "report")
-    run = Path(cfg.run)
+    out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or run.report)
     card = Report(out)
     for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section):
         section(card, run)
     environment_section(card)
-    title = f"hfstack run {run.name}"
+    title = f"hfstack run {run.root.name}"
     (out / "report.md").write_text(f"# {title}\n\n" + card.markdown())
     (out / "report.html").write_text(card.html(title))
-    name = final_model(run)
-    final = run / name if name else None
+    final = run.final_model()
     if final is not None:
         import shutil
 

@@ -12,50 +12,40 @@ is measured before and after training and written to `output_dir/eval.json`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0
-from hfstack.core.model import load_reward_model, wants_bf16
+from hfstack.core.model import load_reward_model
 from hfstack.core.protocol import END_OF_TURN
+from hfstack.core.renames import renamed
 from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
-from hfstack.core.telemetry import available_trackers
 from hfstack.core.textfiles import load_records
-from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
 
 
+@renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
 @dataclass
-class RewardStageConfig:
+class RewardStageConfig(TrainConfig):
     """Starting network, preference data and training settings."""
 
-    model: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
-    preferences: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
-    test_preferences: str | None = None  # default: <preferences>/data/test.parquet when it exists
+    model_name_or_path: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
+    dataset_name: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
+    test_preferences: str | None = None  # default: <dataset_name>/data/test.parquet when it exists
     output_dir: str = "runs/tiny/rm"
-    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     max_steps: int = bounded(200, ge=1)
     learning_rate: float = bounded(1e-3, gt=0)
     warmup_steps: int = bounded(10, ge=0)
-    micro_batch_size: int = bounded(16, ge=1)
+    per_device_train_batch_size: int = bounded(16, ge=1)
     max_length: int = bounded(192, ge=2)
     center_rewards_coefficient: float | None = bounded(0.01, ge=0)  # keeps scores near 0, so RL sees a stable scale
-    seed: int = 0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    log_every: int = bounded(20, ge=1)
-    save_every: int = bounded(200, ge=1)
-    report_to: list[str] = field(default_factory=list)
-    progress: bool = True
-    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
-    training_args: dict = field(default_factory=dict)
+    logging_steps: int = bounded(20, ge=1)
+    save_steps: int = bounded(200, ge=1)
 
     def __post_init__(self):
         check_fields(self, "reward")
-        if self.training_args:  # before any work: the trainer's config class names the valid keys
-            from trl import RewardConfig
-
-            check_training_args(RewardConfig, self.training_args, "reward")
+        self.check_training("reward", "trl.RewardConfig")
 
 
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -79,33 +69,27 @@ def load_pairs(source: str, split: str) -> list[dict]:
 
 
 def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
-    import torch
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"reward: no model at '{cfg.model}' (expected config.json)")
-    train_rows = load_pairs(cfg.preferences, "train")
-    held_out = Path(cfg.preferences) / "data" / "test.parquet"
-    test_source = cfg.test_preferences or (cfg.preferences if held_out.is_file() else None)
+    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
+        raise ConfigError(f"reward: no model at '{cfg.model_name_or_path}' (expected config.json)")
+    train_rows = load_pairs(cfg.dataset_name, "train")
+    held_out = Path(cfg.dataset_name) / "data" / "test.parquet"
+    test_source = cfg.test_preferences or (cfg.dataset_name if held_out.is_file() else None)
     test_rows = load_pairs(test_source, "test") if test_source else []
     if not train_rows:
-        raise ConfigError(f"reward: no training pairs in '{cfg.preferences}'")
+        raise ConfigError(f"reward: no training pairs in '{cfg.dataset_name}'")
     out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
-    model, tokenizer = load_reward_model(cfg.model)
-    on_gpu = torch.cuda.is_available()
-    args = trainer_config(RewardConfig, "reward", cfg.training_args,
-        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
+    model, tokenizer = load_reward_model(cfg.model_name_or_path)
+    args = trainer_config(RewardConfig, "reward", cfg.training_args, **common_trainer_args(cfg, out),
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
         center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
-        bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
-        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2, eval_strategy="no",
-        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
-        dataset_num_proc=None)
+        eval_strategy="no", dataset_num_proc=None)
     columns = ["prompt", "chosen", "rejected"]
     keep = lambda rows: [{c: r[c] for c in columns if c in r} for r in rows]  # noqa: E731
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(keep(train_rows)),
@@ -126,6 +110,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print0(f"[reward] done: {json.dumps(report)}")
     finish_output(out, "reward", steps=trainer.state.global_step)
+    push_trained(cfg, out, "reward")
     return out
 
 

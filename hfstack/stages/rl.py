@@ -21,31 +21,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0
-from hfstack.core.model import wants_bf16
+from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
-from hfstack.core.telemetry import available_trackers
 from hfstack.core.textfiles import load_records, read_jsonl
-from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
 from hfstack.rlalgo.rewards import BUILTIN_TASKS, correctness_reward, format_reward, load_reward_func
-from hfstack.tasks import generators
-from hfstack.tasks.scoring import prompt_of, task_accuracy
+from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
 
 
+@renamed(model="model_name_or_path", dataset="dataset_name")
 @dataclass
-class RLConfig:
+class RLConfig(TrainConfig):
     """Policy, tasks, rewards and GRPO settings."""
 
-    model: str = model_folder("runs/tiny/sft")
+    model_name_or_path: str = model_folder("runs/tiny/sft")
     output_dir: str = "runs/tiny/rl"
-    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- tasks: training prompts per built-in generator, plus user tasks
     tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})
-    dataset: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
+    dataset_name: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
     dataset_split: str = "train"
     reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
     # arithmetic training items use operands up to this (a curriculum: start small)
@@ -65,29 +62,22 @@ class RLConfig:
     beta: float = bounded(0.0, ge=0)  # KL penalty to the SFT policy (0: no reference model, as in DAPO/Dr. GRPO)
     loss_type: str = "dapo"
     eval_limit: int = bounded(200, ge=1)  # held-out items per task for pass@1
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    log_every: int = bounded(10, ge=1)
-    save_every: int = bounded(50, ge=1)
-    report_to: list[str] = field(default_factory=list)
-    progress: bool = True
-    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
-    training_args: dict = field(default_factory=dict)
+    save_steps: int = bounded(50, ge=1)
 
     def __post_init__(self):
         check_fields(self, "rl")
-        if self.training_args:  # before any work: the trainer's config class names the valid keys
-            from trl import GRPOConfig
-
-            check_training_args(GRPOConfig, self.training_args, "rl")
+        self.check_training("rl", "trl.GRPOConfig")
         bad = {k: v for k, v in self.tasks.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"rl: 'tasks' are training prompts per task, whole numbers >= 0; got {bad}")
         unknown = set(self.tasks) - set(BUILTIN_TASKS)
         if unknown:
             raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; "
-                              f"built-in: {', '.join(BUILTIN_TASKS)} (user tasks go in 'dataset' with 'reward_funcs')")
-        if self.dataset and not self.reward_funcs:
-            raise ConfigError("rl: 'dataset' needs 'reward_funcs' (import paths of functions that score its answers)")
+                              f"built-in: {', '.join(BUILTIN_TASKS)} (user tasks go in 'dataset_name' with "
+                              "'reward_funcs')")
+        if self.dataset_name and not self.reward_funcs:
+            raise ConfigError("rl: 'dataset_name' needs 'reward_funcs' (import paths of functions that score "
+                              "its answers)")
 
 
 # ------------------------------------------------------------------------------------------ rewards
@@ -123,22 +113,23 @@ def tool_rollout(max_new_tokens: int, temperature: float, use_tools: bool):
 
 
 def task_prompts(tasks: dict, seed: int, max_operand: int = 999) -> list[dict]:
-    """Training prompts from the generators' training splits, with the expected answer."""
+    """Training prompts from the tasks' training splits, with the expected answer. Rows another task
+    mixes in (counting's spelling rows) are left out: each task is trained on its own questions."""
 
     rows = []
-    for task, count in tasks.items():
+    for name, count in tasks.items():
         if count <= 0:
             continue
-        options = {"max_operand": max_operand} if task == "arithmetic" else {}
-        made = getattr(generators, task)(count, seed, **options)["train"]
-        rows += [{"prompt": prompt_of(r), "task": task, "answer": r["answer"]} for r in made if r["task"] == task]
+        task = TASKS[name]
+        made = task.generate(count, seed, max_operand=max_operand)["train"]
+        rows += [{"prompt": task.prompt(r), "task": name, "answer": r["answer"]} for r in made if r["task"] == name]
     return rows
 
 
 def user_prompts(cfg: RLConfig) -> list[dict]:
-    rows = load_records(cfg.dataset, cfg.dataset_split, "rl dataset")
+    rows = load_records(cfg.dataset_name, cfg.dataset_split, "rl dataset")
     if rows and "prompt" not in rows[0]:
-        raise ConfigError(f"rl: dataset '{cfg.dataset}' has no 'prompt' column (columns: {sorted(rows[0])})")
+        raise ConfigError(f"rl: dataset '{cfg.dataset_name}' has no 'prompt' column (columns: {sorted(rows[0])})")
     out = []
     for row in rows:
         prompt = row["prompt"]
@@ -148,12 +139,12 @@ def user_prompts(cfg: RLConfig) -> list[dict]:
 
 
 def held_out(model_dir: str, limit: int, seed: int) -> dict[str, list[dict]]:
-    """The SFT run's held-out items (eval_sets.jsonl), or the generators' eval splits."""
+    """The SFT run's held-out items (eval_sets.jsonl) of the tasks RL trains on, or those tasks' eval splits."""
 
     by_task: dict[str, list[dict]] = {t: [] for t in BUILTIN_TASKS}
     path = Path(model_dir) / "eval_sets.jsonl"
     rows = (row for _, row in read_jsonl(str(path), "eval sets")) if path.is_file() else (
-        row for t in BUILTIN_TASKS for row in getattr(generators, t)(limit * 5, seed)["eval"])
+        row for t in BUILTIN_TASKS for row in TASKS[t].generate(limit * 5, seed)["eval"])
     for row in rows:
         if row["task"] in by_task and len(by_task[row["task"]]) < limit:
             by_task[row["task"]].append(row)
@@ -164,43 +155,37 @@ def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int
     """Greedy answers with tools, scored exactly as `hfstack eval` scores them."""
 
     tools = default_tools() if use_tools else {}
-    return {task: task_accuracy(model, tokenizer, task, rows, max_new_tokens, tools,
-                                max_tool_calls=2 if use_tools else 0)[0] for task, rows in sets.items() if rows}
+    return {name: TASKS[name].accuracy(model, tokenizer, rows, max_new_tokens, tools,
+                                       max_tool_calls=2 if use_tools else 0)[0] for name, rows in sets.items() if rows}
 
 
 # ------------------------------------------------------------------------------------------ the stage
 
 
 def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"rl: no model at '{cfg.model}' (expected config.json); run `hfstack sft` first")
+    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
+        raise ConfigError(f"rl: no model at '{cfg.model_name_or_path}' (expected config.json); "
+                          "run `hfstack sft` first")
     out, main = start_output("rl", cfg)  # after the model is checked: a missing one writes nothing
     set_seed(cfg.seed)
-    on_gpu = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model)
-    rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + (user_prompts(cfg) if cfg.dataset else [])
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
+    rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + (user_prompts(cfg) if cfg.dataset_name else [])
     if not rows:
-        raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset'")
+        raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset_name'")
     reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
-    sets = held_out(cfg.model, cfg.eval_limit, cfg.seed)
+    sets = held_out(cfg.model_name_or_path, cfg.eval_limit, cfg.seed)
     before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
     print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
-    args = trainer_config(GRPOConfig, "rl", cfg.training_args,
-        output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+    args = trainer_config(GRPOConfig, "rl", cfg.training_args, **common_trainer_args(cfg, out),
         per_device_train_batch_size=batch, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
         loss_type=cfg.loss_type, reward_weights=[1.0, cfg.format_weight] + [1.0] * len(cfg.reward_funcs),
-        bf16=wants_bf16(cfg.precision), use_cpu=not on_gpu, gradient_checkpointing=False,
-        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
-        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
         mask_truncated_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=callbacks or [],
@@ -213,7 +198,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
         return out
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    carry_run_files(Path(cfg.model), out)
+    carry_run_files(Path(cfg.model_name_or_path), out)
     history = [r for r in trainer.state.log_history if "reward" in r]
     curves = {name: [r[f"rewards/{name}/mean"] for r in history if f"rewards/{name}/mean" in r]
               for name in trainer.reward_func_names}
@@ -226,6 +211,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print0(f"[rl] done: {json.dumps(report)}")
     finish_output(out, "rl", steps=trainer.state.global_step)
+    push_trained(cfg, out, "rl")
     return out
 
 

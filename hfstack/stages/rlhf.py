@@ -20,16 +20,15 @@ has risen while the judge's score fell, or repetition spiked, it warns, or stops
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, process_state
-from hfstack.core.model import load_reward_model, wants_bf16
+from hfstack.core.model import load_reward_model
+from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
-from hfstack.core.telemetry import available_trackers
-from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
 from hfstack.rlalgo.watch import HackingWatch, metric_rewards, read_watch, watch_callback
 from hfstack.tasks.judges import distinct_n, load_judge
@@ -38,18 +37,17 @@ from hfstack.tasks.open_prompts import open_prompts
 ALGORITHMS = ("rloo", "grpo", "ppo")
 
 
+@renamed(model="model_name_or_path", reward_model="reward_model_path")
 @dataclass
-class RLHFConfig:
+class RLHFConfig(TrainConfig):
     """Policy, reward model, algorithm, KL leash and the hacking watch."""
 
-    model: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
-    reward_model: str = model_folder("runs/tiny/rm")
+    model_name_or_path: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
+    reward_model_path: str = model_folder("runs/tiny/rm")
     output_dir: str = "runs/tiny/rlhf"
-    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     algo: str = "rloo"
     prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
     num_prompts: int = bounded(180, ge=1)
-    seed: int = 0
     # --- optimisation
     max_steps: int = bounded(40, ge=1)
     learning_rate: float = bounded(1e-4, gt=0)
@@ -61,19 +59,15 @@ class RLHFConfig:
     # ppo only: adapt beta towards this KL per answer (summed over tokens)
     kl_target: float | None = bounded(None, gt=0)
     ppo_epochs: int = bounded(2, ge=1)
-    save_every: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     # --- the watch
     judge: str = "hfstack.tasks.judges:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
     rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
     judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
     distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
     on_hack: str = "warn"  # warn | stop
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    log_every: int = bounded(5, ge=1)
-    report_to: list[str] = field(default_factory=list)
-    progress: bool = True
-    # any other field of TRL's RLOOConfig or GRPOConfig, passed through unchanged (not for ppo: hfstack's own loop)
-    training_args: dict = field(default_factory=dict)
+    logging_steps: int = bounded(5, ge=1)  # the watch looks (and may stop the run) at each log
+    save_steps: int = bounded(20, ge=1)
+    save_total_limit: int = bounded(1, ge=1)
 
     def __post_init__(self):
         check_fields(self, "rlhf")
@@ -82,10 +76,7 @@ class RLHFConfig:
         if self.training_args and self.algo == "ppo":
             raise ConfigError("rlhf: training_args pass through to TRL's trainers; algo ppo is hfstack's own loop, "
                               "whose settings are this config's fields")
-        if self.training_args:
-            from trl import GRPOConfig, RLOOConfig
-
-            check_training_args(RLOOConfig if self.algo == "rloo" else GRPOConfig, self.training_args, "rlhf")
+        self.check_training("rlhf", {"rloo": "trl.RLOOConfig", "grpo": "trl.GRPOConfig"}.get(self.algo))
         if self.algo != "ppo" and self.num_generations < 2:
             raise ConfigError(f"rlhf: algo {self.algo} needs num_generations >= 2 (it compares answers within a "
                               f"group), got {self.num_generations}")
@@ -109,15 +100,14 @@ def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
 def run_rlhf(cfg: RLHFConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-
-    for path, what in ((cfg.model, "policy"), (cfg.reward_model, "reward model")):
+    for path, what in ((cfg.model_name_or_path, "policy"), (cfg.reward_model_path, "reward model")):
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
     out, main = start_output("rlhf", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    policy = AutoModelForCausalLM.from_pretrained(cfg.model)
-    reward_model, reward_tokenizer = load_reward_model(cfg.reward_model)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+    policy = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
+    reward_model, reward_tokenizer = load_reward_model(cfg.reward_model_path)
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
     checkpoints = out / "checkpoints"
@@ -132,7 +122,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     policy.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
-    carry_run_files(Path(cfg.model), out)
+    carry_run_files(Path(cfg.model_name_or_path), out)
     rows = read_watch(out / "watch.jsonl")
     report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
@@ -140,24 +130,19 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print0(f"[rlhf] done: {json.dumps(report)}")
     finish_output(out, "rlhf", steps=len(rows))
+    push_trained(cfg, out, "rlhf")
     return out
 
 
 def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
-    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algo == "rloo" else (GRPOConfig, GRPOTrainer)
-    args = trainer_config(config_cls, "rlhf", cfg.training_args,
-        output_dir=str(Path(cfg.output_dir) / "checkpoints"), max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+    args = trainer_config(config_cls, "rlhf", cfg.training_args, **common_trainer_args(cfg, cfg.output_dir),
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0],
-        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-        logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=1,
-        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress)
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0])
     samples: list[str] = []
     trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
@@ -173,9 +158,8 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     import torch
     from transformers import AutoModelForTokenClassification
 
-
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    critic = AutoModelForTokenClassification.from_pretrained(cfg.reward_model, num_labels=1)
+    critic = AutoModelForTokenClassification.from_pretrained(cfg.reward_model_path, num_labels=1)
     reward_model.eval().requires_grad_(False)
 
     def score(batch_prompts, answers):
@@ -191,7 +175,7 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                 "distinct2": sum(distinct_n(a) for a in answers) / len(answers)}
 
     def on_log(step, metrics, batch_prompts, answers):
-        if step % cfg.log_every and step != cfg.max_steps:
+        if step % cfg.logging_steps and step != cfg.max_steps:
             return False
         return watch.observe(step, metrics | {"sample": answers[0]})
 
@@ -202,7 +186,7 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                            temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
     return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
                      answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
-                     save_every=cfg.save_every)
+                     save_every=cfg.save_steps)
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

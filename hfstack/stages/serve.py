@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from hfstack.core.config import bounded, check_fields, model_folder
 from hfstack.core.model import load_model
 from hfstack.core.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
+from hfstack.core.renames import renamed
 from hfstack.tools.loop import assistant_replies, default_tools
 from hfstack.tools.search import index_of_model
 from hfstack.ui.http import GuardedHandler, GuardedHTTPServer, Refused, page, serve_until_interrupted
@@ -36,9 +37,10 @@ EVENT_BACKLOG = 64  # events the generation may run ahead of a slow client befor
 POLL_SECONDS = 0.1  # how often a quiet stream (a tool running) checks whether its client is still there
 
 
+@renamed(model="model_name_or_path")
 @dataclass
 class ServeConfig:
-    model: str = model_folder("runs/tiny/rlhf", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/rlhf", must_exist=True)
     host: str = "127.0.0.1"
     port: int = bounded(7860, ge=0, le=65535, why="0 picks a free port")
     max_new_tokens: int = bounded(128, ge=1)
@@ -90,9 +92,8 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     search index). `server.generations` keeps the last requests' Generation records."""
     from transformers import TextStreamer
 
-
-    model, tokenizer = load_model(cfg.model)
-    tools = default_tools(index_of_model(cfg.model)) if tools is None else tools
+    model, tokenizer = load_model(cfg.model_name_or_path)
+    tools = default_tools(index_of_model(cfg.model_name_or_path)) if tools is None else tools
     one_at_a_time = threading.Lock()
 
     call_tokens = {start: name for name, (start, _) in TOOL_CALL_TOKENS.items()}
@@ -207,8 +208,8 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
 
 def serve(cfg: ServeConfig) -> None:
     server = make_server(cfg)
-    serve_until_interrupted(server, "serve", f"chat with {cfg.model} on http://{cfg.host}:{server.server_address[1]}/ "
-                                             "(Ctrl-C to stop)")
+    address = f"http://{cfg.host}:{server.server_address[1]}/"
+    serve_until_interrupted(server, "serve", f"chat with {cfg.model_name_or_path} on {address} (Ctrl-C to stop)")
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

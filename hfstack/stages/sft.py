@@ -24,29 +24,28 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
 from hfstack.core.launch import print0, wait_for_all_ranks
-from hfstack.core.model import wants_bf16
 from hfstack.core.protocol import END_OF_TURN, chat_template
+from hfstack.core.renames import current_names, renamed
 from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
-from hfstack.core.telemetry import available_trackers
 from hfstack.core.tokens import read_texts
-from hfstack.core.trainer_args import check_training_args, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
 from hfstack.dataprep import knowledge
 from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
-from hfstack.tasks.generators import IdentityCard
+from hfstack.tasks.identity import IdentityCard
+from hfstack.tasks.registry import TASKS
 from hfstack.tools.search import SearchIndex
 
 
+@renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size")
 @dataclass
-class SFTStageConfig:
+class SFTStageConfig(TrainConfig):
     """Base model, conversation mixture, training and optional LoRA."""
 
-    model: str = model_folder("runs/tiny/base")
+    model_name_or_path: str = model_folder("runs/tiny/base")
     output_dir: str = "runs/tiny/sft"
-    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     # --- mixture: generated conversations per source, plus chat data
     identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
     counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
@@ -63,7 +62,7 @@ class SFTStageConfig:
     chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")
     seed: int = 0
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
-    #     micro_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
+    #     per_device_train_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
     first_phase: dict | None = None
     # --- parameters whose names contain any of these stay as they are after the first phase (from the
     #     start without one), e.g. [self_attn]: the mixture trains the rest
@@ -72,28 +71,19 @@ class SFTStageConfig:
     max_steps: int = bounded(300, ge=1)
     learning_rate: float = bounded(1e-3, gt=0)
     warmup_steps: int = bounded(20, ge=0)
-    micro_batch_size: int = bounded(8, ge=1)
+    per_device_train_batch_size: int = bounded(8, ge=1)
     gradient_accumulation_steps: int = bounded(1, ge=1)
     max_length: int = bounded(256, ge=2)
     packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
     group_by_length: bool = False  # batches of similar length: ~20% faster, but see docs/LOG.md
     assistant_only_loss: bool = True
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it
-    log_every: int = bounded(10, ge=1)
-    save_every: int = bounded(500, ge=1)
-    report_to: list[str] = field(default_factory=list)
+    save_steps: int = bounded(500, ge=1)
     # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
     peft: dict | None = None
-    progress: bool = True
-    # any other field of the trainer's own config, passed through unchanged (e.g. {optim: adamw_torch_fused})
-    training_args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self, "sft")
-        if self.training_args:  # before any work: the trainer's config class names the valid keys
-            from trl import SFTConfig
-
-            check_training_args(SFTConfig, self.training_args, "sft")
+        self.check_training("sft", "trl.SFTConfig")
         unknown = set(self.identity) - set(asdict(IdentityCard()))
         if unknown:
             raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; "
@@ -106,6 +96,8 @@ class SFTStageConfig:
         if bad:
             raise ConfigError(f"sft: 'counts' are conversations per source, whole numbers >= 0; got {bad}")
         if self.first_phase is not None:
+            if isinstance(self.first_phase, dict):
+                self.first_phase = current_names(type(self), self.first_phase, "sft: first_phase")
             phase = self.first_phase
             if not isinstance(phase, dict) or not isinstance(phase.get("counts"), dict) or "max_steps" not in phase:
                 raise ConfigError("sft: 'first_phase' must be a mapping with 'counts' (a mixture) and 'max_steps', "
@@ -132,7 +124,7 @@ class SFTStageConfig:
         return IdentityCard(**self.identity)
 
 
-PHASE_FIELDS = ("counts", "max_steps", "micro_batch_size", "learning_rate", "warmup_steps")
+PHASE_FIELDS = ("counts", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps")
 # Mixture sources: the generated ones need only the identity card, so a first phase can use them;
 # knowledge and search need the corpus and the base model's interrogation.
 SOURCES = GENERATED_SOURCES + ("knowledge", "search")
@@ -154,9 +146,10 @@ def lora_config(options: dict):
 def load_base(cfg: SFTStageConfig, on_gpu: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"sft: no model at '{cfg.model}' (expected config.json); run `hfstack pretrain` first")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
+        raise ConfigError(f"sft: no model at '{cfg.model_name_or_path}' (expected config.json); "
+                          "run `hfstack pretrain` first")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     options = {}
     if cfg.peft and cfg.peft.get("quantize_4bit"):
         if not on_gpu:
@@ -166,7 +159,7 @@ def load_base(cfg: SFTStageConfig, on_gpu: bool):
 
         options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                             bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, **options)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **options)
     if model.config.vocab_size != len(tokenizer):
         raise ConfigError(f"sft: model vocab_size {model.config.vocab_size} != tokenizer's {len(tokenizer)}")
     return model, tokenizer
@@ -176,8 +169,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     import torch
     from transformers import set_seed
 
-
-    check_model_folder(cfg.model, "sft", "base model")  # before the claim: a missing base writes nothing
+    check_model_folder(cfg.model_name_or_path, "sft", "base model")  # before the claim: a missing base writes nothing
     # a checked launch and a claimed folder: another base model or mixture never resumes this one's
     # checkpoints or first phase
     out, main = start_output("sft", cfg)
@@ -221,6 +213,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print0(f"[sft] done: {json.dumps(summary)}")
     finish_output(out, "sft", main, steps=trainer.state.global_step)
+    push_trained(cfg, out, "sft", main)
     wait_for_all_ranks()
     return out
 
@@ -228,23 +221,17 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
 def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, callbacks: list | None,
           **overrides):
     """One SFTTrainer run over `rows`, checkpointing under `out/checkpoints` and resuming from there."""
-    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-
     on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
-    args = trainer_config(SFTConfig, "sft", cfg.training_args,
-        output_dir=str(out / "checkpoints"), max_steps=on["max_steps"], learning_rate=on["learning_rate"],
-        warmup_steps=on["warmup_steps"], lr_scheduler_type="cosine",
-        per_device_train_batch_size=on["micro_batch_size"],
+    args = trainer_config(SFTConfig, "sft", cfg.training_args, **common_trainer_args(cfg, out) | dict(
+        max_steps=on["max_steps"], learning_rate=on["learning_rate"], warmup_steps=on["warmup_steps"],
+        lr_scheduler_type="cosine", per_device_train_batch_size=on["per_device_train_batch_size"],
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
-        bf16=wants_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),  # padding: the tokenizer's own
-        gradient_checkpointing=False, logging_steps=cfg.log_every, save_steps=cfg.save_every, save_total_limit=2,
-        report_to=available_trackers(cfg.report_to), seed=cfg.seed, disable_tqdm=not cfg.progress,
-        dataset_num_proc=None)
+        dataset_num_proc=None))  # padding: the tokenizer's own
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
@@ -281,7 +268,6 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     mixture's, and the generators never put a held-out item in any training split), save it under
     `out/first_phase`, and hand the model on. A rerun finds it saved and goes straight on."""
     from transformers import AutoModelForCausalLM
-
 
     folder = out / "first_phase"
     if (folder / "summary.json").is_file():
@@ -330,7 +316,7 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bo
         index = SearchIndex.build(texts)
         if main:
             index.save(out / "search_index")
-        extra["search"] = knowledge.search_conversations(facts[:wanted["search"]], index, cfg.seed)
+        extra["search"] = TASKS["search"].generate(wanted["search"], cfg.seed, facts=facts, index=index)
         report["search_traces"] = len(extra["search"]["train"])
     model.train()
     return extra, report

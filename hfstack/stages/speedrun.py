@@ -1,4 +1,5 @@
-"""Speedrun: every stage that exists, in order, on one preset, each in RUN/<stage>/.
+"""Speedrun: every stage that exists, in order, on one preset, each step in its folder of RUN
+(hfstack.core.layout.RunLayout names them).
 
     hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
 
@@ -6,8 +7,9 @@ Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → re
 rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
 held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
 card (also the final model's README.md).
-The tiny preset runs offline on CPU. A stage that finished with the same settings and inputs (its
-fingerprint, hfstack.core.rundir) is skipped, so rerunning after an interruption continues where it stopped
+The tiny preset runs offline on CPU. A step that finished with the same settings and inputs (its
+fingerprint, hfstack.core.rundir; its done marker, with the step's seconds, in its output folder) is
+skipped, so rerunning after an interruption continues where it stopped
 (and each stage resumes its own unfinished work); a stage whose folder holds a run with other settings
 stops the speedrun with one line naming them. `--force` recomputes every stage from scratch (each
 removes what it wrote before, and nothing else).
@@ -16,6 +18,7 @@ Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,14 +35,18 @@ from hfstack.core.config import (
     save_config,
 )
 from hfstack.core.launch import launch_command
+from hfstack.core.layout import RunLayout
 from hfstack.core.recipes import recipes_dir
+from hfstack.core.renames import current_names
 from hfstack.core.rundir import (
+    MARKER,
     check_output_dir,
     claim_output,
     clear_done,
     finish_output,
     is_done,
     mark_done,
+    read_json,
     stored_run,
 )
 from hfstack.dataprep.synthetic import write_crawl
@@ -88,7 +95,10 @@ def stage_config(cfg: SpeedrunConfig, stage: str, run_args: list[str]):
     path = recipes_dir() / cfg.preset / f"{stage}.yaml"
     loaded = load_config(cls, path if path.is_file() else None, run_args)
     forced = {"overwrite": True} if cfg.force and hasattr(loaded, "overwrite") else {}  # --force recomputes
-    return from_dict(cls, asdict(loaded) | forced | cfg.overrides.get(stage, {}), f"speedrun overrides for {stage}")
+    source = f"speedrun overrides for {stage}"
+    # an override under a field's older name (save_every) replaces the recipe's value under its current one
+    overrides = current_names(cls, cfg.overrides.get(stage, {}), source)
+    return from_dict(cls, asdict(loaded) | forced | overrides, source)
 
 
 def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
@@ -100,8 +110,7 @@ def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
         return
     import subprocess
 
-
-    recipe_file = save_config(stage_cfg, Path(cfg.output_dir) / "launch", f"{command}.yaml")
+    recipe_file = save_config(stage_cfg, RunLayout(Path(cfg.output_dir)).launch, f"{command}.yaml")
     line = launch_command(command, cfg.num_processes, cfg.launch_config, ["--config", str(recipe_file)])
     print(f"[speedrun] {' '.join(line[2:])}", flush=True)
     if subprocess.call(line) != 0:
@@ -111,12 +120,12 @@ def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
 @dataclass(frozen=True)
 class Step:
     """One step of the speedrun: its stage's config (built when its turn comes, so it sees what the steps
-    before it wrote), the folder holding its outputs and fingerprint (RUN/<folder>), and how it runs.
-    A step whose stage claims no folder of its own (claims=False) has the speedrun claim RUN/<folder>."""
+    before it wrote) and how it runs. Its outputs, fingerprint and done marker are in the step's folder
+    (RunLayout.folder(name)); a step whose stage claims no folder of its own (claims=False) has the
+    speedrun claim that folder."""
 
-    config: Callable[[SpeedrunConfig, Path], object]
-    run: Callable[[SpeedrunConfig, Path, object], None]
-    folder: str
+    config: Callable[[SpeedrunConfig, RunLayout], object]
+    run: Callable[[SpeedrunConfig, RunLayout, object], None]
     stage: str  # its fingerprint's kind (hfstack.core.fingerprint.STAGES)
     claims: bool = True
 
@@ -128,105 +137,104 @@ class SamplesConfig:
     model: str
 
 
-def _crawl_config(cfg: SpeedrunConfig, run: Path):
-    return config_class("synth-crawl")(output=str(run / "crawl" / "crawl.warc.gz"), pages=cfg.crawl_pages)
+def _crawl_config(cfg: SpeedrunConfig, run: RunLayout):
+    return config_class("synth-crawl")(output=str(run.crawl / "crawl.warc.gz"), pages=cfg.crawl_pages)
 
 
-def _crawl(cfg: SpeedrunConfig, run: Path, crawl_cfg) -> None:
+def _crawl(cfg: SpeedrunConfig, run: RunLayout, crawl_cfg) -> None:
     summary = write_crawl(crawl_cfg.output, pages=crawl_cfg.pages, seed=crawl_cfg.seed)
     print(f"[crawl] synthetic crawl: {summary.counts}")
 
 
-def _data_config(cfg: SpeedrunConfig, run: Path):
-    return stage_config(cfg, "data", ["--output_dir", str(run / "data")] + _default_input(cfg, run))
+def _data_config(cfg: SpeedrunConfig, run: RunLayout):
+    return stage_config(cfg, "data", ["--output_dir", str(run.data)] + _default_input(cfg, run))
 
 
-def _default_input(cfg: SpeedrunConfig, run: Path) -> list[str]:
+def _default_input(cfg: SpeedrunConfig, run: RunLayout) -> list[str]:
     recipe = read_yaml(recipes_dir() / cfg.preset / "data.yaml")
     if recipe.get("input") or recipe.get("hub_dataset"):
         return []
-    return ["--input", str(run / "crawl" / "*.warc.gz")]
+    return ["--input", str(run.crawl / "*.warc.gz")]
 
 
-def _tokenizer_config(cfg: SpeedrunConfig, run: Path):
-    return stage_config(cfg, "tokenizer",
-                        ["--input", str(run / "data"), "--output_dir", str(run / "tokenizer")])
+def _tokenizer_config(cfg: SpeedrunConfig, run: RunLayout):
+    return stage_config(cfg, "tokenizer", ["--input", str(run.data), "--output_dir", str(run.tokenizer)])
 
 
-def _pretrain_config(cfg: SpeedrunConfig, run: Path):
-    return stage_config(cfg, "pretrain", ["--data", str(run / "data"), "--tokenizer",
-                                                          str(run / "tokenizer"), "--output_dir", str(run / "base")])
+def _pretrain_config(cfg: SpeedrunConfig, run: RunLayout):
+    return stage_config(cfg, "pretrain", ["--data", str(run.data), "--tokenizer", str(run.tokenizer),
+                                          "--output_dir", str(run.base)])
 
 
-def _generate(cfg: SpeedrunConfig, run: Path, samples_cfg: SamplesConfig) -> None:
+def _generate(cfg: SpeedrunConfig, run: RunLayout, samples_cfg: SamplesConfig) -> None:
     """The base model dreams documents from a few openings, and is asked a question the few-shot way."""
     import json
-
 
     generate, settings = load("generate").run, config_class("generate")
     samples = []
     for prompt in ("The", "In this module,", "Python is"):
-        text = generate(settings(model=samples_cfg.model, prompt=prompt, max_new_tokens=48, seed=0,
+        text = generate(settings(model_name_or_path=samples_cfg.model, prompt=prompt, max_new_tokens=48, seed=0,
                                  temperature=0.8, stream=False))[0]
         samples.append({"prompt": prompt, "sample": text})
-    answer = generate(settings(model=samples_cfg.model, as_assistant="What does the os module do?",
+    answer = generate(settings(model_name_or_path=samples_cfg.model, as_assistant="What does the os module do?",
                                max_new_tokens=48, temperature=0, stream=False))[0]
     samples.append({"as_assistant": "What does the os module do?", "answer": answer})
-    (run / "generate" / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
+    (run.generate / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
 
 
-def _regurgitation_config(cfg: SpeedrunConfig, run: Path):
-    held_out = read_yaml(run / "base" / "config.yaml")["val_fraction"]  # the documents pretraining never saw
+def _regurgitation_config(cfg: SpeedrunConfig, run: RunLayout):
+    held_out = read_yaml(run.base / "config.yaml")["val_fraction"]  # the documents pretraining never saw
     return stage_config(cfg, "regurgitation", [
-        "--model", str(run / "base"), "--data", str(run / "data"), "--val_fraction", str(held_out),
-        "--output", str(run / "regurgitation" / "report.json")])
+        "--model_name_or_path", str(run.base), "--data", str(run.data), "--val_fraction", str(held_out),
+        "--output", str(run.regurgitation / "report.json")])
 
 
-def _sft_config(cfg: SpeedrunConfig, run: Path):
-    return stage_config(cfg, "sft", ["--model", str(run / "base"), "--output_dir",
-                                                     str(run / "sft"), "--facts_from", str(run / "data")])
+def _sft_config(cfg: SpeedrunConfig, run: RunLayout):
+    return stage_config(cfg, "sft", ["--model_name_or_path", str(run.base), "--output_dir", str(run.sft),
+                                     "--facts_from", str(run.data)])
 
 
-def _eval_config(model: str, folder: str):
-    def build(cfg: SpeedrunConfig, run: Path):
-        return stage_config(cfg, "eval", ["--model", str(run / model),
-                                                      "--output", str(run / folder / "eval.json")])
+def _eval_config(model: str, step: str):
+    """The eval stage on the model of step `model`, into the folder of step `step` (eval, final-eval)."""
+    def build(cfg: SpeedrunConfig, run: RunLayout):
+        return stage_config(cfg, "eval", ["--model_name_or_path", str(run.folder(model)),
+                                          "--output", str(run.folder(step) / "eval.json")])
 
     return build
 
 
-def _rl_config(cfg: SpeedrunConfig, run: Path):
-    return stage_config(cfg, "rl", ["--model", str(run / "sft"), "--output_dir", str(run / "rl")])
+def _rl_config(cfg: SpeedrunConfig, run: RunLayout):
+    return stage_config(cfg, "rl", ["--model_name_or_path", str(run.sft), "--output_dir", str(run.rl)])
 
 
-def _rank_config(cfg: SpeedrunConfig, run: Path):
+def _rank_config(cfg: SpeedrunConfig, run: RunLayout):
     """Offline, a scripted judge plays the person who ranks (the recipe names it)."""
 
-    rank_cfg = stage_config(cfg, "rank", ["--model", str(run / "rl"), "--output_dir", str(run / "prefs")])
+    rank_cfg = stage_config(cfg, "rank", ["--model_name_or_path", str(run.rl), "--output_dir", str(run.prefs)])
     if not rank_cfg.judge:
         raise ConfigError("speedrun: the rank recipe needs a scripted 'judge' (a person ranks with `hfstack rank`)")
     return rank_cfg
 
 
-def _reward_config(cfg: SpeedrunConfig, run: Path):
+def _reward_config(cfg: SpeedrunConfig, run: RunLayout):
     return stage_config(cfg, "reward", [
-        "--model", str(run / "rl"), "--preferences", str(run / "prefs"), "--output_dir", str(run / "rm")])
+        "--model_name_or_path", str(run.rl), "--dataset_name", str(run.prefs), "--output_dir", str(run.rm)])
 
 
-def _rlhf_config(cfg: SpeedrunConfig, run: Path):
+def _rlhf_config(cfg: SpeedrunConfig, run: RunLayout):
     """The last stage: its policy is the run's final model."""
 
     return stage_config(cfg, "rlhf", [
-        "--model", str(run / "rl"), "--reward_model", str(run / "rm"), "--output_dir", str(run / "rlhf")])
+        "--model_name_or_path", str(run.rl), "--reward_model_path", str(run.rm), "--output_dir", str(run.rlhf)])
 
 
-def _report_config(cfg: SpeedrunConfig, run: Path):
-    return config_class("report")(run=str(run))
+def _report_config(cfg: SpeedrunConfig, run: RunLayout):
+    return config_class("report")(run=str(run.root))  # into RUN/report, the report's own default
 
 
 def _runner(command: str):
     """Run `hfstack <command>` on the step's config; a training stage may go through `train`."""
-    def run_step(cfg: SpeedrunConfig, run: Path, stage_cfg) -> None:
+    def run_step(cfg: SpeedrunConfig, run: RunLayout, stage_cfg) -> None:
         runner = load(command).run
         if BY_COMMAND[command].trains:
             train(cfg, command, stage_cfg, runner)
@@ -237,28 +245,25 @@ def _runner(command: str):
 
 
 STAGES = [
-    ("crawl", Step(_crawl_config, _crawl, "crawl", "crawl", claims=False)),
-    ("data", Step(_data_config, _runner("data"), "data", "data")),
-    ("tokenizer", Step(_tokenizer_config, _runner("tokenizer"), "tokenizer", "tokenizer")),
-    ("pretrain", Step(_pretrain_config, _runner("pretrain"), "base", "pretrain")),
-    ("generate", Step(lambda cfg, run: SamplesConfig(model=str(run / "base")), _generate, "generate", "generate",
-                      claims=False)),
-    ("regurgitation", Step(_regurgitation_config, _runner("regurgitation"), "regurgitation",
-                           "regurgitation", claims=False)),
-    ("sft", Step(_sft_config, _runner("sft"), "sft", "sft")),
-    ("eval", Step(_eval_config("sft", "eval"), _runner("eval"), "eval", "eval", claims=False)),
-    ("rl", Step(_rl_config, _runner("rl"), "rl", "rl")),
-    ("rank", Step(_rank_config, _runner("rank"), "prefs", "rank")),
-    ("reward", Step(_reward_config, _runner("reward"), "rm", "reward")),
-    ("rlhf", Step(_rlhf_config, _runner("rlhf"), "rlhf", "rlhf")),
+    ("crawl", Step(_crawl_config, _crawl, "crawl", claims=False)),
+    ("data", Step(_data_config, _runner("data"), "data")),
+    ("tokenizer", Step(_tokenizer_config, _runner("tokenizer"), "tokenizer")),
+    ("pretrain", Step(_pretrain_config, _runner("pretrain"), "pretrain")),
+    ("generate", Step(lambda cfg, run: SamplesConfig(model=str(run.base)), _generate, "generate", claims=False)),
+    ("regurgitation", Step(_regurgitation_config, _runner("regurgitation"), "regurgitation", claims=False)),
+    ("sft", Step(_sft_config, _runner("sft"), "sft")),
+    ("eval", Step(_eval_config("sft", "eval"), _runner("eval"), "eval", claims=False)),
+    ("rl", Step(_rl_config, _runner("rl"), "rl")),
+    ("rank", Step(_rank_config, _runner("rank"), "rank")),
+    ("reward", Step(_reward_config, _runner("reward"), "reward")),
+    ("rlhf", Step(_rlhf_config, _runner("rlhf"), "rlhf")),
     # the final model on the SFT model's held-out sets: what RL and RLHF cost or gained
-    ("final-eval", Step(_eval_config("rlhf", "final-eval"), _runner("eval"), "final-eval", "eval",
-                        claims=False)),
-    ("report", Step(_report_config, _runner("report"), "report", "report")),
+    ("final-eval", Step(_eval_config("rlhf", "final-eval"), _runner("eval"), "eval", claims=False)),
+    ("report", Step(_report_config, _runner("report"), "report")),
 ]
 
 
-def claim_run(cfg: SpeedrunConfig) -> Path:
+def claim_run(cfg: SpeedrunConfig) -> RunLayout:
     """RUN itself: never $HOME or a root, and a non-empty folder only if a speedrun made it."""
     run = Path(cfg.output_dir)  # `~` already expanded when the config was built
     check_output_dir("speedrun", run)
@@ -267,7 +272,26 @@ def claim_run(cfg: SpeedrunConfig) -> Path:
                           "or empty --output_dir")
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run, "speedrun.yaml")
-    return run
+    return RunLayout(run)
+
+
+def step_done(run: RunLayout, name: str) -> bool:
+    """Whether step `name` finished: the marker in its folder carries the step's name, which the speedrun adds
+    (with the seconds) only once the step returned and its stage had written that marker (a stage's claim
+    removes it when it starts again). A stage's marker without it (the stage was run alone, or killed
+    between its end and the speedrun's) is not done, and the step runs again: the stage continues that run."""
+    info = read_json(run.folder(name) / MARKER)
+    if info is None:
+        return False
+    if info.get("step") == name:
+        return True
+    # A run directory of the previous layout: the speedrun marked the step in RUN/<step name> (its own
+    # "stage" and the seconds); a separate folder for pretrain, rank and reward, else the step's folder
+    # itself. Honoured when reading, so such a run resumes where it stopped instead of training finished
+    # models again (which would change every later step's inputs and stop the run); never written.
+    old = run.old_marker(name)
+    info = info if old is None else read_json(old / MARKER)
+    return info is not None and info.get("stage") == name and "seconds" in info
 
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
@@ -276,29 +300,34 @@ def speedrun(cfg: SpeedrunConfig) -> Path:
         if name == "crawl" and _default_input(cfg, run) == []:
             continue
         stage_cfg = step.config(cfg, run)
-        folder = run / step.folder
+        folder = run.folder(name)
         # without --force a step is skipped only when done with the same settings and inputs, and
         # one whose folder holds a different run stops the speedrun rather than mixing the two
         stored = "none" if cfg.force else stored_run(step.stage, stage_cfg, folder)  # "none", "same", or fields
         if stored not in ("none", "same"):
             raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(stored)}); "
                               "rerun with --force to recompute, or choose another --output_dir")
-        if stored == "same" and is_done(run / name) and is_done(folder):
+        if stored == "same" and step_done(run, name):
             print(f"[speedrun] {name}: already done, skipping ({folder})")
             continue
         print(f"[speedrun] {name}: starting", flush=True)
         started = time.time()
-        clear_done(run / name)  # a kill from here on leaves the step not done (RUN/pretrain is not base's folder)
+        clear_done(folder)  # a kill from here on leaves the step not done
+        old = run.old_marker(name)
+        if old is not None:  # a run of the previous layout: its marker there would outlive this attempt
+            clear_done(old)
+            with contextlib.suppress(OSError):  # the folder held nothing else: it goes (only when empty)
+                old.rmdir()
         if not step.claims:  # --force recomputes: the earlier run's files go, unknown ones stay
             claim_output(step.stage, stage_cfg, overwrite=cfg.force, folder=folder)
         step.run(cfg, run, stage_cfg)
         if not step.claims:
             finish_output(folder, step.stage)
-        (run / name).mkdir(parents=True, exist_ok=True)  # RUN/pretrain, RUN/rank, RUN/reward hold only this marker
-        mark_done(run / name, name, seconds=round(time.time() - started, 1))
+        if is_done(folder):  # the stage finished: its marker gets the step's name and time (kept by mark_done)
+            mark_done(folder, step.stage, step=name, seconds=round(time.time() - started, 1))
         print(f"[speedrun] {name}: done in {time.time() - started:.1f}s", flush=True)
-    print(f"[speedrun] finished: {run}")
-    return run
+    print(f"[speedrun] finished: {run.root}")
+    return run.root
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

@@ -71,7 +71,6 @@ def read_prompts(path: str, instructions: str | None) -> list[list[dict]]:
 def teach(cfg: TeachConfig) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
         model = AutoModelForCausalLM.from_pretrained(cfg.teacher).eval()

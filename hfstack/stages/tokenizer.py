@@ -32,8 +32,9 @@ from typing import Literal
 from hfstack.core.config import ConfigError, bounded, check_fields
 from hfstack.core.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
 from hfstack.core.rundir import claim_output, finish_output
+from hfstack.core.splits import stable_split
 from hfstack.core.textfiles import check_hub_dataset
-from hfstack.core.tokens import cl100k, encode_ordinary, is_heldout, read_texts
+from hfstack.core.tokens import cl100k, encode_ordinary, read_texts
 
 # GPT-4's (cl100k) split pattern; only the digit rule differs between the choices
 _SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|DIGITS| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
@@ -92,7 +93,6 @@ def iter_documents(cfg: TokenizerConfig) -> Iterator[str]:
     if cfg.hub_dataset:
         from datasets import load_dataset
 
-
         check_hub_dataset(cfg.hub_dataset)
         stream = load_dataset(cfg.hub_dataset, cfg.hub_subset, split=cfg.hub_split, streaming=True)
         for row in stream:
@@ -114,7 +114,7 @@ class CorpusSplit:
         bar = tqdm(desc="reading", unit=" docs", disable=not self.cfg.progress, mininterval=2)
         for text in iter_documents(self.cfg):
             bar.update(1)
-            if is_heldout(text, self.cfg.heldout_fraction):
+            if stable_split(text, self.cfg.heldout_fraction):
                 if self.heldout_chars < self.cfg.eval_max_chars:
                     self.heldout.append(text)
                     self.heldout_chars += len(text)
@@ -218,7 +218,6 @@ def evaluate(hf_tokenizer, heldout: list[str], compare_cl100k: bool = True) -> d
 def run_tokenizer(cfg: TokenizerConfig) -> Path:
     """Train, save and evaluate; returns the output directory."""
     import time
-
 
     out = claim_output("tokenizer", cfg)
     split = CorpusSplit(cfg)

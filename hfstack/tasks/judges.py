@@ -1,5 +1,5 @@
-"""Judges that stand in for a person: the word-overlap judge for facts, the scripted ranking judge,
-distinct-n for repetition; a user's own judge loads by dotted path."""
+"""Judges that stand in for a person: the word-overlap judge for facts, the refusal check, the scripted
+ranking judge, distinct-n for repetition; a user's own judge loads by dotted path."""
 
 from __future__ import annotations
 
@@ -41,3 +41,9 @@ def word_overlap_judge(answer: str, reference: str) -> bool:
     """Correct when most of the reference's content words appear in the answer."""
     wanted = set(_WORD.findall(reference.lower()))
     return bool(wanted) and len(wanted & set(_WORD.findall(answer.lower()))) / len(wanted) >= 0.6
+
+
+def is_refusal(answer: str) -> bool:
+    """The answer declines ("I don't know", "not sure", "won't make something up"): the knowledge
+    task's refusals, in any of their wordings."""
+    return bool(re.search(r"don't know|do not know|not sure|won't make", answer.lower()))

@@ -1,27 +1,27 @@
-"""The data stage's own datatrove steps: offline URL filtering, offline language ID (and a quick
-language gate before extraction), a fast extractor, an offline word tokenizer for the quality
-filters, and a meter that counts documents and bytes.
+"""The data stage's own filters, in pipeline order: offline URL filter, HTTP status/type, same page,
+language gate (before extraction), offline language ID (after it), and the offline word tokenizer
+that datatrove's quality filters split text with.
 
-Each is a regular datatrove PipelineStep, so it runs under any datatrove executor and reports its
-stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`).
+Each filter is a regular datatrove BaseFilter, so it runs under any datatrove executor and reports its
+stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`). Used by `hfstack data`; tested by
+`python -m pytest -q tests/test_steps.py tests/test_warc.py`.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import re
-import signal
-import threading
 from urllib.parse import urlsplit
 
 from datatrove.data import Document
-from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.extractors import Trafilatura
-from datatrove.pipeline.extractors.base import BaseExtractor
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.url_filter import URLFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
+
+from hfstack.dataprep.extractors import ResiliparseExtractor
+from hfstack.dataprep.readers import HTML_TYPES
 
 _URL_LISTS = ("block_listed_domains", "block_listed_url", "banned_words", "banned_subwords", "soft_banned_words")
 _BUNDLED_URL_LISTS: dict[str, set] = {}  # parsed once per process: 4.5M domains take ~2.5 s to read
@@ -96,6 +96,53 @@ class OfflineURLFilter(URLFilter):
         parts = host.split(".")
         if any(".".join(parts[i:]) in self.block_listed_domains for i in range(len(parts) - 1)):
             return False, "host"
+        return True
+
+
+class HttpResponseFilter(BaseFilter):
+    """Keeps only well-formed, complete HTTP 200 HTML responses; every other record is dropped by reason.
+
+    Reasons: broken_http_headers, truncated, too_large, undecodable, not_200 (redirects, errors),
+    not_html (images, CSS, JS, ...). Documents without HTTP metadata (jsonl/parquet input) pass.
+    """
+
+    name = "🚦 HTTP status/type"
+
+    def filter(self, doc: Document):
+        meta = doc.metadata
+        if "http_status" not in meta:
+            return True
+        if meta.get("fetch_problem"):
+            return False, meta["fetch_problem"]
+        if meta["http_status"] != 200:
+            return False, "not_200"
+        if meta.get("content_type", "").split(";")[0].strip().lower() not in HTML_TYPES:
+            return False, "not_html"
+        return True
+
+
+class SamePageFilter(BaseFilter):
+    """Drops a page whose HTML is byte-for-byte one this task has already passed, before extraction.
+
+    Crawls fetch the same page under several URLs (mirrors, tracking parameters, `index.html`), and
+    extraction is the costliest step, so a repeat is dropped (`duplicate_html`) before it is paid for.
+    It only sees its own task's pages and keeps a 16-byte digest per page; the exact and MinHash
+    dedup stages after extraction still catch repeats across tasks and pages that differ in markup.
+    """
+
+    name = "👯 Same page (HTML)"
+
+    def __init__(self, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.seen: set[bytes] = set()
+
+    def filter(self, doc: Document):
+        if "http_status" not in doc.metadata:  # text input: nothing was fetched, exact dedup handles it
+            return True
+        digest = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self.seen:
+            return False, "duplicate_html"
+        self.seen.add(digest)
         return True
 
 
@@ -187,92 +234,6 @@ def _py3langid_model():
     return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
-class _ExtractionTimeout(Exception):
-    pass
-
-
-_FAILED = object()
-
-
-def _raise_timeout(signum, frame):
-    raise _ExtractionTimeout
-
-
-class InProcessExtraction:
-    """Runs an extractor in the worker's own process, with a SIGALRM timeout per page.
-
-    datatrove's extractors hand every page to a sandbox subprocess through a pipe, which costs about
-    a quarter of trafilatura's own time (measured by benchmarks/data_throughput.py). An alarm gives
-    the same per-page timeout for Python and lxml code; the sandbox is still used off the main thread
-    (where alarms cannot be set) and when `sandbox=True` (it also survives a crash of the extractor).
-    Stats match the sandboxed run: `extracted`, `timeout`, `clean_error`, `forwarded`, `dropped`.
-    """
-
-    sandbox: bool = False
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        if self.sandbox or threading.current_thread() is not threading.main_thread():
-            yield from super().run(data, rank, world_size)
-            return
-        previous = signal.signal(signal.SIGALRM, _raise_timeout)
-        try:
-            for doc in data:
-                self.stat_update("total")
-                with self.track_time():
-                    text = self._extract_with_alarm(doc.text)
-                if text is _FAILED:  # counted as timeout or clean_error, as the sandbox counts them
-                    continue
-                if text:
-                    doc.text = text
-                    self.stat_update("forwarded")
-                    self.update_doc_stats(doc)
-                    yield doc  # the alarm is off here, so downstream steps are never interrupted
-                else:
-                    self.stat_update("dropped")
-        finally:
-            signal.signal(signal.SIGALRM, previous)
-
-    def _extract_with_alarm(self, html: str):
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        try:
-            text = self.extract(html)
-            self.stat_update("extracted")
-            return text
-        except _ExtractionTimeout:
-            self.stat_update("timeout")
-        except Exception:  # a page the extractor cannot parse is dropped and counted, like the sandbox does
-            self.stat_update("clean_error")
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        return _FAILED
-
-
-class TrafilaturaExtractor(InProcessExtraction, Trafilatura):
-    """datatrove's Trafilatura step (precision-oriented settings), run in-process."""
-
-    def __init__(self, timeout: float = 10, sandbox: bool = False, **kwargs):
-        super().__init__(timeout=timeout, favour_precision=True, **kwargs)
-        self.sandbox = sandbox
-
-
-class ResiliparseExtractor(InProcessExtraction, BaseExtractor):
-    """Main-content extraction with resiliparse: much faster than trafilatura, slightly less precise."""
-
-    name = "⚡ Resiliparse"
-    _requires_dependencies = ["resiliparse"]
-
-    def __init__(self, timeout: float = 1, main_content: bool = True, sandbox: bool = False):
-        super().__init__(timeout)
-        self.main_content = main_content
-        self.sandbox = sandbox
-
-    def extract(self, text: str) -> str:
-        from resiliparse.extract.html2text import extract_plain_text
-
-        return extract_plain_text(text, main_content=self.main_content, alt_texts=False, links=False,
-                                  form_fields=False, noscript=False, list_bullets=True).strip()
-
-
 class OfflineWordTokenizer(WordTokenizer):
     """A regex word and sentence splitter for the quality filters.
 
@@ -298,27 +259,3 @@ class OfflineWordTokenizer(WordTokenizer):
             spans.append((begin, begin + len(sentence)))
             start = begin + len(sentence)
         return spans
-
-
-class Metered(PipelineStep):
-    """Wraps a step to count documents and UTF-8 bytes going in and out, for the funnel report.
-
-    The wrapper shares the inner step's Stats object, so datatrove's own stats and these counters
-    land in one entry of the executor's stats.json.
-    """
-
-    def __init__(self, step: PipelineStep):
-        super().__init__()
-        self.step = step
-        self.stats = step.stats
-        self.name, self.type = step.name, step.type
-
-    def _count(self, docs, prefix: str):
-        for doc in docs:
-            self.stats[f"{prefix}_docs"].update(1)
-            self.stats[f"{prefix}_bytes"].update(len(doc.text.encode("utf-8", "replace")))
-            yield doc
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        incoming = self._count(data, "in") if data is not None else None
-        yield from self._count(self.step.run(incoming, rank, world_size), "out")

@@ -1,21 +1,27 @@
-"""WARC input for the data stage: a reader that never stops on bad input, and the HTTP status/type filter.
+"""The data stage's readers: every kind of input becomes datatrove documents.
 
-The reader yields one document per WARC `response` record, whatever it holds, with the HTTP facts in
-metadata (`http_status`, `content_type`, `fetch_problem`), so that the next step can count every drop
-by reason instead of losing records silently. Damaged input (a truncated or corrupt `.warc.gz`, a
-record with broken HTTP headers, non-UTF-8 or huge pages, empty files) is counted, never fatal.
+WARC files go through `WarcResponseReader`, which never stops on bad input: it yields one document per
+WARC `response` record, whatever it holds, with the HTTP facts in metadata (`http_status`,
+`content_type`, `fetch_problem`), so that the HTTP filter (filters.py) can count every drop by reason
+instead of losing records silently. Damaged input (a truncated or corrupt `.warc.gz`, a record with
+broken HTTP headers, non-UTF-8 or huge pages, empty files) is counted, never fatal. jsonl, parquet and
+Hub datasets get datatrove's own readers, built here over the file list sources.py resolved.
+
+Used by `hfstack data --input PATH|GLOB|URL` (and `--hub_dataset NAME`); tested by
+`python -m pytest -q tests/test_warc.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 
 import fsspec
 from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers.base import BaseReader
 from datatrove.utils.logging import logger
+
+from hfstack.dataprep.sources import is_remote
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _STATUS = re.compile(r"^\d{3}$")
@@ -151,48 +157,30 @@ class WarcResponseReader(BaseReader):
         return Document(text=text, id=doc_id, metadata=meta)
 
 
-class HttpResponseFilter(BaseFilter):
-    """Keeps only well-formed, complete HTTP 200 HTML responses; every other record is dropped by reason.
+def text_reader(kind: str, files: list[str], text_column: str, limit: int, progress: bool, work_dir: str):
+    """datatrove's JsonlReader/ParquetReader over an explicit file list (absolute paths or URLs).
 
-    Reasons: broken_http_headers, truncated, too_large, undecodable, not_200 (redirects, errors),
-    not_html (images, CSS, JS, ...). Documents without HTTP metadata (jsonl/parquet input) pass.
+    The list goes into a paths file inside the run's work dir, where cluster tasks can read it too.
     """
+    from datatrove.pipeline.readers import JsonlReader, ParquetReader
 
-    name = "🚦 HTTP status/type"
-
-    def filter(self, doc: Document):
-        meta = doc.metadata
-        if "http_status" not in meta:
-            return True
-        if meta.get("fetch_problem"):
-            return False, meta["fetch_problem"]
-        if meta["http_status"] != 200:
-            return False, "not_200"
-        if meta.get("content_type", "").split(";")[0].strip().lower() not in HTML_TYPES:
-            return False, "not_html"
-        return True
+    if any(is_remote(f) for f in files):
+        fs, _ = fsspec.core.url_to_fs(files[0])
+        folder, paths = (fs.unstrip_protocol(""), fs), [fs._strip_protocol(f) for f in files]
+    else:
+        folder, paths = "/", [f.lstrip("/") for f in files]
+    paths_file = os.path.join(work_dir, f"inputs-{kind}.txt")
+    os.makedirs(work_dir, exist_ok=True)
+    with open(paths_file, "w") as handle:
+        handle.write("\n".join(paths) + "\n")
+    reader_cls = JsonlReader if kind == "jsonl" else ParquetReader
+    return reader_cls(folder, paths_file=paths_file, text_key=text_column, limit=limit, doc_progress=progress)
 
 
-class SamePageFilter(BaseFilter):
-    """Drops a page whose HTML is byte-for-byte one this task has already passed, before extraction.
+def hub_reader(dataset: str, split: str, subset: str | None, text_column: str, limit: int, progress: bool):
+    """A Hub dataset, streamed. Fails fast with a clear message when the Hub is unreachable."""
+    from datatrove.pipeline.readers import HuggingFaceDatasetReader
 
-    Crawls fetch the same page under several URLs (mirrors, tracking parameters, `index.html`), and
-    extraction is the costliest step, so a repeat is dropped (`duplicate_html`) before it is paid for.
-    It only sees its own task's pages and keeps a 16-byte digest per page; the exact and MinHash
-    dedup stages after extraction still catch repeats across tasks and pages that differ in markup.
-    """
-
-    name = "👯 Same page (HTML)"
-
-    def __init__(self, exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.seen: set[bytes] = set()
-
-    def filter(self, doc: Document):
-        if "http_status" not in doc.metadata:  # text input: nothing was fetched, exact dedup handles it
-            return True
-        digest = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in self.seen:
-            return False, "duplicate_html"
-        self.seen.add(digest)
-        return True
+    options = {"split": split} | ({"name": subset} if subset else {})
+    return HuggingFaceDatasetReader(dataset, dataset_options=options, streaming=True, text_key=text_column,
+                                    limit=limit, doc_progress=progress)

@@ -1,0 +1,118 @@
+"""What the five training stages (pretrain, sft, rl, reward, rlhf) share: the `TrainConfig` fields,
+named as transformers' TrainingArguments and TRL's configs name them; the Trainer arguments built from
+them; and `training_args`, any other field of the trainer's own config passed through unchanged.
+
+    hfstack sft --per_device_train_batch_size 4 --logging_steps 5 --bf16 true \
+                --training_args '{optim: adamw_torch_fused, neftune_noise_alpha: 5}'
+
+Tests: python -m pytest -q tests/unit/test_config_names.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfstack.core.config import ConfigError, bounded, nearest
+from hfstack.core.hub import push_model_folder
+from hfstack.core.renames import precision_to_bf16, renamed
+from hfstack.core.telemetry import available_trackers
+
+# settings hfstack makes itself: where checkpoints go (the run layout), and pushes, which go through the
+# allowlist (hfstack/core/hub.py), never the Trainer's upload of the whole output folder
+HFSTACK_TRAINING_ARGS = ("output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_strategy",
+                         "hub_token", "hub_always_push")
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@renamed(log_every="logging_steps", save_every="save_steps", precision=("bf16", precision_to_bf16))
+@dataclass
+class TrainConfig:
+    """The fields every training stage has; a stage redeclares one to change its default."""
+
+    output_dir: str = "runs/model"
+    overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
+    max_steps: int = bounded(100, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    seed: int = 0
+    bf16: bool | None = None  # None: bf16 on GPUs that have it, fp32 on CPU (where bf16 is slower)
+    logging_steps: int = bounded(10, ge=1)
+    save_steps: int = bounded(100, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
+    save_total_limit: int = bounded(2, ge=1)  # checkpoints kept
+    report_to: list[str] = field(default_factory=list)  # e.g. [wandb, tensorboard]; the local logs are always kept
+    run_name: str | None = None  # the run's name in those trackers
+    push_to_hub: bool = False  # at the end, push the model to hub_model_id (allowlisted files only)
+    hub_model_id: str | None = None  # USER/NAME of the model repository push_to_hub creates or updates
+    hub_private_repo: bool = True  # a repository push_to_hub creates is private
+    progress: bool = True  # progress bars
+    training_args: dict = field(default_factory=dict)  # other fields of the trainer config, e.g. {optim: adamw_torch}
+
+    def check_training(self, stage: str, trainer_config_class: str | None = None) -> None:
+        """The checks every training stage makes in its `__post_init__` (after `check_fields`);
+        `trainer_config_class` is the import path of the trainer's config, e.g. "trl.SFTConfig"."""
+        if self.push_to_hub and not (self.hub_model_id and REPO_ID.match(self.hub_model_id)):
+            raise ConfigError(f"{stage}: push_to_hub needs 'hub_model_id' as USER/NAME; got {self.hub_model_id!r}")
+        if self.training_args and trainer_config_class:  # before any work; imported only when there is some
+            module, _, name = trainer_config_class.rpartition(".")
+            check_training_args(getattr(importlib.import_module(module), name), self.training_args, stage)
+
+
+def wants_bf16(bf16: bool | None) -> bool:
+    """bf16 when asked for, or when unset and a GPU that has it is present (on CPU it is slower)."""
+    import torch
+
+    if bf16 is not None:
+        return bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def common_trainer_args(cfg: TrainConfig, out: str | Path) -> dict:
+    """The Trainer arguments every training stage sets the same way from its TrainConfig fields."""
+    import torch
+
+    return dict(output_dir=str(Path(out) / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+                bf16=wants_bf16(cfg.bf16), use_cpu=not torch.cuda.is_available(), seed=cfg.seed,
+                logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+                report_to=available_trackers(cfg.report_to), run_name=cfg.run_name, disable_tqdm=not cfg.progress,
+                gradient_checkpointing=False)
+
+
+def push_trained(cfg: TrainConfig, folder: str | Path, stage: str, main: bool = True) -> str | None:
+    """A training stage's last step: with `push_to_hub`, its model folder goes to `hub_model_id` through
+    the same allowlist as `hfstack push` (weights, config, tokenizer, a model card; never checkpoints,
+    pickles, logs or held-out sets). The main process pushes, once. The card names the starting model
+    as `base_model` when that is a Hub repository."""
+    if not (cfg.push_to_hub and main):
+        return None
+    start = getattr(cfg, "model_name_or_path", None) or getattr(cfg, "init_from", None)
+    base_model = start if start and REPO_ID.match(start) and not Path(start).expanduser().exists() else None
+    return push_model_folder(Path(folder), cfg.hub_model_id, private=cfg.hub_private_repo, base_model=base_model,
+                             who=stage)
+
+
+def check_training_args(config_cls, extra: dict, stage: str) -> None:
+    """`training_args` names fields of the trainer's own config class (TrainingArguments, SFTConfig,
+    GRPOConfig, ...): an unknown one is a one-line error naming that class and the nearest field."""
+    valid = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    for key in extra:
+        if key in HFSTACK_TRAINING_ARGS:
+            raise ConfigError(f"{stage}: training_args: '{key}' is hfstack's to set (use --{key} where the stage "
+                              "has it: pushes go through hfstack's allowlist)")
+        if key not in valid:
+            hint = f"; did you mean '{close}'?" if (close := nearest(key, valid)) else ""
+            raise ConfigError(f"{stage}: training_args: unknown key '{key}' for {config_cls.__name__}{hint}")
+
+
+def trainer_config(config_cls, stage: str, extra: dict, **ours):
+    """The trainer's config: hfstack's settings, then the user's `training_args` on top, unchanged."""
+    if not extra:
+        return config_cls(**ours)
+    check_training_args(config_cls, extra, stage)
+    try:
+        return config_cls(**(ours | extra))
+    except (TypeError, ValueError) as e:  # the trainer's own checks, on values the user passed through
+        raise ConfigError(f"{stage}: training_args: {config_cls.__name__} refused them: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
