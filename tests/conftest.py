@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, the shared crawl sample, WARC builders, and a network guard."""
+"""Shared fixtures: offline environment, a network guard, the shared crawl sample, WARC builders, and the tiny
+models the stage tests build on, each built once per session (tests/tiny.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,39 @@ def sample_run(crawl_sample, tmp_path_factory):
                                  progress=False))
     labels = [json.loads(line) for line in (crawl_sample.parent / "crawl-sample.labels.jsonl").open()]
     return out, funnel, {label["url"]: label for label in labels}
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A tokenizer and a depth-1 base model pretrained a few steps on standard-library prose."""
+    from tiny import tiny_base
+
+    return tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_model(tiny_base_model, tmp_path_factory) -> Path:
+    """A few SFT steps on the tiny base: a chat template, eval sets, the protocol's tokens."""
+    from tiny import tiny_sft
+
+    return tiny_sft(tmp_path_factory.mktemp("tiny-sft"), tiny_base_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_sft_model, tmp_path_factory) -> Path:
+    """A reward model trained briefly on the scripted judge's rankings of toy answers."""
+    from tiny import tiny_reward
+
+    return tiny_reward(tmp_path_factory.mktemp("tiny-rm"), tiny_sft_model)
+
+
+@pytest.fixture(scope="session")
+def tool_model(tmp_path_factory) -> Path:
+    """A tiny assistant finetuned until it answers QUESTION (tests/tiny.py) with a Python tool call, so the
+    browser tests of serve and the web guard are deterministic."""
+    from tiny import tiny_tool_model
+
+    return tiny_tool_model(tmp_path_factory.mktemp("tool-model"))
 
 
 def warc_record(url: str, http_block: bytes, record_id: int = 0) -> bytes:

@@ -13,7 +13,7 @@ SMALL_FILE by its content hash, a larger file by size and modification time, a f
 its files' relative paths, sizes and modification times (leaving out its working state and notes:
 checkpoints, caches, logs, report files), a glob the same way over what it matches. A value that
 names no local file (a URL, a Hub dataset name) stands for itself. hfstack.core.rundir stores it in
-OUT/.hfstack-run.json. Tests: python -m pytest -q tests/test_rundir.py
+OUT/.hfstack-run.json. Tests: python -m pytest -q tests/unit/test_rundir.py
 """
 
 from __future__ import annotations

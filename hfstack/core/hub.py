@@ -7,7 +7,7 @@ names every file that goes up, and each repository gets exactly those, with a ge
 
 Repositories are created private unless asked otherwise (an existing one keeps its own setting). The
 token comes from `HF_TOKEN` or `hf auth login`; a dry run lists each file and its size and needs neither.
-Tests: python -m pytest -q tests/test_hub.py
+Tests: python -m pytest -q tests/stages/test_push.py
 """
 
 from __future__ import annotations

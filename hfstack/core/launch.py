@@ -1,7 +1,7 @@
 """Launches: which process this is, whether the processes a launcher started form one run, and
 waiting for each other. Used by every training stage's command (hfstack pretrain, sft, rl, reward,
 rlhf), under `accelerate launch` or `--launcher accelerate --num_processes N`, and by print0 everywhere.
-Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
+Tests: python -m pytest -q tests/unit/test_rundir.py tests/unit/test_cli.py
 """
 
 from __future__ import annotations

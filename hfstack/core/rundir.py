@@ -22,7 +22,7 @@ before recording it), never through a symbolic link, and starts fresh. A trainin
 `checkpoint-*` name that is not a checkpoint in OUT/checkpoints (the Trainer's rotation would delete it).
 Training stages call start_output instead: it first checks that the launched processes form one
 world (hfstack.core.launch.check_world_size), then claims on every rank and writes on the main one.
-Tests: python -m pytest -q tests/test_rundir.py
+Tests: python -m pytest -q tests/unit/test_rundir.py
 """
 
 from __future__ import annotations

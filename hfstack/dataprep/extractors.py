@@ -3,7 +3,7 @@ one, both run in the worker's own process with a per-page SIGALRM timeout instea
 sandbox subprocess.
 
 Used by `hfstack data --extractor trafilatura|resiliparse` (and by the language gate in filters.py);
-tested by `python -m pytest -q tests/test_steps.py`.
+tested by `python -m pytest -q tests/unit/test_dataprep_steps.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ that datatrove's quality filters split text with.
 
 Each filter is a regular datatrove BaseFilter, so it runs under any datatrove executor and reports its
 stats the datatrove way (`total`, `forwarded`, `dropped_<reason>`). Used by `hfstack data`; tested by
-`python -m pytest -q tests/test_steps.py tests/test_warc.py`.
+`python -m pytest -q tests/unit/test_dataprep_steps.py tests/unit/test_warc.py`.
 """
 
 from __future__ import annotations

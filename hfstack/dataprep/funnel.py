@@ -3,7 +3,7 @@
 `Metered` wraps each step of the data stage's pipeline and counts what goes in and out; the funnel is
 then built from datatrove's per-task stats files (DIR/logs/<stage>/stats/*.json), so a resumed run
 that only re-ran some tasks still reports the whole dataset. Written to DIR/stats.json and printed by
-`hfstack data`; tested by `python -m pytest -q tests/test_steps.py tests/test_data_pipeline.py`.
+`hfstack data`; tested by `python -m pytest -q tests/unit/test_dataprep_steps.py tests/stages/test_data.py`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ broken HTTP headers, non-UTF-8 or huge pages, empty files) is counted, never fat
 Hub datasets get datatrove's own readers, built here over the file list sources.py resolved.
 
 Used by `hfstack data --input PATH|GLOB|URL` (and `--hub_dataset NAME`); tested by
-`python -m pytest -q tests/test_warc.py`.
+`python -m pytest -q tests/unit/test_warc.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 list per kind of input (WARC, jsonl, parquet); readers.py turns those lists into datatrove readers.
 
 A missing path or a glob that matches nothing is a one-line `ConfigError` that names it.
-Used by `hfstack data --input PATH|GLOB|URL`; tested by `python -m pytest -q tests/test_warc.py`.
+Used by `hfstack data --input PATH|GLOB|URL`; tested by `python -m pytest -q tests/unit/test_warc.py`.
 """
 
 from __future__ import annotations

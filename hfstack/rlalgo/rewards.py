@@ -1,6 +1,6 @@
 """Reward functions for `hfstack rl` on verifiable tasks, in TRL's reward_funcs signature: correctness
 (the task's own `reward`) and answer form (its `answer_form`); a user's own function loads by dotted path.
-Tested in tests/test_rl.py."""
+Tested in tests/stages/test_rl.py."""
 
 from __future__ import annotations
 

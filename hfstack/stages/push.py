@@ -20,7 +20,7 @@ Held-out sets (the SFT stage's eval_sets.jsonl, the rank stage's test split) sta
 Each model card names its parent as `base_model` and the datasets it was trained on, so the Hub
 shows the lineage (hfstack.core.layout.RunLayout: which folder holds which model, and its parent).
 The token comes from `HF_TOKEN` or `hf auth login`.
-Tests: python -m pytest -q tests/test_hub.py
+Tests: python -m pytest -q tests/stages/test_push.py
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ sample; pretraining loss and bits-per-byte; sample generations; the SFT, RL and 
 before and after; the RM score against the KL during RLHF; time per stage; versions and hardware.
 The Markdown, with model-card metadata on top, also becomes the final model's `README.md`.
 A stage that did not run is left out. Where each stage's outputs are: hfstack.core.layout.RunLayout.
-Tests: python -m pytest -q tests/test_report.py
+Tests: python -m pytest -q tests/stages/test_report.py
 """
 
 from __future__ import annotations

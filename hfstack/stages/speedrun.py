@@ -13,7 +13,7 @@ skipped, so rerunning after an interruption continues where it stopped
 (and each stage resumes its own unfinished work); a stage whose folder holds a run with other settings
 stops the speedrun with one line naming them. `--force` recomputes every stage from scratch (each
 removes what it wrote before, and nothing else).
-Tests: python -m pytest -q tests/test_rundir.py tests/test_cli.py
+Tests: python -m pytest -q tests/unit/test_speedrun_markers.py tests/e2e/test_speedrun.py
 """
 
 from __future__ import annotations

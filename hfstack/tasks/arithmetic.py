@@ -4,7 +4,7 @@ An answer is right when the number it ends on is the result.
 
 Items (operand pairs with their operation) and question templates are split by `stable_split`, so
 the eval split asks unseen sums in unseen words. Taught by `hfstack sft`, trained by `hfstack rl`,
-measured by `hfstack eval`; tested in tests/unit/test_tasks.py and tests/test_sft.py.
+measured by `hfstack eval`; tested in tests/unit/test_tasks.py and tests/stages/test_sft.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ schema, tool calls, a random opener and closer around a question, the held-out q
 and the conversation up to the question (what a model is asked to continue).
 
 Used by the tasks in hfstack/tasks/ and by hfstack/dataprep (knowledge, the SFT mixture); tested
-through tests/unit/test_tasks.py and tests/test_sft.py.
+through tests/unit/test_tasks.py and tests/stages/test_sft.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ when it ends "So 'word' has N 'x'." with the right N.
 Words and question templates are split by `stable_split`, so the eval split asks about unseen words
 in unseen phrasings. The training split also holds spelling rows (made by the spelling task), the skill
 the spelled-out solution stands on. Taught by `hfstack sft`, trained by `hfstack rl`, measured by
-`hfstack eval`; tested in tests/unit/test_tasks.py and tests/test_sft.py.
+`hfstack eval`; tested in tests/unit/test_tasks.py and tests/stages/test_sft.py.
 """
 
 from __future__ import annotations

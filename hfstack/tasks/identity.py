@@ -5,7 +5,7 @@ right when it states the card's facts for the question's topic, in any wording.
 Each topic has 20 hand-written phrasings, a quarter of them held out for the eval split so it measures
 paraphrases; training also gets a few hundred generated from topic-neutral frames. Every question gets
 a random opener and closer. Taught by `hfstack sft`, measured by `hfstack eval`; tested in
-tests/unit/test_tasks.py and tests/test_sft.py.
+tests/unit/test_tasks.py and tests/stages/test_sft.py.
 """
 
 from __future__ import annotations

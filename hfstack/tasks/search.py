@@ -5,7 +5,7 @@ holds most of the reference answer's content words (the word-overlap judge).
 Its items are facts derived from the pretraining corpus, so `generate` needs the facts and the
 search index (`hfstack sft` passes them when `counts` has `search`); a fact is held out by
 `stable_split` of its question. Measured by `hfstack eval`; tested in tests/unit/test_tasks.py and
-tests/test_sft.py.
+tests/stages/test_sft.py.
 """
 
 from __future__ import annotations

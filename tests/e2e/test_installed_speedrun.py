@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from test_packaging import REPO, build_wheel
 
 # every stage at its smallest that still exercises it end to end (names as `hfstack <stage> --help` lists)

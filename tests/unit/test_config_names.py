@@ -118,7 +118,7 @@ def test_help_prints_each_field_with_type_default_and_the_old_names(capsys):
 
 def test_push_to_hub_sends_the_finished_folder_through_the_allowlist_once(tmp_path, monkeypatch):
     """A training stage ends with push_trained: the main process alone hands its folder to the allowlisted
-    push (hfstack.core.hub.push_model_folder, tested against a local Hub in tests/test_hub.py)."""
+    push (hfstack.core.hub.push_model_folder, tested against a local Hub in tests/stages/test_push.py)."""
     import hfstack.core.training as training
 
     calls = []

@@ -2,7 +2,7 @@
 rerun with other settings or inputs is refused, --overwrite removes only hfstack's files, and a launch
 whose processes do not form one world stops with one line.
 
-    python -m pytest -q tests/test_rundir.py
+    python -m pytest -q tests/unit/test_rundir.py
 """
 
 import json

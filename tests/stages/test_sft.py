@@ -14,13 +14,11 @@ from hfstack.stages.sft import SFTStageConfig, run_sft
 from hfstack.tasks.identity import IdentityCard
 from hfstack.tasks.registry import TASKS
 
-from tiny import tiny_base
 
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny base model: tokenizer and a few pretraining steps on standard-library prose."""
-    return tiny_base(tmp_path_factory.mktemp("sftbase"))
+@pytest.fixture
+def base(tiny_base_model):
+    """The session's tiny base model (tests/conftest.py)."""
+    return tiny_base_model
 
 
 def keys(rows, key):

@@ -4,33 +4,15 @@ answers this one question with a tool call, so the test is deterministic.
 
 Needs /usr/bin/chromium (`apt-get install chromium`); skipped when it is missing."""
 
-import json
 import threading
 
 import pytest
 
 from browser import launch_chromium, needs_chromium
 from sandbox_checks import needs_sandbox
-from tiny import tiny_base
+from tiny import QUESTION
 
 pytestmark = [pytest.mark.slow, needs_chromium]
-QUESTION = "What is 6 times 7?"
-
-
-@pytest.fixture(scope="module")
-def tool_model(tmp_path_factory):
-    from hfstack.stages.sft import SFTStageConfig, run_sft
-    from hfstack.tasks.conversation import message, python_turns
-
-    root = tmp_path_factory.mktemp("serve")
-    tiny_base(root, docs=20, vocab_size=300, steps=2)
-    conversation = [message("user", QUESTION), *python_turns("Let me compute it.", "print(6 * 7)", "42",
-                                                             "The answer is 42.")]
-    chats = root / "chats.jsonl"
-    chats.write_text(json.dumps({"messages": conversation}) + "\n")
-    return run_sft(SFTStageConfig(model_name_or_path=str(root / "base"), output_dir=str(root / "sft"), counts={},
-                                  chat_files=[str(chats)] * 16, max_steps=80, learning_rate=1e-2, warmup_steps=1,
-                                  per_device_train_batch_size=4, max_length=128, progress=False))
 
 
 @needs_sandbox  # the tool's output is checked

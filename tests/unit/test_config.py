@@ -9,7 +9,7 @@ from hfstack.core.config import ConfigError, load_config, parse_cli_args, save_c
 from hfstack.core.recipes import recipes_dir
 from hfstack.dataprep.config import DataConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_yaml_then_cli_overrides(tmp_path):

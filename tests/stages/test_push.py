@@ -5,7 +5,7 @@ seeded with secrets, logs, checkpoints and held-out sets shows that only the all
 checked on what the server received; the same for one model folder through hfstack.core.hub's
 push_model_folder, what a training stage's push_to_hub calls.
 
-    python -m pytest -q tests/test_hub.py
+    python -m pytest -q tests/stages/test_push.py
 """
 
 import json

@@ -1,7 +1,7 @@
 """The recipes ship inside the package (hfstack/recipes), so a plain `pip install .` keeps `--preset tiny`
 and the accelerate configs; the checkout's top-level recipes/ is a link to them.
 
-    python -m pytest -q tests/test_packaging.py   (tests/e2e/test_installed_speedrun.py runs the wheel)
+    python -m pytest -q tests/e2e/test_packaging.py   (tests/e2e/test_installed_speedrun.py runs the wheel)
 """
 
 import shutil
@@ -13,7 +13,7 @@ from pathlib import Path
 import hfstack
 from hfstack.core.recipes import recipes_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_recipes_dir_is_inside_the_package():

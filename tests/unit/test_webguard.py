@@ -3,7 +3,7 @@ a DNS-rebinding page or a broken client may send them, over a real loopback sock
 that leaves stops its generation; and in a real browser (Debian's chromium driven by Playwright) a
 page from another origin cannot rank while the page itself still can.
 
-    pytest tests/test_webguard.py
+    pytest tests/unit/test_webguard.py
 
 The browser test needs /usr/bin/chromium (`apt-get install chromium`); it is skipped without it.
 The chat server runs the tiny tool-calling model of test_serve with a stand-in python tool (these
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from browser import launch_chromium, needs_chromium
-from test_serve import QUESTION, tool_model  # noqa: F401 - tool_model is a fixture used below
+from tiny import QUESTION
 
 WAIT = 120  # seconds before a test that hangs is failed instead (a deadline, not a measurement)
 
@@ -83,7 +83,7 @@ class StandInPython:
 
 
 @pytest.fixture(scope="module")
-def chat(tool_model):  # noqa: F811 - the fixture imported above
+def chat(tool_model):
     from hfstack.stages.serve import ServeConfig, make_server
 
     python = StandInPython()

@@ -1,0 +1,43 @@
+"""`hfstack reward`: a reward model learns a scripted preference (held-out pair accuracy), and missing or
+malformed preference inputs are one-line errors.
+
+    python -m pytest -q tests/stages/test_reward.py
+"""
+
+import json
+
+import pytest
+
+from hfstack.core.config import ConfigError
+from hfstack.stages.reward import RewardStageConfig, run_reward
+
+from tiny import toy_preferences
+
+
+def test_reward_model_learns_a_scripted_preference(tiny_sft_model, tmp_path):
+    prefs = toy_preferences(tmp_path / "prefs")
+    summary = json.loads((prefs / "summary.json").read_text())
+    assert summary["ranked"] == 80 and summary["pairs"]["train"] > 200 and summary["pairs"]["test"] > 40
+    out = run_reward(RewardStageConfig(model_name_or_path=str(tiny_sft_model), dataset_name=str(prefs),
+                                       output_dir=str(tmp_path / "rm"),
+                                       max_steps=120, learning_rate=3e-3, logging_steps=20, progress=False))
+    report = json.loads((out / "eval.json").read_text())
+    assert report["held_out_accuracy_after"] > 0.8, report
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)  # a plain transformers classifier
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+
+
+def test_missing_preferences_are_clear_errors(tiny_sft_model, tmp_path):
+    with pytest.raises(ConfigError, match="run `hfstack rank` first"):
+        run_reward(RewardStageConfig(model_name_or_path=str(tiny_sft_model), dataset_name=str(tmp_path),
+                                     output_dir=str(tmp_path / "o")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "good": "a"}) + "\n")
+    with pytest.raises(ConfigError, match="chosen"):
+        from hfstack.stages.reward import load_pairs
+
+        load_pairs(str(bad), "train")
