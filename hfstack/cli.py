@@ -15,7 +15,8 @@ import re
 import sys
 
 from hfstack import __version__
-from hfstack.core.config import ConfigError, _field_types, _type_name, field_default, field_range, load_config
+from hfstack.core.config import ConfigError, _field_types, _type_name, field_default, load_config
+from hfstack.core.fields import field_range
 from hfstack.core.launch import launch_command
 from hfstack.stages import BY_COMMAND, STAGES, load
 
@@ -65,6 +66,8 @@ def _field_help(config_cls) -> str:
         lines.append(title if not lines else "\n" + title)
         for f in group:
             default = field_default(f)
+            if dataclasses.is_dataclass(default):  # a nested config: its fields as YAML would write them
+                default = dataclasses.asdict(default)
             default = "(required)" if default is dataclasses.MISSING else repr(default)
             kind = _type_name(types[f.name])  # a Literal's name lists its choices
             bounds = field_range(f)  # declared with hfstack.core.config.bounded (and every seed's)

@@ -30,95 +30,13 @@ from typing import Any, TypeVar
 import yaml
 
 from hfstack.core.errors import ConfigError
+from hfstack.core.fields import Range as Range  # re-exported: stages declare fields through hfstack.core.config
+from hfstack.core.fields import bounded as bounded
+from hfstack.core.fields import check_model_folder, check_range
+from hfstack.core.fields import model_folder as model_folder
 from hfstack.core.renames import current_names
 
 T = TypeVar("T")
-
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """The values a numeric field accepts: bounds (inclusive ge/le, exclusive gt/lt), plus an optional
-    `unset` value outside them that means "no limit", and `why`, what an edge value means."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    unset: float | None = None
-    why: str = ""
-
-    def contains(self, value) -> bool:
-        if self.unset is not None and value == self.unset:
-            return True
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-
-    def __str__(self) -> str:
-        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else ""
-        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else ""
-        if low and high:
-            text = f"in {low}, {high}"  # interval notation: [ ] include the bound, ( ) exclude it
-        elif low:
-            text = (">= " if self.ge is not None else "> ") + low[1:]
-        else:
-            text = ("<= " if self.le is not None else "< ") + high[:-1]
-        return text + (f", or {self.unset}" if self.unset is not None else "") + (f" ({self.why})" if self.why else "")
-
-
-def bounded(default, *, ge=None, gt=None, le=None, lt=None, unset=None, why: str = ""):
-    """A numeric field and its valid range, checked by `check_fields` and listed by `--help`:
-
-        max_steps: int = bounded(200, ge=1)
-        beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")
-        limit: int = bounded(-1, ge=1, unset=-1, why="-1 reads everything")
-    """
-    return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt, unset, why)})
-
-
-def model_folder(default, *, must_exist: bool = False):
-    """A field naming a local model folder. A folder that holds a config.json must be loadable (valid
-    JSON, weights beside it) as soon as the config is built. A missing folder is an error at once only
-    with `must_exist` (stages that use the model right away); a recipe's training stages name folders
-    that earlier stages of the run have not written yet, so those stages check when they load."""
-    return dataclasses.field(default=default, metadata={"model_folder": "must_exist" if must_exist else "if_present"})
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
-def check_model_folder(path: str | Path, stage: str = "", what: str = "model") -> None:
-    """A folder transformers can load without surprises: config.json parses (with a model_type) and a
-    weights file is there; otherwise a one-line ConfigError naming the folder."""
-    folder, prefix = Path(path).expanduser(), f"{stage}: " if stage else ""
-    config = folder / "config.json"
-    if not config.is_file():
-        raise ConfigError(f"{prefix}no {what} at '{path}' (expected config.json there; has the stage that writes "
-                          "it finished?)")
-    try:
-        settings = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{prefix}{what} '{path}': config.json is unreadable ({e})") from None
-    if not isinstance(settings, dict) or "model_type" not in settings:
-        raise ConfigError(f"{prefix}{what} '{path}': config.json has no 'model_type'; is it a transformers model?")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise ConfigError(f"{prefix}{what} '{path}' has config.json but no weights ({' or '.join(WEIGHT_FILES)})")
-
-
-SEED_RANGE = Range(ge=0, le=2**32 - 1, why="what torch and numpy accept")
-
-
-def field_range(f: dataclasses.Field) -> Range | None:
-    """The range declared with `bounded`; every field named `seed` gets the seeds' range."""
-    return f.metadata.get("range") or (SEED_RANGE if f.name == "seed" else None)
-
-
-def check_range(source: str, f: dataclasses.Field, value) -> None:
-    bounds = field_range(f)
-    if bounds is not None and not bounds.contains(value):
-        raise ConfigError(f"{source}: '{f.name}' must be {bounds}, got {value}")
 
 
 def expand_home(value):
@@ -138,6 +56,8 @@ def check_fields(cfg, stage: str) -> None:
         if f.name not in hints:
             continue
         value, (base, optional) = getattr(cfg, f.name), _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(base) and isinstance(value, dict):  # built in Python with a plain dict
+            setattr(cfg, f.name, value := nested(f.name, value, base))
         if value is None:
             if optional:
                 continue
@@ -231,6 +151,8 @@ def _coerce(name: str, value: Any, tp) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
+        if dataclasses.is_dataclass(base):  # a nested config (sft's identity, first_phase): a mapping of its fields
+            return nested(name, value, base)
         if origin is typing.Literal:
             if value not in typing.get_args(base):
                 choices = ", ".join(str(c) for c in typing.get_args(base))
@@ -243,8 +165,23 @@ def _coerce(name: str, value: Any, tp) -> Any:
     return value
 
 
+def nested(name: str, value: Any, cls):
+    """A nested config from a mapping (YAML, or `--name '{key: value}'` on the command line), with the
+    same unknown-key, type and range checks as a stage's own fields."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"field '{name}': expected a mapping of {cls.__name__} fields, got {value!r}")
+    return from_dict(cls, value, f"field '{name}'")
+
+
 def _type_name(tp) -> str:
     base, optional = _unwrap_optional(tp)
+    if dataclasses.is_dataclass(base):
+        names = ", ".join(f.name for f in dataclasses.fields(base))
+        return f"mapping of {names}" + (" or none" if optional else "")
     if typing.get_origin(base) is typing.Literal:
         return "one of: " + ", ".join(str(c) for c in typing.get_args(base)) + (" or none" if optional else "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -9,7 +9,8 @@ so `depth: 2` is a ~0.5M-parameter model for CPU tests and `depth: 12` is GPT-2-
 
 from __future__ import annotations
 
-from hfstack.core.config import ConfigError, check_model_folder
+from hfstack.core.config import ConfigError
+from hfstack.core.fields import check_model_folder
 from hfstack.core.tokens import encode_ordinary
 
 HEAD_DIM = 64

@@ -2,8 +2,9 @@
 
     hfstack sft --config recipes/tiny/sft.yaml [--max_steps 300 ...]
 
-The mixture (hfstack.conversations) holds identity conversations from an identity card, arithmetic
-with Python tool calls, letter counting and spelling, and any chat datasets given. The loss covers
+The mixture (hfstack.dataprep.mixture, from hfstack.tasks) holds identity conversations from an
+identity card, arithmetic with Python tool calls, letter counting and spelling, and any chat
+datasets given. The loss covers
 only the assistant's tokens, tool calls included, through the chat template's generation markers;
 tool outputs and user turns are context. The identity card's system message is built into the saved
 chat template as the default. `peft:` in the recipe trains LoRA adapters instead of all weights
@@ -22,13 +23,14 @@ the held-out conversations `hfstack eval` scores.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from hfstack.core.config import ConfigError, bounded, check_fields, check_model_folder, model_folder
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.fields import check_model_folder
 from hfstack.core.launch import print0, wait_for_all_ranks
 from hfstack.core.protocol import END_OF_TURN, chat_template
-from hfstack.core.renames import current_names, renamed
+from hfstack.core.renames import renamed
 from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
 from hfstack.core.tokens import read_texts
 from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
@@ -37,6 +39,37 @@ from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
 from hfstack.tasks.identity import IdentityCard
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.search import SearchIndex
+
+# Mixture sources: the generated ones need only the identity card, so a first phase can use them;
+# knowledge and search need the corpus and the base model's interrogation.
+SOURCES = GENERATED_SOURCES + ("knowledge", "search")
+
+
+@renamed(micro_batch_size="per_device_train_batch_size")
+@dataclass
+class FirstPhase:
+    """A first phase on part of the mixture, trained alone before the whole of it (a curriculum): a
+    skill the mixture buries (copying numbers) is learned first. Unset options are the stage's."""
+
+    counts: dict = field(default_factory=dict)  # conversations per generated source, e.g. {arithmetic: 2400}
+    max_steps: int | None = bounded(None, ge=1)  # required
+    per_device_train_batch_size: int | None = bounded(None, ge=1)
+    learning_rate: float | None = bounded(None, gt=0)
+    warmup_steps: int | None = bounded(None, ge=0)
+
+    def __post_init__(self):
+        check_fields(self, "sft: first_phase")
+        if not self.counts or self.max_steps is None:
+            raise ConfigError("sft: 'first_phase' needs 'counts' (a mixture) and 'max_steps', "
+                              "e.g. {counts: {arithmetic: 2400}, max_steps: 800}")
+        unknown = set(self.counts) - set(GENERATED_SOURCES)
+        if unknown:
+            raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; "
+                              f"got {sorted(unknown)}")
+
+    def overrides(self) -> dict:
+        """The training options this phase sets (the rest are the stage's)."""
+        return {k: v for k, v in asdict(self).items() if k != "counts" and v is not None}
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size")
@@ -47,7 +80,7 @@ class SFTStageConfig(TrainConfig):
     model_name_or_path: str = model_folder("runs/tiny/base")
     output_dir: str = "runs/tiny/sft"
     # --- mixture: generated conversations per source, plus chat data
-    identity: dict = field(default_factory=lambda: asdict(IdentityCard()))
+    identity: IdentityCard = field(default_factory=IdentityCard)  # who the assistant says it is
     counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
                                                    "knowledge": 300, "search": 300})
     # --- knowledge: facts from the corpus (or a file), the model interrogated on each, refusals where it
@@ -63,7 +96,7 @@ class SFTStageConfig(TrainConfig):
     seed: int = 0
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
     #     per_device_train_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
-    first_phase: dict | None = None
+    first_phase: FirstPhase | None = None
     # --- parameters whose names contain any of these stay as they are after the first phase (from the
     #     start without one), e.g. [self_attn]: the mixture trains the rest
     freeze: list[str] = field(default_factory=list)
@@ -84,10 +117,6 @@ class SFTStageConfig(TrainConfig):
     def __post_init__(self):
         check_fields(self, "sft")
         self.check_training("sft", "trl.SFTConfig")
-        unknown = set(self.identity) - set(asdict(IdentityCard()))
-        if unknown:
-            raise ConfigError(f"sft: unknown identity field(s) {sorted(unknown)}; "
-                              f"valid: {sorted(asdict(IdentityCard()))}")
         unknown = set(self.counts) - set(SOURCES)
         if unknown:
             raise ConfigError(f"sft: unknown mixture source(s) {sorted(unknown)} in 'counts'; valid: "
@@ -95,21 +124,6 @@ class SFTStageConfig(TrainConfig):
         bad = {k: v for k, v in self.counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"sft: 'counts' are conversations per source, whole numbers >= 0; got {bad}")
-        if self.first_phase is not None:
-            if isinstance(self.first_phase, dict):
-                self.first_phase = current_names(type(self), self.first_phase, "sft: first_phase")
-            phase = self.first_phase
-            if not isinstance(phase, dict) or not isinstance(phase.get("counts"), dict) or "max_steps" not in phase:
-                raise ConfigError("sft: 'first_phase' must be a mapping with 'counts' (a mixture) and 'max_steps', "
-                                  "e.g. {counts: {arithmetic: 2400}, max_steps: 800}")
-            unknown = set(phase) - set(PHASE_FIELDS)
-            if unknown:
-                raise ConfigError(f"sft: unknown 'first_phase' field(s) {sorted(unknown)}; "
-                                  f"valid: {', '.join(PHASE_FIELDS)}")
-            unknown = set(phase["counts"]) - set(GENERATED_SOURCES)
-            if unknown:
-                raise ConfigError(f"sft: 'first_phase.counts' takes {', '.join(GENERATED_SOURCES)}; "
-                                  f"got {sorted(unknown)}")
         if self.freeze and (not isinstance(self.freeze, list)
                             or not all(isinstance(f, str) and f for f in self.freeze)):
             raise ConfigError("sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; "
@@ -121,13 +135,10 @@ class SFTStageConfig(TrainConfig):
             raise ConfigError("sft: 'peft' must be a mapping of LoRA options, e.g. {r: 16, lora_alpha: 32}")
 
     def card(self) -> IdentityCard:
-        return IdentityCard(**self.identity)
+        return self.identity
 
 
-PHASE_FIELDS = ("counts", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps")
-# Mixture sources: the generated ones need only the identity card, so a first phase can use them;
-# knowledge and search need the corpus and the base model's interrogation.
-SOURCES = GENERATED_SOURCES + ("knowledge", "search")
+PHASE_FIELDS = tuple(f.name for f in fields(FirstPhase) if f.name != "counts")  # what a phase may set
 
 
 def lora_config(options: dict):
@@ -224,7 +235,7 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    on = {field: overrides.get(field, getattr(cfg, field)) for field in PHASE_FIELDS if field != "counts"}
+    on = {name: overrides.get(name, getattr(cfg, name)) for name in PHASE_FIELDS}
     args = trainer_config(SFTConfig, "sft", cfg.training_args, **common_trainer_args(cfg, out) | dict(
         max_steps=on["max_steps"], learning_rate=on["learning_rate"], warmup_steps=on["warmup_steps"],
         lr_scheduler_type="cosine", per_device_train_batch_size=on["per_device_train_batch_size"],
@@ -273,14 +284,12 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     if (folder / "summary.json").is_file():
         print0(f"[sft] first phase already done: {folder}")
         return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
-    rows, _ = build_mixture(cfg.first_phase["counts"], card, [], [], -1, cfg.seed, {})
+    phase = cfg.first_phase
+    rows, _ = build_mixture(phase.counts, card, [], [], -1, cfg.seed, {})
     if not rows:
-        raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got "
-                          f"{cfg.first_phase['counts']}")
-    print0(f"[sft] first phase: {len(rows)} conversations ({cfg.first_phase['counts']}), "
-           f"{cfg.first_phase['max_steps']} steps")
-    trainer = train(cfg, model, tokenizer, rows, folder, callbacks,
-                    **{k: v for k, v in cfg.first_phase.items() if k != "counts"})
+        raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got {phase.counts}")
+    print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")
+    trainer = train(cfg, model, tokenizer, rows, folder, callbacks, **phase.overrides())
     model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
     if main:  # under a launch, every rank holds the same model; one writes it
         model.save_pretrained(folder)

@@ -134,3 +134,26 @@ def test_push_to_hub_sends_the_finished_folder_through_the_allowlist_once(tmp_pa
     from_hub = config_class("rl")(model_name_or_path="someone/base-model", push_to_hub=True, hub_model_id="me/rl")
     training.push_trained(from_hub, tmp_path / "rl", "rl")
     assert calls[-1][2]["base_model"] == "someone/base-model" and calls[-1][2]["private"]  # the card's lineage
+
+
+def test_nested_configs_take_a_mapping_with_the_same_checks(tmp_path):
+    """sft's identity and first_phase are dataclasses of their own: a mapping from YAML, a flag or Python
+    becomes one, an unknown key or a bad value is the same one-line error, and the saved config reads back."""
+    from hfstack.core.config import save_config
+
+    sft = config_class("sft")
+    cfg = load_config(sft, None, ["--identity", "{name: Bob}", "--first_phase",
+                                  "{counts: {arithmetic: 5}, max_steps: 2, micro_batch_size: 4}"])
+    assert cfg.identity.name == "Bob" and cfg.identity.creator == "the hfstack project"
+    assert cfg.card().system_message().startswith("You are Bob,")
+    assert cfg.first_phase.overrides() == {"max_steps": 2, "per_device_train_batch_size": 4}
+    assert load_config(sft, save_config(cfg, tmp_path)) == cfg
+    assert sft(first_phase={"counts": {"arithmetic": 5}, "max_steps": 2}).first_phase.max_steps == 2  # Python
+    with pytest.raises(ConfigError, match="unknown key 'nmae' for IdentityCard; did you mean 'name'"):
+        sft(identity={"nmae": "Bob"})
+    with pytest.raises(ConfigError, match="'first_phase' needs 'counts' .* and 'max_steps'"):
+        from_dict(sft, {"first_phase": {"counts": {"arithmetic": 5}}})
+    with pytest.raises(ConfigError, match="'first_phase.counts' takes"):
+        from_dict(sft, {"first_phase": {"counts": {"chess": 5}, "max_steps": 2}})
+    with pytest.raises(ConfigError, match="'max_steps' must be >= 1, got 0"):
+        from_dict(sft, {"first_phase": {"counts": {"arithmetic": 5}, "max_steps": 0}})
