@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from transformers import Trainer
+
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, process_state, wait_for_all_ranks
 from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims
@@ -201,49 +203,44 @@ def training_arguments(cfg: PretrainConfig, world_size: int, use_bf16: bool, on_
         include_num_input_tokens_seen="no", ddp_find_unused_parameters=False)
 
 
-def _make_trainer_class():
-    from transformers import Trainer
+class PretrainTrainer(Trainer):
+    """The Trainer, with evaluation as validation loss and bits per byte over `eval_batches` batches."""
 
-    class PretrainTrainer(Trainer):
-        """The Trainer, with evaluation as validation loss and bits per byte over `eval_batches` batches."""
+    token_bytes = None  # tensor: UTF-8 bytes per token id
+    eval_batches = 20
 
-        token_bytes = None  # tensor: UTF-8 bytes per token id
-        eval_batches = 20
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        import torch
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-            import torch
-
-            model = self.model
-            was_training = model.training
-            model.eval()
-            dataset = eval_dataset or self.eval_dataset
-            rank, world = self.accelerator.process_index, self.accelerator.num_processes
-            size = self.args.per_device_eval_batch_size
-            # every rank takes its own slice of the first eval_batches × world batches; no drop_last here
-            indices = list(range(rank, min(len(dataset), self.eval_batches * size * world), world))
-            sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # nats, tokens, bytes
-            token_bytes = self.token_bytes.to(self.args.device)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                for start in range(0, len(indices), size):
-                    ids = torch.stack([dataset[i]["input_ids"] for i in indices[start:start + size]])
-                    ids = ids.to(self.args.device)
-                    logits = model(input_ids=ids).logits[:, :-1].float()
-                    targets = ids[:, 1:]
-                    losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
-                                                               targets.reshape(-1), reduction="none")
-                    sums += torch.stack([losses.sum().double(), torch.tensor(float(losses.numel()), device=sums.device,
-                                                                            dtype=torch.float64),
-                                         token_bytes[targets].sum().double()])
-            sums = self.accelerator.reduce(sums, reduction="sum")
-            model.train(was_training)
-            nats, tokens, n_bytes = sums.tolist()
-            metrics = {f"{metric_key_prefix}_loss": nats / max(1.0, tokens),
-                       f"{metric_key_prefix}_bpb": nats / math.log(2) / max(1.0, n_bytes)}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    return PretrainTrainer
+        model = self.model
+        was_training = model.training
+        model.eval()
+        dataset = eval_dataset or self.eval_dataset
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        size = self.args.per_device_eval_batch_size
+        # every rank takes its own slice of the first eval_batches × world batches; no drop_last here
+        indices = list(range(rank, min(len(dataset), self.eval_batches * size * world), world))
+        sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # nats, tokens, bytes
+        token_bytes = self.token_bytes.to(self.args.device)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for start in range(0, len(indices), size):
+                ids = torch.stack([dataset[i]["input_ids"] for i in indices[start:start + size]])
+                ids = ids.to(self.args.device)
+                logits = model(input_ids=ids).logits[:, :-1].float()
+                targets = ids[:, 1:]
+                losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                           targets.reshape(-1), reduction="none")
+                sums += torch.stack([losses.sum().double(), torch.tensor(float(losses.numel()), device=sums.device,
+                                                                        dtype=torch.float64),
+                                     token_bytes[targets].sum().double()])
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        model.train(was_training)
+        nats, tokens, n_bytes = sums.tolist()
+        metrics = {f"{metric_key_prefix}_loss": nats / max(1.0, tokens),
+                   f"{metric_key_prefix}_bpb": nats / math.log(2) / max(1.0, n_bytes)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
 def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
@@ -280,8 +277,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
                          peak * state.num_processes)
     sampler = SampleWriter(tokenizer, cfg.sample_prompts, cfg.sample_tokens, logger)
-    trainer_cls = _make_trainer_class()
-    trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=val if len(val) else None,
+    trainer = PretrainTrainer(model=model, args=args, train_dataset=train, eval_dataset=val if len(val) else None,
                           processing_class=tokenizer, callbacks=[logger, sampler, *(callbacks or [])])
     trainer.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     trainer.eval_batches = cfg.eval_batches

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
 from hfstack.core.renames import renamed
@@ -140,9 +143,6 @@ class RankingStore:
 
     def export_pairs(self) -> dict[str, int]:
         """Write data/{train,test}.parquet from every saved ranking; returns the pair counts."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         rows = {r["prompt_id"]: r for r in self.rollouts()}
         splits: dict[str, list[dict]] = {"train": [], "test": []}
         for prompt_id, (order, scores) in self.rankings(with_scores=True).items():
@@ -161,7 +161,7 @@ class RankingStore:
                 written.pop(name, None)
                 continue
             temporary = self.dir / "data" / f"{split}.parquet.tmp"
-            pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA()), temporary)
+            pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA), temporary)
             os.replace(temporary, final)
             written[name] = file_stamp(final)
         write_json(self.dir / PAIRS_RECORD, written)
@@ -176,11 +176,8 @@ def file_stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def PAIR_SCHEMA():  # noqa: N802 - a constant built lazily (pyarrow is imported on use)
-    import pyarrow as pa
-
-    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    return pa.schema([("prompt", message), ("chosen", message), ("rejected", message)])
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+PAIR_SCHEMA = pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES)])  # TRL's columns
 
 
 def ranking_to_pairs(prompt: str, completions: list[str], order: list[int],
