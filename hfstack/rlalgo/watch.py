@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from hfstack.core.launch import print0
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tasks.judges import distinct_n
@@ -56,28 +58,27 @@ class HackingWatch:
         return alarm is not None and self.cfg.on_hack == "stop"
 
 
-def watch_callback(watch: HackingWatch, rm_name: str, samples: list):
+class WatchCallback(TrainerCallback):
     """Feeds TRL's logs (the reward model's score, the zero-weight judge and distinct-2 rewards,
-    completion length, KL) into the watch."""
-    from transformers import TrainerCallback
+    completion length, KL) into the watch; stops training when the watch says so."""
 
-    class WatchCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if f"rewards/{rm_name}/mean" not in logs:
-                return
-            metrics = {"rm_score": float(logs[f"rewards/{rm_name}/mean"]),
-                       "judge": float(logs["rewards/judge_score/mean"]),
-                       "distinct2": float(logs["rewards/distinct2/mean"]),
-                       "length": float(logs.get("completions/mean_length", 0.0))}
-            if "kl" in logs:
-                metrics["kl"] = float(logs["kl"])
-            if samples:
-                metrics["sample"] = samples[-1]
-            if watch.observe(state.global_step, metrics):
-                control.should_training_stop = True
+    def __init__(self, watch: HackingWatch, rm_name: str, samples: list):
+        self.watch, self.rm_name, self.samples = watch, rm_name, samples
 
-    return WatchCallback()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if f"rewards/{self.rm_name}/mean" not in logs:
+            return
+        metrics = {"rm_score": float(logs[f"rewards/{self.rm_name}/mean"]),
+                   "judge": float(logs["rewards/judge_score/mean"]),
+                   "distinct2": float(logs["rewards/distinct2/mean"]),
+                   "length": float(logs.get("completions/mean_length", 0.0))}
+        if "kl" in logs:
+            metrics["kl"] = float(logs["kl"])
+        if self.samples:
+            metrics["sample"] = self.samples[-1]
+        if self.watch.observe(state.global_step, metrics):
+            control.should_training_stop = True
 
 
 def metric_rewards(judge, samples: list):

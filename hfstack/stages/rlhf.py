@@ -30,7 +30,7 @@ from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
 from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
-from hfstack.rlalgo.watch import HackingWatch, metric_rewards, read_watch, watch_callback
+from hfstack.rlalgo.watch import HackingWatch, WatchCallback, metric_rewards, read_watch
 from hfstack.tasks.judges import distinct_n, load_judge
 from hfstack.tasks.open_prompts import open_prompts
 
@@ -147,7 +147,7 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, reward_processing_classes=[reward_tokenizer, None, None])
-    trainer.add_callback(watch_callback(watch, trainer.reward_func_names[0], samples))
+    trainer.add_callback(WatchCallback(watch, trainer.reward_func_names[0], samples))
     trainer.train(resume_from_checkpoint=newest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
     return trainer.accelerator.unwrap_model(trainer.model)
 
