@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from hfstack.core.protocol import TOOL_ARGUMENT
-from hfstack.core.splits import stable_split
+from hfstack.core.splits import held_out_quota
 
 
 def message(role: str, content: str = "", tool_calls: list | None = None, name: str | None = None) -> dict:
@@ -41,9 +41,10 @@ def dressed(rng: random.Random, question: str) -> str:
 
 
 def phrasings(templates: list[str], split: str, eval_fraction: float = 0.3) -> list[str]:
-    """The templates a split may use: the eval split's are never trained on, so it measures paraphrases.
-    All of them when the split would get none (too few templates to hold any out)."""
-    chosen = [t for t in templates if stable_split(t, eval_fraction) == (split == "eval")]
+    """The templates a split may use: the eval split's (a quota of `eval_fraction`) are never trained
+    on, so it measures paraphrases. All of them when there are too few to hold any out."""
+    held = held_out_quota(templates, eval_fraction)
+    chosen = [t for t in templates if (t in held) == (split == "eval")]
     return chosen or templates
 
 

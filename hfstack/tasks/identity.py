@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 import re
-import zlib
 from dataclasses import dataclass, field
 
+from hfstack.core.splits import held_out_quota
 from hfstack.tasks.base import Task
 from hfstack.tasks.conversation import dressed, message
 
@@ -146,8 +146,7 @@ def identity_phrasings(split: str, eval_fraction: float, generated: bool = False
     """
     pairs, held_out = [], set()
     for topic, questions in IDENTITY_QUESTIONS.items():
-        by_hash = sorted(questions, key=lambda q: zlib.crc32(q.encode()))
-        held = set(by_hash[:max(1, round(len(questions) * eval_fraction))])
+        held = held_out_quota(questions, eval_fraction)
         held_out |= {normalised(q) for q in held}
         pairs += [(topic, q) for q in questions if (q in held) == (split == "eval")]
     if generated and split == "train":

@@ -198,10 +198,26 @@ def test_tasks_knowledge_and_rank_all_hold_out_by_stable_split(tmp_path, generat
 
 
 def test_stable_split_is_the_only_hash_split_in_the_package():
-    """Documents (packing, tokenizer, regurgitation), tasks, knowledge and rank: none hashes on its own.
-    Identity's per-topic quota (the first quarter of each topic's phrasings by hash) is no fraction split."""
+    """Documents (packing, tokenizer, regurgitation), tasks, knowledge and rank: none hashes on its own;
+    the small sets (question templates, identity phrasings) take held_out_quota from the same module."""
     hashing = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "crc32" in p.read_text())
-    assert hashing == ["core/splits.py", "tasks/identity.py"]
+    assert hashing == ["core/splits.py"]
     for module in ("dataprep/packing.py", "stages/tokenizer.py", "stages/regurgitation.py", "stages/rank.py",
                    "dataprep/knowledge.py", "tasks/arithmetic.py", "tasks/counting.py", "tasks/spelling.py"):
         assert "stable_split(" in (PACKAGE / module).read_text(), module
+
+
+def test_a_small_set_holds_out_its_quota_and_the_rest_trains():
+    """17 arithmetic templates at 0.3 hold out 5, every run the same; a per-key split of so few held out 1
+    or 4 depending on the bucket count. Train and eval never share a template; one template holds none out."""
+    from hfstack.core.splits import held_out_quota
+    from hfstack.tasks.arithmetic import ARITHMETIC_PHRASINGS
+    from hfstack.tasks.conversation import phrasings
+
+    eval_templates, train_templates = phrasings(ARITHMETIC_PHRASINGS, "eval"), phrasings(ARITHMETIC_PHRASINGS, "train")
+    assert len(eval_templates) == round(0.3 * len(ARITHMETIC_PHRASINGS)) == 5
+    assert set(eval_templates).isdisjoint(train_templates)
+    assert set(eval_templates) | set(train_templates) == set(ARITHMETIC_PHRASINGS)
+    assert held_out_quota(list(reversed(ARITHMETIC_PHRASINGS)), 0.3) == set(eval_templates)  # order does not matter
+    assert held_out_quota(["only"], 0.3) == set() and phrasings(["only"], "eval") == ["only"]
+    assert len(held_out_quota(["a", "b"], 0.9)) == 1  # never all of them
