@@ -33,13 +33,13 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 class TrainConfig:
     """The fields every training stage has; a stage redeclares one to change its default."""
 
-    output_dir: str = "runs/model"
+    output_dir: str = "runs/model"  # the trained model's folder; checkpoints go in its checkpoints/
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
-    max_steps: int = bounded(100, ge=1)
-    learning_rate: float = bounded(1e-3, gt=0)
-    seed: int = 0
+    max_steps: int = bounded(100, ge=1)  # optimizer steps to train for
+    learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after any warmup)
+    seed: int = 0  # seeds initialisation, data order and sampling: same seed, same run
     bf16: bool | None = None  # None: bf16 on GPUs that have it, fp32 on CPU (where bf16 is slower)
-    logging_steps: int = bounded(10, ge=1)
+    logging_steps: int = bounded(10, ge=1)  # log loss and metrics every this many steps
     save_steps: int = bounded(100, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     save_total_limit: int = bounded(2, ge=1)  # checkpoints kept
     report_to: list[str] = field(default_factory=list)  # e.g. [wandb, tensorboard]; the local logs are always kept

@@ -47,44 +47,44 @@ class DataConfig:
     # --- inputs
     input: list[str] = field(default_factory=list)  # paths, globs, directories, s3:// or https:// URLs
     hub_dataset: str | None = None  # a Hub dataset read in streaming mode, e.g. HuggingFaceFW/fineweb
-    hub_split: str = "train"
-    hub_subset: str | None = None
+    hub_split: str = "train"  # the split of hub_dataset read
+    hub_subset: str | None = None  # the subset (config name) of hub_dataset, e.g. sample-10BT
     text_column: str = "text"  # for jsonl, parquet and Hub inputs
     # documents per task and input kind, for quick trials
-    limit: int = bounded(-1, ge=1, unset=-1, why="-1 reads everything")
+    limit: int = bounded(-1, ge=1, unset=-1, why="-1 reads everything")  # documents read per task and input kind
     # --- output
-    output_dir: str = "runs/data"
+    output_dir: str = "runs/data"  # the parquet shards, stats.json, logs/ and work files go here
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     write_excluded: bool = False  # write dropped documents per step under output_dir/excluded/
     # --- execution
-    executor: Literal["local", "slurm", "ray"] = "local"
-    tasks: int = bounded(1, ge=1)
+    executor: Literal["local", "slurm", "ray"] = "local"  # datatrove executor: local processes, Slurm jobs or Ray
+    tasks: int = bounded(1, ge=1)  # datatrove tasks: the input is split among them, one parquet shard each
     workers: int = bounded(-1, ge=1, unset=-1, why="-1: one per task")  # local only: parallel processes
     executor_options: dict = field(default_factory=dict)  # passed to the Slurm/Ray executor (partition, time, ...)
-    progress: bool = True
+    progress: bool = True  # progress bars
     # --- steps
-    url_filter: bool = True
-    block_domains: list[str] = field(default_factory=list)
-    block_urls: list[str] = field(default_factory=list)
+    url_filter: bool = True  # drop URLs on datatrove's bundled blocklists and the block_* lists
+    block_domains: list[str] = field(default_factory=list)  # more domains the URL filter drops
+    block_urls: list[str] = field(default_factory=list)  # more exact URLs the URL filter drops
     block_words: list[str] = field(default_factory=list)  # a URL containing one of these words is dropped
-    http_filter: bool = True
-    max_page_bytes: int = bounded(5_000_000, ge=1)
+    http_filter: bool = True  # WARC input: keep only complete HTTP 200 HTML responses
+    max_page_bytes: int = bounded(5_000_000, ge=1)  # WARC input: a larger response body is dropped (too_large)
     same_page_filter: bool = True  # drop a page whose HTML this task has already seen, before extracting it
-    extractor: Literal["trafilatura", "resiliparse", "none"] = "trafilatura"
+    extractor: Literal["trafilatura", "resiliparse", "none"] = "trafilatura"  # HTML to text; none keeps the HTML
     extract_timeout: float = bounded(10.0, gt=0)  # seconds per page
     extract_sandbox: bool = False  # extract in a subprocess (survives extractor crashes; ~25% slower)
-    language_filter: bool = True
+    language_filter: bool = True  # identify each document's language; drop those not in languages
     languages: list[str] = field(default_factory=lambda: ["en"])  # empty: keep all, still label
-    language_threshold: float = bounded(0.65, ge=0, le=1)
+    language_threshold: float = bounded(0.65, ge=0, le=1)  # a lower language-ID score drops the document
     language_backend: Literal["py3langid", "ft176", "glotlid"] = "py3langid"  # fastText ones download a model
     # before trafilatura, drop pages whose quick (resiliparse) text py3langid is this sure is in another
     # language; saves the extractor's ~0.12 s on each. Only with py3langid, `languages` set and trafilatura
-    language_gate: bool = True
-    language_gate_threshold: float = bounded(0.9, ge=0, le=1)
+    language_gate: bool = True  # the quick language check before trafilatura
+    language_gate_threshold: float = bounded(0.9, ge=0, le=1)  # the gate drops a page only at this score or more
     quality: bool = True  # master switch for all quality filters below
-    quality_filters: dict = field(default_factory=_default_quality_filters)
-    exact_dedup: bool = True
-    minhash_dedup: bool = True
+    quality_filters: dict = field(default_factory=_default_quality_filters)  # name → datatrove options; false: off
+    exact_dedup: bool = True  # drop documents whose text is exactly another's
+    minhash_dedup: bool = True  # drop near-duplicate documents (MinHash; its options in minhash)
     minhash: dict = field(default_factory=dict)  # n_grams, num_buckets, hashes_per_bucket, seed
 
     def __post_init__(self):

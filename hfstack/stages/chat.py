@@ -26,14 +26,14 @@ from hfstack.tools.search import index_of_model
 @renamed(model="model_name_or_path")
 @dataclass
 class ChatConfig:
-    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the assistant model folder
     input: str | None = None  # batch mode: jsonl with messages (or prompt) per line
     output: str | None = None  # batch mode: where answers go (default: stdout)
     system: str | None = None  # replaces the model's default system message
-    max_new_tokens: int = bounded(128, ge=1)
-    temperature: float = bounded(0.0, ge=0, why="0 = greedy")
-    max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")
-    batch_size: int = bounded(32, ge=1)
+    max_new_tokens: int = bounded(128, ge=1)  # tokens per reply, tool calls and their outputs included
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
+    max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")  # tool calls per reply
+    batch_size: int = bounded(32, ge=1)  # batch mode: conversations generated together
 
     def __post_init__(self):
         check_fields(self, "chat")

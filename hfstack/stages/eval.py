@@ -45,11 +45,11 @@ KNOWLEDGE = "knowledge"
 @renamed(model="model_name_or_path")
 @dataclass
 class EvalConfig:
-    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the model folder to evaluate
     eval_sets: str | None = None  # default: <model>/eval_sets.jsonl
     limit: int = bounded(200, ge=1)  # items per task
-    output: str | None = None
-    max_new_tokens: int = bounded(96, ge=1)
+    output: str | None = None  # default: <model>/heldout_eval.json
+    max_new_tokens: int = bounded(96, ge=1)  # tokens per answer, tool calls and their outputs included
 
     def __post_init__(self):
         check_fields(self, "eval")

@@ -25,16 +25,16 @@ from hfstack.core.renames import renamed
 @renamed(model="model_name_or_path")
 @dataclass
 class GenerateConfig:
-    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)
-    prompt: str = ""
+    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the model folder to sample from
+    prompt: str = ""  # the start of the document the model continues
     as_assistant: str | None = None  # a question, asked through a few-shot conversation document
-    max_new_tokens: int = bounded(64, ge=1)
-    temperature: float = bounded(1.0, ge=0, why="0 = greedy")
-    top_k: int | None = bounded(50, ge=0, why="0 or none: no top-k cut")
-    top_p: float | None = bounded(None, gt=0, le=1)
+    max_new_tokens: int = bounded(64, ge=1)  # tokens generated per sample
+    temperature: float = bounded(1.0, ge=0, why="0 = greedy")  # below 1 sharpens the distribution, above flattens it
+    top_k: int | None = bounded(50, ge=0, why="0 or none: no top-k cut")  # sample among the k likeliest tokens
+    top_p: float | None = bounded(None, gt=0, le=1)  # sample among the likeliest tokens that make up this probability
     seed: int | None = None  # same seed, same sample
-    num_samples: int = bounded(1, ge=1)
-    stream: bool = True
+    num_samples: int = bounded(1, ge=1)  # samples from the same prompt
+    stream: bool = True  # print the tokens as they are generated
 
     def __post_init__(self):
         check_fields(self, "generate")

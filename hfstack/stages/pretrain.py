@@ -46,47 +46,47 @@ class PretrainConfig(TrainConfig):
 
     # --- inputs and output
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # data-stage dir(s) or text files
-    text_column: str = "text"
-    tokenizer: str = "runs/tiny/tokenizer"
-    output_dir: str = "runs/tiny/base"
+    text_column: str = "text"  # the text column of parquet/jsonl files
+    tokenizer: str = "runs/tiny/tokenizer"  # the tokenizer stage's folder
+    output_dir: str = "runs/tiny/base"  # the base model, log.jsonl and checkpoints/
     # --- model: the depth dial, or explicit sizes
-    depth: int = bounded(2, ge=1)
-    hidden_size: int | None = bounded(None, ge=1)
-    num_heads: int | None = bounded(None, ge=1)
-    num_kv_heads: int | None = bounded(None, ge=1)
-    intermediate_size: int | None = bounded(None, ge=1)
-    tie_embeddings: bool = True
+    depth: int = bounded(2, ge=1)  # layers; the dial: hidden size 64 × depth, in heads of 64, unless set below
+    hidden_size: int | None = bounded(None, ge=1)  # None: 64 × depth
+    num_heads: int | None = bounded(None, ge=1)  # None: hidden_size / 64 (heads of 64 dimensions)
+    num_kv_heads: int | None = bounded(None, ge=1)  # key/value heads (grouped-query attention); None: num_heads
+    intermediate_size: int | None = bounded(None, ge=1)  # MLP width; None: about 8/3 × hidden_size, a multiple of 64
+    tie_embeddings: bool = True  # the output layer shares the token embedding's weights
     spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
     init_from: str | None = model_folder(None)  # continue from an existing model directory instead of a fresh init
-    seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")
+    seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")  # tokens per training sequence
     # --- batch and steps
     per_device_train_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
     batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference
     gradient_accumulation_steps: int | None = bounded(None, ge=1)  # default: what batch_tokens asks for
-    max_steps: int = bounded(200, ge=1)
+    max_steps: int = bounded(200, ge=1)  # optimizer steps to train for
     # --- optimizer and schedule
-    learning_rate: float = bounded(3e-3, gt=0)
-    lr_scheduler_type: Literal["warmup_stable_decay", "cosine_with_min_lr", "constant_with_warmup"] = (
-        "warmup_stable_decay")
-    warmup_steps: int = bounded(20, ge=0)
+    learning_rate: float = bounded(3e-3, gt=0)  # peak learning rate (after warmup)
+    lr_scheduler_type: Literal[  # the learning rate's shape over the run, after warmup_steps
+        "warmup_stable_decay", "cosine_with_min_lr", "constant_with_warmup"] = "warmup_stable_decay"
+    warmup_steps: int = bounded(20, ge=0)  # steps of linear warmup from 0 to learning_rate
     decay_fraction: float = bounded(0.2, ge=0, le=1)  # warmup_stable_decay: the last fraction of steps decays to zero
     min_lr_ratio: float = bounded(0.1, ge=0, le=1)  # cosine_with_min_lr: floor as a fraction of the peak
-    weight_decay: float = bounded(0.1, ge=0)
-    adam_beta2: float = bounded(0.95, ge=0, lt=1)
-    max_grad_norm: float = bounded(1.0, ge=0, why="0 turns clipping off")
+    weight_decay: float = bounded(0.1, ge=0)  # AdamW weight decay
+    adam_beta2: float = bounded(0.95, ge=0, lt=1)  # AdamW's second-moment decay (beta1 is 0.9)
+    max_grad_norm: float = bounded(1.0, ge=0, why="0 turns clipping off")  # clip the gradient norm to this
     # --- speed
-    torch_compile: bool = False
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    torch_compile: bool = False  # compile the model with torch.compile: a slow start, then faster steps
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # transformers' attention kernel
     num_proc: int = bounded(2, ge=1)  # tokenizer threads
     # --- evaluation and logging
     val_fraction: float = bounded(0.02, gt=0, lt=1)  # same stable choice as the tokenizer's held-out documents
-    eval_steps: int = bounded(50, ge=1)
-    eval_batches: int = bounded(20, ge=1)
-    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    sample_tokens: int = bounded(24, ge=1)
+    eval_steps: int = bounded(50, ge=1)  # validate (loss, bits per byte) and sample every this many steps
+    eval_batches: int = bounded(20, ge=1)  # validation batches per evaluation
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # continued at each evaluation
+    sample_tokens: int = bounded(24, ge=1)  # tokens generated (greedy) per sample prompt
     peak_flops: float | None = bounded(None, gt=0)  # per device, for MFU; default: known GPU peak, or measured on CPU
     # --- checkpoints
-    save_steps: int = bounded(100, ge=1)
+    save_steps: int = bounded(100, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     resume: str = "auto"  # auto: continue from the newest checkpoint if any; never; or a checkpoint path
 
     def __post_init__(self):

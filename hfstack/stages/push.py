@@ -46,8 +46,8 @@ DATASET_KINDS = {"data": "data", "rank": "preferences"}  # dataset step → its 
 
 @dataclass
 class PushConfig:
-    run: str = "runs/tiny"
-    repo_id: str = ""
+    run: str = "runs/tiny"  # the run directory to push
+    repo_id: str = ""  # USER/NAME: the final model's repository; the others add -base, -data, ...
     private: bool = True  # new repos are private; `--private false` publishes them (an existing repo keeps its own)
     datasets: bool = False  # also push the data stage's parquet and the preference pairs
     intermediate: bool = False  # also push base, sft, rl and the reward model

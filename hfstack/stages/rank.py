@@ -48,20 +48,20 @@ from hfstack.ui.rank_page import serve
 class RankConfig:
     """Policy, prompts, how to rank, and where the page listens."""
 
-    model_name_or_path: str = model_folder("runs/tiny/rl")
-    output_dir: str = "runs/tiny/prefs"
+    model_name_or_path: str = model_folder("runs/tiny/rl")  # the policy whose rollouts are ranked
+    output_dir: str = "runs/tiny/prefs"  # rollouts.jsonl, rankings.jsonl and the pairs in data/
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     prompts_file: str | None = None  # jsonl/parquet with a `prompt` column; default: built-in open prompts
-    num_prompts: int = bounded(60, ge=1)
+    num_prompts: int = bounded(60, ge=1)  # prompts rolled out and ranked
     k: int = bounded(5, ge=2, why="a ranking orders several rollouts")  # rollouts per prompt
-    max_new_tokens: int = bounded(48, ge=1)
-    temperature: float = bounded(1.0, gt=0, why="sampled, so the k rollouts differ")
-    seed: int = 0
+    max_new_tokens: int = bounded(48, ge=1)  # tokens per rollout
+    temperature: float = bounded(1.0, gt=0, why="sampled, so the k rollouts differ")  # sampling temperature
+    seed: int = 0  # picks the built-in prompts and seeds the sampling
     judge: str | None = None  # "module:function" ranks without a person; None serves the page
     # share of prompts whose pairs are held out
-    test_fraction: float = bounded(0.2, ge=0, lt=1, why="0 holds no prompts out")
-    host: str = "127.0.0.1"
-    port: int = bounded(7861, ge=0, le=65535, why="0 picks a free port")
+    test_fraction: float = bounded(0.2, ge=0, lt=1, why="0 holds no prompts out")  # share of prompts held out
+    host: str = "127.0.0.1"  # the address the ranking page listens on
+    port: int = bounded(7861, ge=0, le=65535, why="0 picks a free port")  # the ranking page's port
     push_to_hub: str | None = None  # USER/NAME: upload the training pairs when done (a private dataset)
 
     def __post_init__(self):

@@ -19,9 +19,9 @@ from hfstack.core.tokens import read_texts
 @renamed(model="model_name_or_path")
 @dataclass
 class RegurgitationConfig:
-    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)
-    data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])
-    text_column: str = "text"
+    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the base model folder to probe
+    data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # its training data: data-stage dirs or files
+    text_column: str = "text"  # the text column of parquet/jsonl files
     prefix_tokens: int = bounded(32, ge=1)  # K: the prompt is a document's first K tokens
     continuation_tokens: int = bounded(32, ge=1)  # M: greedy tokens compared with the document's next M
     num_docs: int = bounded(40, ge=1)  # per side (training and held-out)

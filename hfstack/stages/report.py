@@ -29,7 +29,7 @@ from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
 @dataclass
 class ReportConfig:
-    run: str = "runs/tiny"
+    run: str = "runs/tiny"  # the run directory to report on
     output_dir: str | None = None  # default: RUN/report
 
     def __post_init__(self):

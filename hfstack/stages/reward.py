@@ -33,15 +33,15 @@ class RewardStageConfig(TrainConfig):
     model_name_or_path: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
     dataset_name: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
     test_preferences: str | None = None  # default: <dataset_name>/data/test.parquet when it exists
-    output_dir: str = "runs/tiny/rm"
-    max_steps: int = bounded(200, ge=1)
-    learning_rate: float = bounded(1e-3, gt=0)
-    warmup_steps: int = bounded(10, ge=0)
-    per_device_train_batch_size: int = bounded(16, ge=1)
-    max_length: int = bounded(192, ge=2)
+    output_dir: str = "runs/tiny/rm"  # the reward model, eval.json and checkpoints/
+    max_steps: int = bounded(200, ge=1)  # optimizer steps to train for
+    learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after warmup)
+    warmup_steps: int = bounded(10, ge=0)  # steps of linear warmup from 0 to learning_rate
+    per_device_train_batch_size: int = bounded(16, ge=1)  # preference pairs per device per forward pass
+    max_length: int = bounded(192, ge=2)  # tokens per conversation; a pair with a longer side is left out
     center_rewards_coefficient: float | None = bounded(0.01, ge=0)  # keeps scores near 0, so RL sees a stable scale
-    logging_steps: int = bounded(20, ge=1)
-    save_steps: int = bounded(200, ge=1)
+    logging_steps: int = bounded(20, ge=1)  # log loss and metrics every this many steps
+    save_steps: int = bounded(200, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
 
     def __post_init__(self):
         check_fields(self, "reward")

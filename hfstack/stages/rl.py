@@ -38,31 +38,28 @@ from hfstack.tools.loop import assistant_replies, default_tools
 class RLConfig(TrainConfig):
     """Policy, tasks, rewards and GRPO settings."""
 
-    model_name_or_path: str = model_folder("runs/tiny/sft")
-    output_dir: str = "runs/tiny/rl"
+    model_name_or_path: str = model_folder("runs/tiny/sft")  # the policy to start from: the SFT model folder
+    output_dir: str = "runs/tiny/rl"  # the trained policy, eval.json and checkpoints/
     # --- tasks: training prompts per built-in generator, plus user tasks
-    tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})
+    tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})  # prompts per built-in task
     dataset_name: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
-    dataset_split: str = "train"
+    dataset_split: str = "train"  # the split of dataset_name read
     reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
-    # arithmetic training items use operands up to this (a curriculum: start small)
-    max_operand: int = bounded(999, ge=1)
-    # weight of the format reward; correctness and user rewards weigh 1
-    format_weight: float = bounded(0.2, ge=0, why="0 drops the format reward")
+    max_operand: int = bounded(999, ge=1)  # arithmetic training operands up to this (a curriculum: start small)
+    format_weight: float = bounded(0.2, ge=0, why="0 drops the format reward")  # correctness, user rewards weigh 1
     use_tools: bool = True  # run the Python tool inside rollouts
     seed: int = 1  # the SFT mixture used seed 0; fresh items here
     # --- GRPO
-    max_steps: int = bounded(100, ge=1)
-    learning_rate: float = bounded(2e-4, gt=0)
-    # answers per prompt (the group)
-    num_generations: int = bounded(8, ge=2, why="GRPO compares answers within a group")
+    max_steps: int = bounded(100, ge=1)  # GRPO optimizer steps
+    learning_rate: float = bounded(2e-4, gt=0)  # peak learning rate
+    num_generations: int = bounded(8, ge=2, why="GRPO compares answers within a group")  # answers per prompt (a group)
     prompts_per_step: int = bounded(4, ge=1)  # per device; the batch is prompts_per_step × num_generations answers
-    max_completion_length: int = bounded(64, ge=1)
-    temperature: float = bounded(1.0, gt=0, why="the group's answers are sampled")
+    max_completion_length: int = bounded(64, ge=1)  # tokens per answer, tool calls and their outputs included
+    temperature: float = bounded(1.0, gt=0, why="the group's answers are sampled")  # sampling temperature
     beta: float = bounded(0.0, ge=0)  # KL penalty to the SFT policy (0: no reference model, as in DAPO/Dr. GRPO)
-    loss_type: str = "dapo"
+    loss_type: str = "dapo"  # TRL GRPOConfig's loss_type: dapo, grpo, dr_grpo, bnpo, ...
     eval_limit: int = bounded(200, ge=1)  # held-out items per task for pass@1
-    save_steps: int = bounded(50, ge=1)
+    save_steps: int = bounded(50, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
 
     def __post_init__(self):
         check_fields(self, "rl")

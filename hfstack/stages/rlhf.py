@@ -43,22 +43,22 @@ class RLHFConfig(TrainConfig):
     """Policy, reward model, algorithm, KL leash and the hacking watch."""
 
     model_name_or_path: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
-    reward_model_path: str = model_folder("runs/tiny/rm")
-    output_dir: str = "runs/tiny/rlhf"
-    algo: str = "rloo"
+    reward_model_path: str = model_folder("runs/tiny/rm")  # the reward model folder (`hfstack reward`'s output)
+    output_dir: str = "runs/tiny/rlhf"  # the final policy, watch.jsonl, eval.json and checkpoints/
+    algo: str = "rloo"  # rloo | grpo (TRL's trainers) | ppo (hfstack's own, with a critic)
     prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
-    num_prompts: int = bounded(180, ge=1)
+    num_prompts: int = bounded(180, ge=1)  # training prompts
     # --- optimisation
-    max_steps: int = bounded(40, ge=1)
-    learning_rate: float = bounded(1e-4, gt=0)
+    max_steps: int = bounded(40, ge=1)  # optimizer steps (ppo: rounds of sampling and updates)
+    learning_rate: float = bounded(1e-4, gt=0)  # peak learning rate (ppo: the critic's too)
     num_generations: int = bounded(4, ge=1)  # answers per prompt (rloo/grpo groups; ppo samples as many)
-    prompts_per_step: int = bounded(4, ge=1)
-    max_completion_length: int = bounded(32, ge=1)
-    temperature: float = bounded(1.0, gt=0, why="the policy samples its answers")
+    prompts_per_step: int = bounded(4, ge=1)  # per device; a batch is prompts_per_step × num_generations answers
+    max_completion_length: int = bounded(32, ge=1)  # tokens per answer
+    temperature: float = bounded(1.0, gt=0, why="the policy samples its answers")  # sampling temperature
     beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")  # KL penalty to the reference policy
     # ppo only: adapt beta towards this KL per answer (summed over tokens)
-    kl_target: float | None = bounded(None, gt=0)
-    ppo_epochs: int = bounded(2, ge=1)
+    kl_target: float | None = bounded(None, gt=0)  # ppo only: adaptive-KL target; None: beta stays fixed
+    ppo_epochs: int = bounded(2, ge=1)  # ppo only: optimisation passes over each batch of answers
     # --- the watch
     judge: str = "hfstack.tasks.judges:reference_judge"  # held-out judge: judge(prompt, [answers]) -> scores
     rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
@@ -66,8 +66,8 @@ class RLHFConfig(TrainConfig):
     distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
     on_hack: str = "warn"  # warn | stop
     logging_steps: int = bounded(5, ge=1)  # the watch looks (and may stop the run) at each log
-    save_steps: int = bounded(20, ge=1)
-    save_total_limit: int = bounded(1, ge=1)
+    save_steps: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
+    save_total_limit: int = bounded(1, ge=1)  # checkpoints kept
 
     def __post_init__(self):
         check_fields(self, "rlhf")

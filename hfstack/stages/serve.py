@@ -40,12 +40,12 @@ POLL_SECONDS = 0.1  # how often a quiet stream (a tool running) checks whether i
 @renamed(model="model_name_or_path")
 @dataclass
 class ServeConfig:
-    model_name_or_path: str = model_folder("runs/tiny/rlhf", must_exist=True)
-    host: str = "127.0.0.1"
-    port: int = bounded(7860, ge=0, le=65535, why="0 picks a free port")
-    max_new_tokens: int = bounded(128, ge=1)
-    temperature: float = bounded(0.0, ge=0, why="0 = greedy")
-    max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")
+    model_name_or_path: str = model_folder("runs/tiny/rlhf", must_exist=True)  # the model folder to serve
+    host: str = "127.0.0.1"  # the address to listen on; 127.0.0.1: this machine only
+    port: int = bounded(7860, ge=0, le=65535, why="0 picks a free port")  # the port to listen on
+    max_new_tokens: int = bounded(128, ge=1)  # tokens per reply, tool calls and their outputs included
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
+    max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")  # tool calls per reply
 
     def __post_init__(self):
         check_fields(self, "serve")  # the model folder too: config.json, weights

@@ -53,9 +53,9 @@ class FirstPhase:
 
     counts: dict = field(default_factory=dict)  # conversations per generated source, e.g. {arithmetic: 2400}
     max_steps: int | None = bounded(None, ge=1)  # required
-    per_device_train_batch_size: int | None = bounded(None, ge=1)
-    learning_rate: float | None = bounded(None, gt=0)
-    warmup_steps: int | None = bounded(None, ge=0)
+    per_device_train_batch_size: int | None = bounded(None, ge=1)  # None: the stage's
+    learning_rate: float | None = bounded(None, gt=0)  # None: the stage's
+    warmup_steps: int | None = bounded(None, ge=0)  # None: the stage's
 
     def __post_init__(self):
         check_fields(self, "sft: first_phase")
@@ -77,42 +77,42 @@ class FirstPhase:
 class SFTStageConfig(TrainConfig):
     """Base model, conversation mixture, training and optional LoRA."""
 
-    model_name_or_path: str = model_folder("runs/tiny/base")
-    output_dir: str = "runs/tiny/sft"
+    model_name_or_path: str = model_folder("runs/tiny/base")  # the base model folder to finetune
+    output_dir: str = "runs/tiny/sft"  # the assistant model, eval_sets.jsonl and checkpoints/
     # --- mixture: generated conversations per source, plus chat data
     identity: IdentityCard = field(default_factory=IdentityCard)  # who the assistant says it is
-    counts: dict = field(default_factory=lambda: {"identity": 300, "arithmetic": 1200, "counting": 800,
-                                                   "knowledge": 300, "search": 300})
+    counts: dict = field(default_factory=lambda: {  # conversations per source (identity, arithmetic, ...)
+        "identity": 300, "arithmetic": 1200, "counting": 800, "knowledge": 300, "search": 300})
     # --- knowledge: facts from the corpus (or a file), the model interrogated on each, refusals where it
     #     does not know; search traces over a BM25 index of the same corpus
     facts_from: list[str] = field(default_factory=list)  # corpus: data-stage dir(s) or text files
     facts_file: str | None = None  # jsonl with question, answer (and passage)
-    interrogation_samples: int = bounded(3, ge=1)
+    interrogation_samples: int = bounded(3, ge=1)  # answers sampled per fact (known: 2 right, or all if fewer)
     knowledge_repeats: int = bounded(1, ge=1)  # conversations per training fact (the copies get an opener and closer)
-    judge: str = "hfstack.tasks.judges:word_overlap_judge"
+    judge: str = "hfstack.tasks.judges:word_overlap_judge"  # "module:function" judge(answer, reference) -> bool
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
-    chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")
-    seed: int = 0
+    chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")  # rows read per chat file or Hub dataset
+    seed: int = 0  # seeds the generated mixture, its order and training
     # --- an optional first phase on part of the mixture, e.g. {counts: {arithmetic: 2400}, max_steps: 800,
     #     per_device_train_batch_size: 16}: a skill the mixture buries (copying numbers) is learned alone first
-    first_phase: FirstPhase | None = None
+    first_phase: FirstPhase | None = None  # None: the whole mixture from the start
     # --- parameters whose names contain any of these stay as they are after the first phase (from the
     #     start without one), e.g. [self_attn]: the mixture trains the rest
-    freeze: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)  # parameter-name parts held fixed
     # --- training
-    max_steps: int = bounded(300, ge=1)
-    learning_rate: float = bounded(1e-3, gt=0)
-    warmup_steps: int = bounded(20, ge=0)
-    per_device_train_batch_size: int = bounded(8, ge=1)
-    gradient_accumulation_steps: int = bounded(1, ge=1)
-    max_length: int = bounded(256, ge=2)
+    max_steps: int = bounded(300, ge=1)  # optimizer steps on the whole mixture (after any first phase)
+    learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after warmup)
+    warmup_steps: int = bounded(20, ge=0)  # steps of linear warmup from 0 to learning_rate
+    per_device_train_batch_size: int = bounded(8, ge=1)  # conversations per device per forward pass
+    gradient_accumulation_steps: int = bounded(1, ge=1)  # forward passes per optimizer step
+    max_length: int = bounded(256, ge=2)  # tokens per training sequence; a longer conversation is truncated
     packing: bool = False  # TRL's best-fit packing (padding-free, position_ids)
     group_by_length: bool = False  # batches of similar length: ~20% faster, but see docs/LOG.md
-    assistant_only_loss: bool = True
-    save_steps: int = bounded(500, ge=1)
+    assistant_only_loss: bool = True  # train on the assistant's tokens only (false: on every token)
+    save_steps: int = bounded(500, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     # --- LoRA / QLoRA: e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
-    peft: dict | None = None
+    peft: dict | None = None  # LoRA options (quantize_4bit: true for QLoRA); None: train every weight
 
     def __post_init__(self):
         check_fields(self, "sft")

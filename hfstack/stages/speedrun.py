@@ -55,16 +55,16 @@ from hfstack.stages import BY_COMMAND, config_class, load
 
 @dataclass
 class SpeedrunConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # the recipes in recipes/<preset>/, e.g. tiny (CPU, offline) or gpu-small
     output_dir: str | None = None  # default: runs/<preset>
     crawl_pages: int = bounded(300, ge=10)  # size of the synthetic crawl used when the preset has no data input
     force: bool = False  # recompute every stage from scratch (each runs with overwrite)
     # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
     #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # stage → {field: value}
     # training stages (pretrain, sft, rl, reward, rlhf) under `accelerate launch` on N processes
     launcher: str = "none"  # none | accelerate
-    num_processes: int = bounded(1, ge=1)
+    num_processes: int = bounded(1, ge=1)  # processes per training stage with launcher accelerate
     launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
 
     def __post_init__(self):

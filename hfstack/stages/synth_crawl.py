@@ -14,9 +14,9 @@ from hfstack.dataprep.synthetic import CrawlSummary, write_crawl
 
 @dataclass
 class SynthCrawlConfig:
-    output: str = "runs/crawl/crawl.warc.gz"
+    output: str = "runs/crawl/crawl.warc.gz"  # the WARC file written
     pages: int = bounded(300, ge=10)  # English pages; the other kinds scale with it
-    seed: int = 0
+    seed: int = 0  # same seed, same crawl
 
     def __post_init__(self):
         check_fields(self, "synth-crawl")

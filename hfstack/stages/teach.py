@@ -24,12 +24,12 @@ from hfstack.tools.loop import assistant_replies
 @dataclass
 class TeachConfig:
     teacher: str = model_folder("")  # a model folder, or a Hub name
-    prompts: str = ""
-    output: str = "teacher.jsonl"
+    prompts: str = ""  # jsonl of prompt (or messages) rows, or a text file with one prompt per line
+    output: str = "teacher.jsonl"  # the conversations written, one messages row per prompt
     instructions: str | None = None  # default labelling guidance for every prompt
-    max_new_tokens: int = bounded(256, ge=1)
-    temperature: float = bounded(0.0, ge=0, why="0 = greedy")
-    batch_size: int = bounded(16, ge=1)
+    max_new_tokens: int = bounded(256, ge=1)  # tokens per teacher answer
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
+    batch_size: int = bounded(16, ge=1)  # prompts answered together
     overwrite: bool = False  # replace an existing --output (a file people may already have reviewed)
 
     def __post_init__(self):

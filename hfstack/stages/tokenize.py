@@ -36,7 +36,7 @@ class TokenizeConfig:
     chat: str | None = None  # ...or a conversation JSON file, shown through the chat template
     tokenizer: str = "runs/tiny/tokenizer"  # a tokenizer directory, or 'cl100k' for GPT-4's
     html: str | None = None  # also write the view to this HTML file
-    color: Literal["auto", "always", "never"] = "auto"
+    color: Literal["auto", "always", "never"] = "auto"  # colour the tokens; auto: when stdout is a terminal
     ids: bool = True  # print the id list under the tokens
 
     def __post_init__(self):

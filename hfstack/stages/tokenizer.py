@@ -51,21 +51,21 @@ class TokenizerConfig:
 
     input: list[str] = field(default_factory=list)  # data-stage dirs, parquet/jsonl/txt files or globs
     hub_dataset: str | None = None  # a Hub dataset streamed instead of (or as well as) files
-    hub_split: str = "train"
-    hub_subset: str | None = None
-    text_column: str = "text"
-    output_dir: str = "runs/tokenizer"
+    hub_split: str = "train"  # the split of hub_dataset read
+    hub_subset: str | None = None  # the subset (config name) of hub_dataset
+    text_column: str = "text"  # the text column of parquet/jsonl files and Hub datasets
+    output_dir: str = "runs/tokenizer"  # the tokenizer files and eval.json
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     vocab_size: int = 8192  # bytes (256) + special tokens + merges
-    digits: Literal["single", "groups3", "numbers"] = "single"
+    digits: Literal["single", "groups3", "numbers"] = "single"  # one by one, GPT-4's groups of 3, or 0-999 as tokens
     min_frequency: int = bounded(2, ge=1)  # a pair seen fewer times is never merged
     max_token_length: int | None = bounded(32, ge=1)  # longest token in characters; keeps runs like '=====...' out
     max_chars: int = bounded(-1, ge=1, unset=-1, why="-1: the whole corpus")  # train on at most this many characters
     # documents held out of training, for bytes/token
-    heldout_fraction: float = bounded(0.02, ge=0, lt=1, why="0 holds nothing out")
-    eval_max_chars: int = bounded(2_000_000, ge=1)
-    compare_cl100k: bool = True
-    progress: bool = True
+    heldout_fraction: float = bounded(0.02, ge=0, lt=1, why="0 holds nothing out")  # share of documents held out
+    eval_max_chars: int = bounded(2_000_000, ge=1)  # held-out characters kept for the evaluation
+    compare_cl100k: bool = True  # also measure GPT-4's cl100k on the held-out documents
+    progress: bool = True  # progress bars
 
     def __post_init__(self):
         check_fields(self, "tokenizer")

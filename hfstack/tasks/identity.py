@@ -21,13 +21,15 @@ from hfstack.tasks.conversation import dressed, message
 
 @dataclass
 class IdentityCard:
-    name: str = "hfstack-assistant"
-    creator: str = "the hfstack project"
-    purpose: str = "answer questions and help with tasks, using a Python interpreter and a search tool when useful"
-    knowledge_cutoff: str = "its pretraining corpus"
-    can: list[str] = field(default_factory=lambda: ["answer questions", "do arithmetic with Python",
-                                                    "count letters", "search its documents"])
-    cannot: list[str] = field(default_factory=lambda: ["browse the internet", "remember past conversations"])
+    name: str = "hfstack-assistant"  # the name it gives
+    creator: str = "the hfstack project"  # who it says made it
+    purpose: str = ("answer questions and help with tasks, "  # "I can <this>."
+                    "using a Python interpreter and a search tool when useful")
+    knowledge_cutoff: str = "its pretraining corpus"  # "Everything I know comes from <this>"
+    can: list[str] = field(default_factory=lambda: [  # what it says it can do
+        "answer questions", "do arithmetic with Python", "count letters", "search its documents"])
+    cannot: list[str] = field(default_factory=lambda: [  # what it says it cannot do; eval checks each is stated
+        "browse the internet", "remember past conversations"])
 
     def system_message(self) -> str:
         return f"You are {self.name}, an AI assistant made by {self.creator}."

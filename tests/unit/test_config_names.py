@@ -157,3 +157,21 @@ def test_nested_configs_take_a_mapping_with_the_same_checks(tmp_path):
         from_dict(sft, {"first_phase": {"counts": {"chess": 5}, "max_steps": 2}})
     with pytest.raises(ConfigError, match="'max_steps' must be >= 1, got 0"):
         from_dict(sft, {"first_phase": {"counts": {"arithmetic": 5}, "max_steps": 0}})
+
+
+def test_help_gives_every_field_a_line_of_help(capsys):
+    """`hfstack <command> --help` is a config's documentation: every field of every registered stage has a
+    trailing `# comment` on its declaration (its own, or the TrainConfig field it inherits), and --help
+    prints that comment under the field."""
+    from hfstack.cli import field_comments
+
+    for stage in STAGES:
+        cls = config_class(stage.command)
+        comments = field_comments(cls)
+        assert main([stage.command, "--help"]) == 0
+        out = capsys.readouterr().out
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            assert comments.get(f.name, "").strip(), f"{stage.command}: field '{f.name}' has no # comment"
+            assert comments[f.name] in out, f"{stage.command} --help lacks the help of '{f.name}'"
