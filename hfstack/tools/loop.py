@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hfstack.core.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
-from hfstack.core.tokens import encode_ordinary
+from hfstack.core.tokens import encode_ordinary, vocab_id
 from hfstack.tools.sandbox import run_python
 
 
@@ -62,10 +62,12 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
            for c in conversations]
     turns = [_Turn(p + (encode_ordinary(tokenizer, [prefill])[0] if prefill else [])) for p in ids]
-    stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in [END_OF_TURN, tokenizer.eos_token]}
-    call_end = {tokenizer.convert_tokens_to_ids(end): name for name, (_, end) in TOOL_CALL_TOKENS.items()}
-    call_start = {name: tokenizer.convert_tokens_to_ids(start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
-    out_start, out_end = (tokenizer.convert_tokens_to_ids(t) for t in TOOL_OUTPUT)
+    stop_ids = turn_end_ids(model, tokenizer)
+    # a tokenizer without hfstack's tool tokens (a foreign model not yet finetuned) never calls a tool
+    call_end = {token_id: name for name, (_, end) in TOOL_CALL_TOKENS.items()
+                if (token_id := vocab_id(tokenizer, end)) is not None}
+    call_start = {name: vocab_id(tokenizer, start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
+    out_start, out_end = (vocab_id(tokenizer, t) for t in TOOL_OUTPUT)
     stopped = should_stop if should_stop is not None else lambda: False
     for _ in range(max_tool_calls + 1):
         if stopped():
@@ -96,7 +98,17 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                     turn.done = True
         if all(t.done for t in turns):
             break
-    return [_reply(tokenizer, t, prefill) for t in turns]
+    return [_reply(tokenizer, t, prefill, stop_ids) for t in turns]
+
+
+def turn_end_ids(model, tokenizer) -> set[int]:
+    """The ids that end an assistant turn, from the tokenizer and model actually loaded: hfstack's
+    end-of-turn token when the tokenizer has it, its eos, and the model's generation_config eos (a
+    chat model's own turn end); never an id the tokenizer does not have."""
+    ids = {vocab_id(tokenizer, END_OF_TURN), tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return {i for i in ids if isinstance(i, int)}
 
 
 def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: int) -> list[int]:
@@ -123,7 +135,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
             return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
     width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)  # Hub bases may lack one
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
@@ -138,7 +150,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return rows
 
 
-def _reply(tokenizer, turn: _Turn, prefill: str) -> Reply:
+def _reply(tokenizer, turn: _Turn, prefill: str, stop_ids: set[int]) -> Reply:
     """The visible answer: text outside tool blocks, after the last tool output, without specials."""
     new = turn.ids[turn.start:]
     text = prefill + tokenizer.decode(new, skip_special_tokens=False)
@@ -146,7 +158,11 @@ def _reply(tokenizer, turn: _Turn, prefill: str) -> Reply:
     tail = text.rsplit(out_end, 1)[-1] if out_end in text else text
     for start, _ in TOOL_CALL_TOKENS.values():
         tail = tail.split(start)[0]
-    answer = tail.replace(END_OF_TURN, "").replace(tokenizer.eos_token, "").strip()
-    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    for marker in {END_OF_TURN, *tokenizer.convert_ids_to_tokens(sorted(stop_ids))}:  # the turn-end tokens
+        tail = tail.replace(marker, "")
+    answer = tail.strip()
+    # finished: the turn ended on its end token (hfstack's, or else the loaded model's own), not cut short
+    end = vocab_id(tokenizer, END_OF_TURN)
+    ends = {end} if end is not None else stop_ids
     return Reply(answer=answer, tool_calls=turn.calls, text=text, prompt_ids=turn.ids[:turn.start],
-                 completion_ids=new, model_mask=turn.model_mask, finished=bool(new) and new[-1] == end)
+                 completion_ids=new, model_mask=turn.model_mask, finished=bool(new) and new[-1] in ends)

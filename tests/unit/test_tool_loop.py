@@ -1,0 +1,50 @@
+"""The tool loop with a tokenizer hfstack did not make: no protocol tokens, no pad token, its own chat
+template and turn end (a Hub base before post-training). Stop and pad ids come from the tokenizer and
+model actually loaded.
+
+    python -m pytest -q tests/unit/test_tool_loop.py
+"""
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hfstack.core.protocol import END_OF_TURN
+from hfstack.core.tokens import vocab_id
+from hfstack.tools.loop import assistant_replies, turn_end_ids
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def foreign_tokenizer() -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["the cat sat on the mat, and the dog sat on the log."] * 50,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>", "</s>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>")  # no pad, no unk
+    tokenizer.chat_template = TEMPLATE
+    return tokenizer
+
+
+def test_the_loop_answers_with_a_foreign_tokenizer_and_stops_at_its_turn_end():
+    tokenizer = foreign_tokenizer()
+    assert tokenizer.pad_token_id is None and vocab_id(tokenizer, END_OF_TURN) is None
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))  # padded embeddings
+    im_end = vocab_id(tokenizer, "<|im_end|>")
+    model.generation_config.eos_token_id = [im_end, tokenizer.eos_token_id]
+    assert turn_end_ids(model, tokenizer) == {im_end, tokenizer.eos_token_id}
+    with torch.no_grad():  # make the model end its turn at once: its own turn-end token is the likeliest
+        model.lm_head.weight.zero_()
+        model.lm_head.bias = None
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight[im_end] = 1.0
+    replies = assistant_replies(model, tokenizer, [[{"role": "user", "content": "the cat"}]] * 2,
+                                max_new_tokens=8, tools={})
+    for reply in replies:
+        assert reply.completion_ids[-1] == im_end and reply.finished and reply.tool_calls == []
+        assert len(reply.completion_ids) < 8 and "<|im_end|>" not in reply.answer  # stopped at the turn end
