@@ -12,6 +12,8 @@ The names come from the one registry of stages (hfstack/stages/__init__.py) and 
 so `import hfstack` stays instant.
 """
 
+import functools
+
 __version__ = "0.1.0"
 
 _EXTRAS = {
@@ -21,6 +23,7 @@ _EXTRAS = {
 }
 
 
+@functools.cache
 def _exports() -> dict[str, tuple[str, str]]:
     """public name -> (module, attribute): each stage's runner and config class, plus a few helpers."""
     from hfstack.stages import STAGES

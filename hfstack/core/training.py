@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, nearest
 from hfstack.core.hub import push_model_folder
+from hfstack.core.launch import print0
 from hfstack.core.renames import precision_to_bf16, renamed
+from hfstack.core.rundir import finish_output
 from hfstack.core.telemetry import available_trackers
 
 # settings hfstack makes itself: where checkpoints go (the run layout), and pushes, which go through the
@@ -78,6 +81,17 @@ def common_trainer_args(cfg: TrainConfig, out: str | Path) -> dict:
                 logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
                 report_to=available_trackers(cfg.report_to), run_name=cfg.run_name, disable_tqdm=not cfg.progress,
                 gradient_checkpointing=False)
+
+
+def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, report_name: str = "eval.json",
+                    main: bool = True, **info) -> None:
+    """A training stage's last steps, in order: the main process writes and prints its report, the
+    folder is recorded as finished (hfstack.core.rundir), then the model is pushed when asked."""
+    if main:
+        (out / report_name).write_text(json.dumps(report, indent=2) + "\n")
+        print0(f"[{stage}] done: {json.dumps(report)}")
+    finish_output(out, stage, main, **info)
+    push_trained(cfg, out, stage, main)
 
 
 def push_trained(cfg: TrainConfig, folder: str | Path, stage: str, main: bool = True) -> str | None:

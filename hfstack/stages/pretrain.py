@@ -16,7 +16,6 @@ under `output_dir/checkpoints/`, and `log.jsonl`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, process_state, wait_for_all_ranks
 from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims
 from hfstack.core.renames import renamed, scheduler_name
-from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
 from hfstack.core.tokens import resolve_text_files
-from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config, wants_bf16
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config, wants_bf16
 from hfstack.dataprep.packing import encode_corpus, load_splits, token_byte_lengths
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
@@ -298,15 +297,12 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id)
     trainer.save_model(str(out))  # safetensors + tokenizer + generation config
-    if state.is_main_process:
-        summary = {"steps": trainer.state.global_step, "seconds": round(time.time() - started, 1),
-                   "world_size": state.num_processes,
-                   "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
-                   "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print0(f"[pretrain] done: {json.dumps(summary)}")
-    finish_output(out, "pretrain", state.is_main_process, steps=trainer.state.global_step)
-    push_trained(cfg, out, "pretrain", state.is_main_process)
+    summary = {"steps": trainer.state.global_step, "seconds": round(time.time() - started, 1),
+               "world_size": state.num_processes,
+               "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
+               "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
+    finish_training(cfg, out, "pretrain", summary, "summary.json", state.is_main_process,
+                    steps=trainer.state.global_step)
     wait_for_all_ranks()
     return out
 

@@ -11,18 +11,16 @@ is measured before and after training and written to `output_dir/eval.json`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.core.launch import print0
 from hfstack.core.model import load_reward_model
 from hfstack.core.protocol import END_OF_TURN
 from hfstack.core.renames import renamed
-from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.textfiles import load_records
-from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
@@ -107,10 +105,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),
               "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],
               "last_loss": losses[-1:]}
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print0(f"[reward] done: {json.dumps(report)}")
-    finish_output(out, "reward", steps=trainer.state.global_step)
-    push_trained(cfg, out, "reward")
+    finish_training(cfg, out, "reward", report, steps=trainer.state.global_step)
     return out
 
 

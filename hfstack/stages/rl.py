@@ -18,16 +18,15 @@ beat their group's average. Nobody writes the ideal solution: the model finds wh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0
 from hfstack.core.renames import renamed
-from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
+from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.textfiles import load_records, read_jsonl
-from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.rlalgo.rewards import BUILTIN_TASKS, correctness_reward, format_reward, load_reward_func
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
@@ -205,10 +204,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
               "reward_last": history[-1]["reward"] if history else None,
               "seconds_per_step": round(trainer.state.log_history[-1].get("train_runtime", 0)
                                         / max(1, trainer.state.global_step), 3), "reward_curves": curves}
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print0(f"[rl] done: {json.dumps(report)}")
-    finish_output(out, "rl", steps=trainer.state.global_step)
-    push_trained(cfg, out, "rl")
+    finish_training(cfg, out, "rl", report, steps=trainer.state.global_step)
     return out
 
 

@@ -19,16 +19,15 @@ has risen while the judge's score fell, or repetition spiked, it warns, or stops
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.core.launch import print0, process_state
+from hfstack.core.launch import process_state
 from hfstack.core.model import load_reward_model
 from hfstack.core.renames import renamed
-from hfstack.core.rundir import carry_run_files, finish_output, newest_checkpoint, start_output
-from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
+from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
 from hfstack.rlalgo.watch import HackingWatch, WatchCallback, metric_rewards, read_watch
 from hfstack.tasks.judges import distinct_n, load_judge
@@ -127,10 +126,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
               "alarms": watch.alarms}
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    print0(f"[rlhf] done: {json.dumps(report)}")
-    finish_output(out, "rlhf", steps=len(rows))
-    push_trained(cfg, out, "rlhf")
+    finish_training(cfg, out, "rlhf", report, steps=len(rows))
     return out
 
 

@@ -31,9 +31,9 @@ from hfstack.core.fields import check_model_folder
 from hfstack.core.launch import print0, wait_for_all_ranks
 from hfstack.core.protocol import END_OF_TURN, chat_template
 from hfstack.core.renames import renamed
-from hfstack.core.rundir import finish_output, newest_checkpoint, start_output
+from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.tokens import read_texts
-from hfstack.core.training import TrainConfig, common_trainer_args, push_trained, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.dataprep import knowledge
 from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
 from hfstack.tasks.identity import IdentityCard
@@ -220,11 +220,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
                | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report)
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
-    if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print0(f"[sft] done: {json.dumps(summary)}")
-    finish_output(out, "sft", main, steps=trainer.state.global_step)
-    push_trained(cfg, out, "sft", main)
+    finish_training(cfg, out, "sft", summary, "summary.json", main, steps=trainer.state.global_step)
     wait_for_all_ranks()
     return out
 

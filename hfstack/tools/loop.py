@@ -98,7 +98,10 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                     turn.done = True
         if all(t.done for t in turns):
             break
-    return [_reply(tokenizer, t, prefill, stop_ids) for t in turns]
+    # finished: a turn ended on its end token (hfstack's, or else the loaded model's own), not cut short
+    end = vocab_id(tokenizer, END_OF_TURN)
+    finished_on = {end} if end is not None else stop_ids
+    return [_reply(tokenizer, t, prefill, stop_ids, finished_on) for t in turns]
 
 
 def turn_end_ids(model, tokenizer) -> set[int]:
@@ -150,7 +153,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return rows
 
 
-def _reply(tokenizer, turn: _Turn, prefill: str, stop_ids: set[int]) -> Reply:
+def _reply(tokenizer, turn: _Turn, prefill: str, stop_ids: set[int], finished_on: set[int]) -> Reply:
     """The visible answer: text outside tool blocks, after the last tool output, without specials."""
     new = turn.ids[turn.start:]
     text = prefill + tokenizer.decode(new, skip_special_tokens=False)
@@ -160,9 +163,5 @@ def _reply(tokenizer, turn: _Turn, prefill: str, stop_ids: set[int]) -> Reply:
         tail = tail.split(start)[0]
     for marker in {END_OF_TURN, *tokenizer.convert_ids_to_tokens(sorted(stop_ids))}:  # the turn-end tokens
         tail = tail.replace(marker, "")
-    answer = tail.strip()
-    # finished: the turn ended on its end token (hfstack's, or else the loaded model's own), not cut short
-    end = vocab_id(tokenizer, END_OF_TURN)
-    ends = {end} if end is not None else stop_ids
-    return Reply(answer=answer, tool_calls=turn.calls, text=text, prompt_ids=turn.ids[:turn.start],
-                 completion_ids=new, model_mask=turn.model_mask, finished=bool(new) and new[-1] in ends)
+    return Reply(answer=tail.strip(), tool_calls=turn.calls, text=text, prompt_ids=turn.ids[:turn.start],
+                 completion_ids=new, model_mask=turn.model_mask, finished=bool(new) and new[-1] in finished_on)

@@ -100,7 +100,6 @@ def test_rl_config_errors():
         RLConfig(num_generations=1)
 
 
-
 def test_a_bad_reward_function_path_fails_before_any_work(tiny_sft_model, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"prompt": "hi"}) + "\n")
