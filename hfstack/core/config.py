@@ -34,6 +34,7 @@ from hfstack.core.fields import Range as Range  # re-exported: stages declare fi
 from hfstack.core.fields import bounded as bounded
 from hfstack.core.fields import check_model_folder, check_range
 from hfstack.core.fields import model_folder as model_folder
+from hfstack.core.pretrained import is_local
 from hfstack.core.renames import current_names
 
 T = TypeVar("T")
@@ -71,7 +72,8 @@ def check_fields(cfg, stage: str) -> None:
             raise ConfigError(f"{stage}: '{f.name}' is empty; it names something (default: '{f.default}')")
     for f in dataclasses.fields(cfg):
         folder, value = f.metadata.get("model_folder"), getattr(cfg, f.name)
-        if folder and value and (folder == "must_exist" or (Path(value).expanduser() / "config.json").exists()):
+        if folder and value and is_local(value) and (folder == "must_exist"
+                                                     or (Path(value).expanduser() / "config.json").exists()):
             plain = f.name in ("model", "model_name_or_path")
             check_model_folder(value, stage, "model" if plain else f"model ('{f.name}')")
 

@@ -104,7 +104,8 @@ def load_model(path: str):
 def prompt_ids(tokenizer, text: str) -> list[int]:
     """A document starting with `text`: the boundary token, then the text as plain characters."""
 
-    return [tokenizer.bos_token_id, *encode_ordinary(tokenizer, [text])[0]]
+    start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []  # Qwen-style: no bos
+    return [*start, *encode_ordinary(tokenizer, [text])[0]]
 
 
 def load_reward_model(path: str):
@@ -112,6 +113,8 @@ def load_reward_model(path: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # a Hub model without one: padding is masked out, any token will do
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -77,7 +77,8 @@ def chat_template(default_system: str | None = None) -> str:
                    f"{sys_start}{{{{- {json.dumps(default_system)} -}}}}{sys_end}"
                    "{%- endif -%}")
     return (
-        "{{- bos_token -}}" + default +
+        # the tokenizer's own document start (hfstack's <|endoftext|>, a Hub model's <s>); none when it has none
+        "{%- if bos_token -%}{{- bos_token -}}{%- endif -%}" + default +
         "{%- for message in messages -%}"
         "{%- if message['role'] == 'system' -%}"
         f"{sys_start}{{{{- message['content'] -}}}}{sys_end}"

@@ -37,6 +37,7 @@ class TrainConfig:
     """The fields every training stage has; a stage redeclares one to change its default."""
 
     output_dir: str = "runs/model"  # the trained model's folder; checkpoints go in its checkpoints/
+    model_revision: str | None = None  # the branch, tag or commit of a Hub id the stage starts from (None: main)
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     max_steps: int = bounded(100, ge=1)  # optimizer steps to train for
     learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after any warmup)

@@ -1,9 +1,13 @@
 """The SFT conversation mixture: generated sources with a count each, plus chat datasets from files
 or the Hub, all as TRL `messages` rows with one shared schema.
 
-Chat files (jsonl) may hold `messages`, or a common layout that is mapped to it: `prompt`/`response`,
-`instruction`/`output`, `question`/`answer`, or ShareGPT `conversations` with `from`/`value`.
+Chat files (jsonl) may hold `messages`, or a common layout that is mapped to it (`layout_messages`,
+shared with the weighted mixtures of hfstack/dataprep/dataset_mixture.py): ShareGPT `conversations`
+(`from`/`value`, or `role`/`content`), TRL's `prompt`/`completion` (strings, or lists of messages),
+Alpaca `instruction`/`input`/`output`, `prompt`/`response`, `question`/`answer`.
 A row that cannot be read is an error naming the file and line; nothing is dropped silently.
+
+Tests: python -m pytest -q tests/stages/test_sft.py -k chat_files; tests/unit/test_dataset_mixture.py
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ GENERATED_SOURCES = tuple(SEED_OFFSETS)
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PAIR_LAYOUTS = [("prompt", "response"), ("instruction", "output"), ("question", "answer"), ("prompt", "completion")]
+LAYOUTS = ("messages, conversations (ShareGPT), prompt/completion, instruction/input/output, prompt/response, "
+           "question/answer")
 
 
-def _normalise(messages, where: str) -> list[dict]:
+def has(row: dict, key: str) -> bool:
+    """The row has a value under `key` (a file whose rows differ in layout gives the missing keys as null)."""
+    return row.get(key) is not None
+
+
+def check_messages(messages, where: str) -> list[dict]:
+    """Messages in the shared schema (`message`), after checking each has a known role and text content."""
     if not isinstance(messages, list) or not messages:
         raise ConfigError(f"{where}: 'messages' must be a non-empty list")
     out = []
@@ -38,27 +50,49 @@ def _normalise(messages, where: str) -> list[dict]:
         content = m.get("content") or ""
         if not isinstance(content, str):
             raise ConfigError(f"{where}: message content must be a string")
-        token = contains_protocol_token(content)
-        if token:
-            raise ConfigError(f"{where}: the text contains the protocol token {token}; it would be read as "
-                              "a real one. Remove or escape it")
         out.append(message(m["role"], content, m.get("tool_calls"), m.get("name")))
     return out
 
 
-def row_to_messages(row: dict, where: str) -> list[dict]:
-    if "messages" in row:
-        return _normalise(row["messages"], where)
-    if "conversations" in row:
-        turns = [{"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
-                 for t in row["conversations"]]
-        return _normalise(turns, where)
+def _turns(value, role: str) -> list:
+    """A prompt or completion: a string is one message of `role`, a list is already messages."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def layout_messages(row: dict, where: str) -> list[dict] | None:
+    """The conversation a row holds in any known layout (`LAYOUTS`), checked; None when no layout fits."""
+    if has(row, "messages"):
+        return check_messages(row["messages"], where)
+    if has(row, "conversations"):
+        turns = row["conversations"]
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise ConfigError(f"{where}: 'conversations' must be a list of turns with from/value or role/content")
+        return check_messages([{"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
+                               if "from" in t else t for t in turns], where)
+    if has(row, "prompt") and has(row, "completion"):  # TRL's prompt-completion, standard or conversational
+        return check_messages(_turns(row["prompt"], "user") + _turns(row["completion"], "assistant"), where)
+    if has(row, "instruction") and has(row, "output"):  # Alpaca: a non-empty input follows the instruction
+        extra = row.get("input")
+        text = f"{row['instruction']}\n\n{extra}" if isinstance(extra, str) and extra.strip() else row["instruction"]
+        return check_messages([{"role": "user", "content": text}, {"role": "assistant", "content": row["output"]}],
+                              where)
     for prompt, answer in PAIR_LAYOUTS:
-        if prompt in row and answer in row:
-            return _normalise([{"role": "user", "content": row[prompt]},
-                               {"role": "assistant", "content": row[answer]}], where)
-    raise ConfigError(f"{where}: no 'messages' and no known layout "
-                      f"({', '.join('/'.join(p) for p in PAIR_LAYOUTS)}, conversations); keys: {sorted(row)}")
+        if has(row, prompt) and has(row, answer):
+            return check_messages([{"role": "user", "content": row[prompt]},
+                                   {"role": "assistant", "content": row[answer]}], where)
+    return None
+
+
+def row_to_messages(row: dict, where: str) -> list[dict]:
+    messages = layout_messages(row, where)
+    if messages is None:
+        raise ConfigError(f"{where}: no 'messages' and no known layout ({LAYOUTS}); keys: {sorted(row)}")
+    for m in messages:
+        token = contains_protocol_token(m["content"])
+        if token:
+            raise ConfigError(f"{where}: the text contains the protocol token {token}; it would be read as "
+                              "a real one. Remove or escape it")
+    return messages
 
 
 def load_chat_file(path: str, limit: int = -1) -> list[dict]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hfstack.core.config import ConfigError
 from hfstack.core.splits import stable_split
-from hfstack.core.tokens import read_texts, tiktoken_encoding, token_bytes
+from hfstack.core.tokens import encode_ordinary, read_texts, tiktoken_encoding, token_bytes
 
 CHUNK_DOCS = 512
 
@@ -37,6 +37,24 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 65536 else np.uint32
 
 
+ENCODER_PROBE = "Hello, World! 1234 naïve café — ünïcode\n\tdef f(x): return x**2  # tabs, spaces\r\n€"
+
+
+def corpus_encoder(tokenizer, num_proc: int):
+    """A batch encoder for plain text: tiktoken for a tokenizer hfstack trained (identical ids, several
+    times faster), the tokenizer's own batch encoder for any other (a Hub tokenizer such as gpt2's)."""
+    own = lambda texts: encode_ordinary(tokenizer, texts)  # noqa: E731
+    try:
+        encoding = tiktoken_encoding(tokenizer)
+    except (KeyError, IndexError, TypeError, ValueError):  # not hfstack's shape of tokenizer.json
+        return own
+    # tiktoken ranks merges by token id, which holds when ids were minted in merge order (hfstack's
+    # tokenizer stage); a Hub tokenizer of the same shape may number them otherwise
+    if encoding.encode_ordinary_batch([ENCODER_PROBE]) != own([ENCODER_PROBE]):
+        return own
+    return lambda texts: encoding.encode_ordinary_batch(texts, num_threads=num_proc)
+
+
 def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: str, cache_dir: Path,
                   val_fraction: float, num_proc: int, progress: bool = True) -> dict:
     """Write train.bin / val.bin token streams (each document = boundary token + its ids); returns
@@ -49,15 +67,15 @@ def encode_corpus(files: list[str], text_column: str, tokenizer, tokenizer_dir: 
     if meta_path.is_file():
         return json.loads(meta_path.read_text()) | {"folder": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
-    encoding = tiktoken_encoding(tokenizer)
+    encode = corpus_encoder(tokenizer, num_proc)
     dtype = token_dtype(len(tokenizer))
-    boundary = tokenizer.bos_token_id
+    boundary = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     counts = {"train": [0, 0, 0], "val": [0, 0, 0]}  # docs, tokens, bytes
     handles = {split: open(folder / f"{split}.bin.tmp", "wb") for split in counts}
     bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress, mininterval=2)
 
     def flush(texts: list[str]):
-        for text, ids in zip(texts, encoding.encode_ordinary_batch(texts, num_threads=num_proc)):
+        for text, ids in zip(texts, encode(texts)):
             split = "val" if stable_split(text, val_fraction) else "train"
             np.asarray([boundary, *ids], dtype=dtype).tofile(handles[split])
             counts[split][0] += 1
@@ -112,7 +130,11 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     special = set(tokenizer.all_special_ids)
     for token, index in tokenizer.get_vocab().items():
         if index not in special and index < len(lengths):
-            lengths[index] = len(token_bytes(token))
+            try:
+                lengths[index] = len(token_bytes(token))
+            except KeyError:  # a character outside the byte-level alphabet
+                raise ConfigError(f"pretrain: token {token!r} is not a byte-level BPE token; the tokenizer must be "
+                                  "byte-level (as hfstack's and gpt2's are) to count bits per byte") from None
     return lengths
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tools.loop import assistant_replies, default_tools
@@ -26,7 +27,8 @@ from hfstack.tools.search import index_of_model
 @renamed(model="model_name_or_path")
 @dataclass
 class ChatConfig:
-    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the assistant model folder
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the assistant: a folder or a Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     input: str | None = None  # batch mode: jsonl with messages (or prompt) per line
     output: str | None = None  # batch mode: where answers go (default: stdout)
     system: str | None = None  # replaces the model's default system message
@@ -52,8 +54,9 @@ def _read_batch(path: str) -> list[list[dict]]:
 
 
 def chat(cfg: ChatConfig) -> list[dict] | None:
-    model, tokenizer = load_model(cfg.model_name_or_path)
-    tools = default_tools(index_of_model(cfg.model_name_or_path))
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "chat")
+    model, tokenizer = load_model(folder)
+    tools = default_tools(index_of_model(folder))
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.input is not None:
         conversations = [system + c if system and c[0]["role"] != "system" else c for c in _read_batch(cfg.input)]

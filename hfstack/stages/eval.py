@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.pretrained import beside_model, resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tasks.base import one_answer_baseline
@@ -45,7 +46,8 @@ KNOWLEDGE = "knowledge"
 @renamed(model="model_name_or_path")
 @dataclass
 class EvalConfig:
-    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the model folder to evaluate
+    model_name_or_path: str = model_folder("runs/tiny/sft", must_exist=True)  # the model to evaluate: folder or Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     eval_sets: str | None = None  # default: <model>/eval_sets.jsonl
     limit: int = bounded(200, ge=1)  # items per task
     output: str | None = None  # default: <model>/heldout_eval.json
@@ -76,7 +78,8 @@ def knowledge_entry(model, tokenizer, rows: list[dict], tools: dict, max_new_tok
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    path = Path(cfg.eval_sets or Path(cfg.model_name_or_path) / "eval_sets.jsonl")
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "eval")
+    path = Path(cfg.eval_sets or Path(folder) / "eval_sets.jsonl")
     if not path.is_file():
         raise ConfigError(f"eval: no held-out sets at '{path}'; they are written by `hfstack sft`")
     by_task: dict[str, list[dict]] = defaultdict(list)
@@ -87,8 +90,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                               f"known: {', '.join([*TASKS, KNOWLEDGE])}")
         if len(by_task[task]) < cfg.limit:
             by_task[task].append(row)
-    model, tokenizer = load_model(cfg.model_name_or_path)
-    tools = default_tools(index_of_model(cfg.model_name_or_path))
+    model, tokenizer = load_model(folder)
+    tools = default_tools(index_of_model(folder))
     results: dict[str, dict] = {}
     for name, rows in by_task.items():
         if name == KNOWLEDGE:
@@ -105,7 +108,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         entry["examples"] = [{"question": task.prompt(r)[-1]["content"], "answer": reply.answer,
                               "tool_calls": reply.tool_calls} for r, reply in list(zip(rows, replies))[:3]]
         results[name] = entry
-    output = Path(cfg.output or Path(cfg.model_name_or_path) / "heldout_eval.json")
+    output = Path(cfg.output or beside_model(cfg.model_name_or_path, "heldout_eval.json"))
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'task':<12} {'items':>6} {'accuracy':>9} {'no tools':>9} {'tool use':>9} {'one answer':>10}")
     for task, entry in results.items():

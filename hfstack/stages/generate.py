@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 from hfstack.core.config import bounded, check_fields, model_folder
 from hfstack.core.model import FEW_SHOT, TURN_END, load_model, prompt_ids
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 
 
 @renamed(model="model_name_or_path")
 @dataclass
 class GenerateConfig:
-    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the model folder to sample from
+    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the model to sample: folder or Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     prompt: str = ""  # the start of the document the model continues
     as_assistant: str | None = None  # a question, asked through a few-shot conversation document
     max_new_tokens: int = bounded(64, ge=1)  # tokens generated per sample
@@ -64,7 +66,7 @@ def generate(cfg: GenerateConfig) -> list[str]:
     """Print (stream) and return `num_samples` continuations."""
     from transformers import TextStreamer
 
-    model, tokenizer = load_model(cfg.model_name_or_path)
+    model, tokenizer = load_model(resolve_model(cfg.model_name_or_path, cfg.model_revision, "generate"))
     text = FEW_SHOT.format(question=cfg.as_assistant) if cfg.as_assistant is not None else cfg.prompt
     ids = prompt_ids(tokenizer, text)
     if len(ids) + cfg.max_new_tokens > model.config.max_position_embeddings:

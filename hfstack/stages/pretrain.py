@@ -27,6 +27,7 @@ from transformers import Trainer
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, process_state, wait_for_all_ranks
 from hfstack.core.model import build_config, count_parameters, flops_per_token, model_dims
+from hfstack.core.pretrained import resolve_model, resolve_tokenizer
 from hfstack.core.renames import renamed, scheduler_name
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
@@ -46,7 +47,7 @@ class PretrainConfig(TrainConfig):
     # --- inputs and output
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # data-stage dir(s) or text files
     text_column: str = "text"  # the text column of parquet/jsonl files
-    tokenizer: str = "runs/tiny/tokenizer"  # the tokenizer stage's folder
+    tokenizer: str = "runs/tiny/tokenizer"  # the tokenizer stage's folder, or a Hub tokenizer id (byte-level BPE)
     output_dir: str = "runs/tiny/base"  # the base model, log.jsonl and checkpoints/
     # --- model: the depth dial, or explicit sizes
     depth: int = bounded(2, ge=1)  # layers; the dial: hidden size 64 × depth, in heads of 64, unless set below
@@ -113,12 +114,23 @@ class PretrainConfig(TrainConfig):
         return max(1, round(self.batch_tokens / per_step))
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(ref: str, revision: str | None = None):
+    """The tokenizer stage's folder, or a Hub tokenizer (a byte-level BPE such as gpt2's)."""
     from transformers import AutoTokenizer
 
-    if not (Path(path) / "tokenizer.json").is_file():
-        raise ConfigError(f"pretrain: no tokenizer at '{path}' (expected tokenizer.json); run `hfstack tokenizer`")
-    return AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(ref, revision, "pretrain"))
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+        raise ConfigError(f"pretrain: tokenizer '{ref}' has neither a bos nor an eos token to separate documents")
+    return tokenizer
+
+
+def same_vocab(model_folder: str, tokenizer) -> bool:
+    """The tokenizer is the one saved with the model (when one is): same tokens, same ids."""
+    from transformers import AutoTokenizer
+
+    if not (Path(model_folder) / "tokenizer.json").is_file():
+        return True
+    return AutoTokenizer.from_pretrained(model_folder).get_vocab() == tokenizer.get_vocab()
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
@@ -126,14 +138,17 @@ def build_model(cfg: PretrainConfig, tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg.init_from:
-        config = AutoConfig.from_pretrained(cfg.init_from)
-        if config.vocab_size != len(tokenizer):
+        folder = resolve_model(cfg.init_from, cfg.model_revision, "pretrain", "model ('init_from')")
+        config = AutoConfig.from_pretrained(folder)
+        # a padded vocabulary (more rows than tokens) is fine; another tokenizer than the model's own is not
+        if config.vocab_size < len(tokenizer) or not same_vocab(folder, tokenizer):
             raise ConfigError(f"pretrain: model '{cfg.init_from}' has vocab_size {config.vocab_size} but the "
-                              f"tokenizer '{cfg.tokenizer}' has {len(tokenizer)} tokens; they must match")
+                              f"tokenizer '{cfg.tokenizer}' has {len(tokenizer)} tokens, not the model's own; "
+                              "they must match")
         if cfg.seq_len > config.max_position_embeddings:
             raise ConfigError(f"pretrain: seq_len {cfg.seq_len} is above the model's maximum "
                               f"(max_position_embeddings {config.max_position_embeddings})")
-        return AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation=cfg.attn_implementation)
+        return AutoModelForCausalLM.from_pretrained(folder, attn_implementation=cfg.attn_implementation)
     dims = model_dims(cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size)
     config = build_config(len(tokenizer), cfg.seq_len, dims, tokenizer, cfg.tie_embeddings, cfg.attn_implementation)
     return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
@@ -249,7 +264,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
 
     out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
     state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.model_revision)
     files = resolve_text_files(cfg.data)
     set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = build_model(cfg, tokenizer)

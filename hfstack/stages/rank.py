@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import claim_output, finish_output, read_json, write_json
 from hfstack.core.splits import stable_split
@@ -48,7 +49,8 @@ from hfstack.ui.rank_page import serve
 class RankConfig:
     """Policy, prompts, how to rank, and where the page listens."""
 
-    model_name_or_path: str = model_folder("runs/tiny/rl")  # the policy whose rollouts are ranked
+    model_name_or_path: str = model_folder("runs/tiny/rl")  # the policy whose rollouts are ranked: folder or Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     output_dir: str = "runs/tiny/prefs"  # rollouts.jsonl, rankings.jsonl and the pairs in data/
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     prompts_file: str | None = None  # jsonl/parquet with a `prompt` column; default: built-in open prompts
@@ -204,10 +206,9 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
         return existing
     from transformers import set_seed
 
-    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
-        raise ConfigError(f"rank: no model at '{cfg.model_name_or_path}' (expected config.json)")
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "rank", "policy")
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model_name_or_path)
+    model, tokenizer = load_model(folder)
     prompts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed)
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(cfg.k)]
     replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model, prompt_ids
+from hfstack.core.pretrained import beside_model, resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.splits import stable_split
 from hfstack.core.tokens import read_texts
@@ -19,7 +20,8 @@ from hfstack.core.tokens import read_texts
 @renamed(model="model_name_or_path")
 @dataclass
 class RegurgitationConfig:
-    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the base model folder to probe
+    model_name_or_path: str = model_folder("runs/tiny/base", must_exist=True)  # the base model: folder or Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # its training data: data-stage dirs or files
     text_column: str = "text"  # the text column of parquet/jsonl files
     prefix_tokens: int = bounded(32, ge=1)  # K: the prompt is a document's first K tokens
@@ -38,7 +40,7 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
     """Mean verbatim-matched tokens (and exact full matches) on training vs held-out documents, and on
     held-out documents shown in full just before their prefix (copying from the context)."""
 
-    model, tokenizer = load_model(cfg.model_name_or_path)
+    model, tokenizer = load_model(resolve_model(cfg.model_name_or_path, cfg.model_revision, "regurgitation"))
     need = cfg.prefix_tokens + cfg.continuation_tokens
     if 2 * need + 1 > model.config.max_position_embeddings:  # the in-context probe shows the passage twice
         raise ConfigError(f"regurgitation: 2 x (prefix_tokens + continuation_tokens) + 1 = {2 * need + 1} is more "
@@ -61,7 +63,7 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
         matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
         report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),
                         "exact_continuations": sum(run == cfg.continuation_tokens for run in matched)}
-    output = Path(cfg.output or Path(cfg.model_name_or_path) / "regurgitation.json")
+    output = Path(cfg.output or beside_model(cfg.model_name_or_path, "regurgitation.json"))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"[regurgitation] first {cfg.prefix_tokens} tokens → next {cfg.continuation_tokens} greedy tokens "

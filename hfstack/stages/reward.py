@@ -14,13 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfstack.core.adopt import turn_end_token
+from hfstack.core.checkpoint import save_tokenizer
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_reward_model
-from hfstack.core.protocol import END_OF_TURN
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.textfiles import load_records
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
@@ -29,8 +32,12 @@ class RewardStageConfig(TrainConfig):
     """Starting network, preference data and training settings."""
 
     model_name_or_path: str = model_folder("runs/tiny/rl")  # the network (and tokenizer) the reward model starts from
-    dataset_name: str = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
+    dataset_name: str | None = "runs/tiny/prefs"  # the rank stage's directory, a parquet/jsonl file, or a Hub dataset
     test_preferences: str | None = None  # default: <dataset_name>/data/test.parquet when it exists
+    # pairs from several datasets by weight (hfstack.dataprep.dataset_mixture), added to dataset_name's; its
+    # test_split_size holds some out for the held-out accuracy
+    dataset_mixture: DatasetMixture | None = None  # Hub ids and local files in TRL's preference format
+    dataset_rows: int | None = bounded(None, ge=1)  # pairs drawn from dataset_mixture (absent: until one runs out)
     output_dir: str = "runs/tiny/rm"  # the reward model, eval.json and checkpoints/
     max_steps: int = bounded(200, ge=1)  # optimizer steps to train for
     learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after warmup)
@@ -71,21 +78,26 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
-        raise ConfigError(f"reward: no model at '{cfg.model_name_or_path}' (expected config.json)")
-    train_rows = load_pairs(cfg.dataset_name, "train")
-    held_out = Path(cfg.dataset_name) / "data" / "test.parquet"
-    test_source = cfg.test_preferences or (cfg.dataset_name if held_out.is_file() else None)
-    test_rows = load_pairs(test_source, "test") if test_source else []
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "reward", "starting model")
+    train_rows, test_rows = [], []
+    if cfg.dataset_name:
+        train_rows = load_pairs(cfg.dataset_name, "train")
+        held_out = Path(cfg.dataset_name) / "data" / "test.parquet"
+        test_source = cfg.test_preferences or (cfg.dataset_name if held_out.is_file() else None)
+        test_rows = load_pairs(test_source, "test") if test_source else []
+    if cfg.dataset_mixture:
+        drawn = load_mixture(cfg.dataset_mixture, "preferences", cfg.dataset_rows, "reward: dataset_mixture")
+        train_rows, test_rows = train_rows + drawn.train, test_rows + drawn.test
     if not train_rows:
-        raise ConfigError(f"reward: no training pairs in '{cfg.dataset_name}'")
+        raise ConfigError(f"reward: no training pairs in '{cfg.dataset_name or 'dataset_mixture'}'")
     out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
-    model, tokenizer = load_reward_model(cfg.model_name_or_path)
+    model, tokenizer = load_reward_model(folder)
     args = trainer_config(RewardConfig, "reward", cfg.training_args, **common_trainer_args(cfg, out),
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
         per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length, eos_token=END_OF_TURN,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length,
+        eos_token=turn_end_token(tokenizer),
         center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
         eval_strategy="no", dataset_num_proc=None)
     columns = ["prompt", "chosen", "rejected"]
@@ -100,7 +112,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     trainer.save_model(str(out))
     if not main:
         return out
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),
               "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],

@@ -21,12 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hfstack.core.checkpoint import save_tokenizer, set_turn_end
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.textfiles import load_records, read_jsonl
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.rlalgo.rewards import BUILTIN_TASKS, correctness_reward, format_reward, load_reward_func
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
@@ -37,12 +40,16 @@ from hfstack.tools.loop import assistant_replies, default_tools
 class RLConfig(TrainConfig):
     """Policy, tasks, rewards and GRPO settings."""
 
-    model_name_or_path: str = model_folder("runs/tiny/sft")  # the policy to start from: the SFT model folder
+    model_name_or_path: str = model_folder("runs/tiny/sft")  # the policy to start from: the SFT model, or a Hub id
     output_dir: str = "runs/tiny/rl"  # the trained policy, eval.json and checkpoints/
     # --- tasks: training prompts per built-in generator, plus user tasks
     tasks: dict = field(default_factory=lambda: {"arithmetic": 400, "counting": 400})  # prompts per built-in task
     dataset_name: str | None = None  # jsonl/parquet file or Hub dataset with a `prompt` column
     dataset_split: str = "train"  # the split of dataset_name read
+    # prompts from several datasets by weight (hfstack.dataprep.dataset_mixture): {datasets: [{id, weight}, ...]},
+    # dataset_rows of them drawn (absent: until the first runs out); scored by reward_funcs like dataset_name
+    dataset_mixture: DatasetMixture | None = None  # Hub ids and local files with a prompt (or messages) column
+    dataset_rows: int | None = bounded(None, ge=1)  # prompts drawn from dataset_mixture
     reward_funcs: list[str] = field(default_factory=list)  # "module:function", TRL's reward signature
     max_operand: int = bounded(999, ge=1)  # arithmetic training operands up to this (a curriculum: start small)
     format_weight: float = bounded(0.2, ge=0, why="0 drops the format reward")  # correctness, user rewards weigh 1
@@ -71,9 +78,9 @@ class RLConfig(TrainConfig):
             raise ConfigError(f"rl: unknown task(s) {sorted(unknown)} in 'tasks'; "
                               f"built-in: {', '.join(BUILTIN_TASKS)} (user tasks go in 'dataset_name' with "
                               "'reward_funcs')")
-        if self.dataset_name and not self.reward_funcs:
-            raise ConfigError("rl: 'dataset_name' needs 'reward_funcs' (import paths of functions that score "
-                              "its answers)")
+        if (self.dataset_name or self.dataset_mixture) and not self.reward_funcs:
+            raise ConfigError("rl: 'dataset_name' and 'dataset_mixture' need 'reward_funcs' (import paths of "
+                              "functions that score their answers)")
 
 
 # ------------------------------------------------------------------------------------------ rewards
@@ -123,9 +130,16 @@ def task_prompts(tasks: dict, seed: int, max_operand: int = 999) -> list[dict]:
 
 
 def user_prompts(cfg: RLConfig) -> list[dict]:
-    rows = load_records(cfg.dataset_name, cfg.dataset_split, "rl dataset")
-    if rows and "prompt" not in rows[0]:
-        raise ConfigError(f"rl: dataset '{cfg.dataset_name}' has no 'prompt' column (columns: {sorted(rows[0])})")
+    """Prompts from dataset_name and dataset_mixture, as messages, with the columns reward_funcs read."""
+    rows = []
+    if cfg.dataset_name:
+        rows = load_records(cfg.dataset_name, cfg.dataset_split, "rl dataset")
+        if rows and "prompt" not in rows[0]:
+            raise ConfigError(f"rl: dataset '{cfg.dataset_name}' has no 'prompt' column (columns: {sorted(rows[0])})")
+    if cfg.dataset_mixture:
+        drawn = load_mixture(cfg.dataset_mixture, "prompts", cfg.dataset_rows, "rl: dataset_mixture")
+        print0(f"[rl] dataset_mixture: {drawn.report['rows']} prompts drawn")
+        rows += drawn.train
     out = []
     for row in rows:
         prompt = row["prompt"]
@@ -163,18 +177,16 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
-        raise ConfigError(f"rl: no model at '{cfg.model_name_or_path}' (expected config.json); "
-                          "run `hfstack sft` first")
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "rl", "policy")
     out, main = start_output("rl", cfg)  # after the model is checked: a missing one writes nothing
     set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
-    rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + (user_prompts(cfg) if cfg.dataset_name else [])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + user_prompts(cfg)
     if not rows:
-        raise ConfigError("rl: no training prompts; set 'tasks' or 'dataset_name'")
+        raise ConfigError("rl: no training prompts; set 'tasks', 'dataset_name' or 'dataset_mixture'")
     reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
-    sets = held_out(cfg.model_name_or_path, cfg.eval_limit, cfg.seed)
+    sets = held_out(folder, cfg.eval_limit, cfg.seed)
     before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
     print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
@@ -192,9 +204,10 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     print0(f"[rl] pass@1 after: {after}")
     if not main:
         return out
+    set_turn_end(model, tokenizer)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    carry_run_files(Path(cfg.model_name_or_path), out)
+    save_tokenizer(tokenizer, out)
+    carry_run_files(Path(folder), out)
     history = [r for r in trainer.state.log_history if "reward" in r]
     curves = {name: [r[f"rewards/{name}/mean"] for r in history if f"rewards/{name}/mean" in r]
               for name in trainer.reward_func_names}

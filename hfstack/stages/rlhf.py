@@ -22,9 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfstack.core.checkpoint import save_tokenizer, set_turn_end
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import process_state
 from hfstack.core.model import load_reward_model
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
@@ -42,7 +44,7 @@ class RLHFConfig(TrainConfig):
     """Policy, reward model, algorithm, KL leash and the hacking watch."""
 
     model_name_or_path: str = model_folder("runs/tiny/rl")  # the starting policy, also the KL reference
-    reward_model_path: str = model_folder("runs/tiny/rm")  # the reward model folder (`hfstack reward`'s output)
+    reward_model_path: str = model_folder("runs/tiny/rm")  # the reward model (`hfstack reward`'s output), or a Hub id
     output_dir: str = "runs/tiny/rlhf"  # the final policy, watch.jsonl, eval.json and checkpoints/
     algo: str = "rloo"  # rloo | grpo (TRL's trainers) | ppo (hfstack's own, with a critic)
     prompts_file: str | None = None  # jsonl/parquet with `prompt`; default: the rank stage's open prompts
@@ -99,29 +101,28 @@ def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
 def run_rlhf(cfg: RLHFConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    for path, what in ((cfg.model_name_or_path, "policy"), (cfg.reward_model_path, "reward model")):
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"rlhf: no {what} at '{path}' (expected config.json)")
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "rlhf", "policy")
+    reward_folder = resolve_model(cfg.reward_model_path, None, "rlhf", "reward model")
     out, main = start_output("rlhf", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    policy = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
-    reward_model, reward_tokenizer = load_reward_model(cfg.reward_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    policy = AutoModelForCausalLM.from_pretrained(folder)
+    reward_model, reward_tokenizer = load_reward_model(reward_folder)
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
     checkpoints = out / "checkpoints"
     resuming = bool(newest_ppo_checkpoint(checkpoints) if cfg.algo == "ppo" else newest_checkpoint(checkpoints))
     watch = HackingWatch(cfg, out / "watch.jsonl", record=main, resuming=resuming)
     if cfg.algo == "ppo":
-        policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+        policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, reward_folder)
     else:
         policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
     if not main:
         return out
+    set_turn_end(policy, tokenizer)
     policy.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-    carry_run_files(Path(cfg.model_name_or_path), out)
+    save_tokenizer(tokenizer, out)
+    carry_run_files(Path(folder), out)
     rows = read_watch(out / "watch.jsonl")
     report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
@@ -148,14 +149,14 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, reward_folder: str):
     import copy
 
     import torch
     from transformers import AutoModelForTokenClassification
 
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    critic = AutoModelForTokenClassification.from_pretrained(cfg.reward_model_path, num_labels=1)
+    critic = AutoModelForTokenClassification.from_pretrained(reward_folder, num_labels=1)
     reward_model.eval().requires_grad_(False)
 
     def score(batch_prompts, answers):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from hfstack.core.config import bounded, check_fields, model_folder
 from hfstack.core.model import load_model
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
 from hfstack.core.renames import renamed
 from hfstack.tools.loop import assistant_replies, default_tools
@@ -40,7 +41,8 @@ POLL_SECONDS = 0.1  # how often a quiet stream (a tool running) checks whether i
 @renamed(model="model_name_or_path")
 @dataclass
 class ServeConfig:
-    model_name_or_path: str = model_folder("runs/tiny/rlhf", must_exist=True)  # the model folder to serve
+    model_name_or_path: str = model_folder("runs/tiny/rlhf", must_exist=True)  # the model to serve: folder or Hub id
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     host: str = "127.0.0.1"  # the address to listen on; 127.0.0.1: this machine only
     port: int = bounded(7860, ge=0, le=65535, why="0 picks a free port")  # the port to listen on
     max_new_tokens: int = bounded(128, ge=1)  # tokens per reply, tool calls and their outputs included
@@ -92,8 +94,9 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     search index). `server.generations` keeps the last requests' Generation records."""
     from transformers import TextStreamer
 
-    model, tokenizer = load_model(cfg.model_name_or_path)
-    tools = default_tools(index_of_model(cfg.model_name_or_path)) if tools is None else tools
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "serve")
+    model, tokenizer = load_model(folder)
+    tools = default_tools(index_of_model(folder)) if tools is None else tools
     one_at_a_time = threading.Lock()
 
     call_tokens = {start: name for name, (start, _) in TOOL_CALL_TOKENS.items()}

@@ -25,24 +25,28 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
+from hfstack.core.adopt import adopt_protocol, training_rows, turn_end_token
+from hfstack.core.checkpoint import save_tokenizer, set_turn_end
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
-from hfstack.core.fields import check_model_folder
 from hfstack.core.launch import print0, wait_for_all_ranks
-from hfstack.core.protocol import END_OF_TURN, chat_template
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.tokens import read_texts
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.dataprep import knowledge
+from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
 from hfstack.tasks.identity import IdentityCard
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.search import SearchIndex
 
 # Mixture sources: the generated ones need only the identity card, so a first phase can use them;
-# knowledge and search need the corpus and the base model's interrogation.
-SOURCES = GENERATED_SOURCES + ("knowledge", "search")
+# knowledge and search need the corpus and the base model's interrogation; chat is the number of rows
+# drawn from dataset_mixture (absent: until its first dataset runs out).
+SOURCES = GENERATED_SOURCES + ("knowledge", "search", "chat")
 
 
 @renamed(micro_batch_size="per_device_train_batch_size")
@@ -77,7 +81,9 @@ class FirstPhase:
 class SFTStageConfig(TrainConfig):
     """Base model, conversation mixture, training and optional LoRA."""
 
-    model_name_or_path: str = model_folder("runs/tiny/base")  # the base model folder to finetune
+    model_name_or_path: str = model_folder("runs/tiny/base")  # the base model to finetune: a folder or a Hub id
+    # hfstack: the protocol's tokens and template (the tools work); keep: the model's own template (chat only)
+    chat_template: Literal["hfstack", "keep"] = "hfstack"  # whose chat template the assistant speaks
     output_dir: str = "runs/tiny/sft"  # the assistant model, eval_sets.jsonl and checkpoints/
     # --- mixture: generated conversations per source, plus chat data
     identity: IdentityCard = field(default_factory=IdentityCard)  # who the assistant says it is
@@ -90,6 +96,9 @@ class SFTStageConfig(TrainConfig):
     interrogation_samples: int = bounded(3, ge=1)  # answers sampled per fact (known: 2 right, or all if fewer)
     knowledge_repeats: int = bounded(1, ge=1)  # conversations per training fact (the copies get an opener and closer)
     judge: str = "hfstack.tasks.judges:word_overlap_judge"  # "module:function" judge(answer, reference) -> bool
+    # --- chat datasets by weight, e.g. {datasets: [{id: HuggingFaceTB/smol-smoltalk, weight: 0.7}, {id: my.jsonl,
+    #     weight: 0.3}], test_split_size: 0.01}: counts.chat rows drawn (hfstack.dataprep.dataset_mixture)
+    dataset_mixture: DatasetMixture | None = None  # Hub ids and local files; layouts: messages, sharegpt, alpaca, ...
     chat_files: list[str] = field(default_factory=list)  # jsonl: messages, or prompt/response-style rows
     chat_hub: list[str] = field(default_factory=list)  # Hub chat datasets, used when online
     chat_limit: int = bounded(-1, ge=1, unset=-1, why="-1: every row")  # rows read per chat file or Hub dataset
@@ -124,6 +133,8 @@ class SFTStageConfig(TrainConfig):
         bad = {k: v for k, v in self.counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"sft: 'counts' are conversations per source, whole numbers >= 0; got {bad}")
+        if self.counts.get("chat") and self.dataset_mixture is None:
+            raise ConfigError("sft: 'counts.chat' is the number of rows drawn from 'dataset_mixture'; set one")
         if self.freeze and (not isinstance(self.freeze, list)
                             or not all(isinstance(f, str) and f for f in self.freeze)):
             raise ConfigError("sft: 'freeze' must be a list of parameter-name parts, e.g. [self_attn]; "
@@ -154,13 +165,13 @@ def lora_config(options: dict):
         raise ConfigError(f"sft: bad 'peft' option: {e}") from None
 
 
-def load_base(cfg: SFTStageConfig, on_gpu: bool):
+def load_base(cfg: SFTStageConfig, folder: str, on_gpu: bool):
+    """The base model and its tokenizer from `folder` (a local folder or a Hub snapshot), with the
+    protocol adopted (hfstack.core.adopt): tokens added and rows mean-initialised when missing, the
+    chat template hfstack's or the model's own."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (Path(cfg.model_name_or_path) / "config.json").is_file():
-        raise ConfigError(f"sft: no model at '{cfg.model_name_or_path}' (expected config.json); "
-                          "run `hfstack pretrain` first")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     options = {}
     if cfg.peft and cfg.peft.get("quantize_4bit"):
         if not on_gpu:
@@ -170,31 +181,45 @@ def load_base(cfg: SFTStageConfig, on_gpu: bool):
 
         options["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                             bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, **options)
-    if model.config.vocab_size != len(tokenizer):
-        raise ConfigError(f"sft: model vocab_size {model.config.vocab_size} != tokenizer's {len(tokenizer)}")
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, **options)
+    adopted = adopt_protocol(model, tokenizer, cfg.chat_template, cfg.card().system_message())
+    if adopted["tokens_added"] or isinstance(adopted["vocab_rows"], list):
+        print0(f"[sft] adopted the protocol: {adopted['tokens_added']} tokens added, embedding rows "
+               f"{adopted['vocab_rows']}")
+    return model, tokenizer, adopted
 
 
 def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
+    import random
+
     import torch
     from transformers import set_seed
 
-    check_model_folder(cfg.model_name_or_path, "sft", "base model")  # before the claim: a missing base writes nothing
+    # before the claim: a missing base writes nothing; a Hub id is downloaded (once) into the cache
+    base = resolve_model(cfg.model_name_or_path, cfg.model_revision, "sft", "base model")
     # a checked launch and a claimed folder: another base model or mixture never resumes this one's
     # checkpoints or first phase
     out, main = start_output("sft", cfg)
     on_gpu = torch.cuda.is_available()
     set_seed(cfg.seed)
-    model, tokenizer = load_base(cfg, on_gpu)
+    model, tokenizer, adopted = load_base(cfg, base, on_gpu)
     frozen_names = to_freeze(model, cfg.freeze)
     card = cfg.card()
-    tokenizer.chat_template = chat_template(default_system=card.system_message())
     extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out, main)
-    train_rows, held_out = build_mixture(cfg.counts, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
+    generated = {k: v for k, v in cfg.counts.items() if k != "chat"}
+    train_rows, held_out = build_mixture(generated, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
                                          extra)
+    chats = load_mixture(cfg.dataset_mixture, "chat", cfg.counts.get("chat"), "sft: dataset_mixture") \
+        if cfg.dataset_mixture else None
+    if chats:  # drawn by weight; mixed in with the generated conversations, in one seeded order
+        train_rows = train_rows + chats.train
+        random.Random(cfg.seed).shuffle(train_rows)
+        print0(f"[sft] dataset_mixture: {chats.report['rows']} rows drawn, {len(chats.test)} held out")
     if not train_rows:
-        raise ConfigError("sft: the mixture is empty; set counts or chat_files")
+        raise ConfigError("sft: the mixture is empty; set counts, dataset_mixture or chat_files")
+    train_rows, dropped = training_rows(tokenizer, train_rows, cfg.chat_template, cfg.max_length)
+    test_rows = training_rows(tokenizer, chats.test, cfg.chat_template, cfg.max_length)[0] if chats and chats.test \
+        else []
     if main:  # only the main process writes; the others train alongside it
         with (out / "eval_sets.jsonl").open("w") as handle:
             for rows in held_out.values():
@@ -204,20 +229,26 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     if cfg.first_phase:
         model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks, main)
     frozen = freeze(model, frozen_names)
-    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks)
+    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks, eval_rows=test_rows)
+    # the mixture's held-out rows: loss on chat the model never trained on
+    test_loss = trainer.evaluate()["eval_loss"] if test_rows else None
     model = trainer.model
     if cfg.peft:
         model = model.merge_and_unload()  # a plain model again: loadable without peft
-    model.generation_config.update(eos_token_id=[tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id],
-                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    set_turn_end(model, tokenizer)  # plain `generate` and `transformers chat` stop at the end of a turn
+    if adopted.get("kept_template"):  # the model's own template, not the marked one it trained with
+        tokenizer.chat_template = adopted["kept_template"]
     if main:
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)  # the inference template; a tokenizer class transformers 4 loads too
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                 "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
-                "last_loss": losses[-1:], "lora": bool(cfg.peft)}
-               | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report)
+                "last_loss": losses[-1:], "lora": bool(cfg.peft), "base": {"model": cfg.model_name_or_path}
+                | {k: v for k, v in adopted.items() if k != "kept_template"}}
+               | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
+               | ({"dropped_conversations": dropped} if any(dropped.values()) else {})
+               | ({"dataset_mixture": chats.report, "test_loss": test_loss} if chats else {}))
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
     finish_training(cfg, out, "sft", summary, "summary.json", main, steps=trainer.state.global_step)
@@ -226,7 +257,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
 
 
 def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, callbacks: list | None,
-          **overrides):
+          eval_rows: list[dict] | None = None, **overrides):
     """One SFTTrainer run over `rows`, checkpointing under `out/checkpoints` and resuming from there."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -236,10 +267,13 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
         max_steps=on["max_steps"], learning_rate=on["learning_rate"], warmup_steps=on["warmup_steps"],
         lr_scheduler_type="cosine", per_device_train_batch_size=on["per_device_train_batch_size"],
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss, eos_token=END_OF_TURN,
+        packing=cfg.packing, eos_token=turn_end_token(tokenizer, cfg.chat_template),
+        # rows already tokenized (a kept template TRL cannot mark) carry their own assistant_masks column
+        assistant_only_loss=cfg.assistant_only_loss and "input_ids" not in rows[0],
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         dataset_num_proc=None))  # padding: the tokenizer's own
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                          peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     return trainer
@@ -282,6 +316,7 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
         return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
     phase = cfg.first_phase
     rows, _ = build_mixture(phase.counts, card, [], [], -1, cfg.seed, {})
+    rows, _ = training_rows(tokenizer, rows, cfg.chat_template, cfg.max_length)
     if not rows:
         raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got {phase.counts}")
     print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")

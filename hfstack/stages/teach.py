@@ -1,6 +1,6 @@
 """Teacher-written conversations: a stronger model answers prompts, a person reviews the file later.
 
-    hfstack teach --teacher MODEL_DIR --prompts prompts.jsonl --output teacher.jsonl
+    hfstack teach --model_name_or_path MODEL_DIR_OR_HUB_ID --prompts prompts.jsonl --output teacher.jsonl
 
 The teacher is any Hugging Face causal LM with a chat template (a local directory or a Hub name).
 Prompts are a jsonl of `prompt` (or `messages`) rows, or a text file with one prompt per line; a
@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.pretrained import resolve_model
 from hfstack.core.protocol import without_protocol_tokens
+from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tools.loop import assistant_replies
 
 
+@renamed(teacher="model_name_or_path", model="model_name_or_path")
 @dataclass
 class TeachConfig:
-    teacher: str = model_folder("")  # a model folder, or a Hub name
+    model_name_or_path: str = model_folder("")  # the teacher: a model folder or a Hub id, with a chat template
+    model_revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     prompts: str = ""  # jsonl of prompt (or messages) rows, or a text file with one prompt per line
     output: str = "teacher.jsonl"  # the conversations written, one messages row per prompt
     instructions: str | None = None  # default labelling guidance for every prompt
@@ -34,8 +38,9 @@ class TeachConfig:
 
     def __post_init__(self):
         check_fields(self, "teach")
-        if not self.teacher:
-            raise ConfigError("teach: set --teacher (a model directory or Hub name with a chat template)")
+        if not self.model_name_or_path:
+            raise ConfigError("teach: set --model_name_or_path (the teacher: a model folder or Hub id with a chat "
+                              "template)")
         if not Path(self.prompts).is_file():
             raise ConfigError(f"teach: --prompts '{self.prompts}' does not exist")
         output = Path(self.output)
@@ -71,21 +76,19 @@ def read_prompts(path: str, instructions: str | None) -> list[list[dict]]:
 def teach(cfg: TeachConfig) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
-        model = AutoModelForCausalLM.from_pretrained(cfg.teacher).eval()
-    except OSError as e:
-        raise ConfigError(f"teach: cannot load teacher '{cfg.teacher}' ({str(e).splitlines()[0]})") from None
+    folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "teach", "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
     if not tokenizer.chat_template:
-        raise ConfigError(f"teach: teacher '{cfg.teacher}' has no chat template")
+        raise ConfigError(f"teach: teacher '{cfg.model_name_or_path}' has no chat template")
     conversations = read_prompts(cfg.prompts, cfg.instructions)
     replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, max_tool_calls=0,
                                 temperature=cfg.temperature, tools={}, batch_size=cfg.batch_size)
     rows = [{"messages": [m for m in conv if m["role"] != "system"] + [{"role": "assistant",
                                                                        "content": _clean(r.answer, tokenizer)}],
-             "teacher": cfg.teacher, "reviewed": False} for conv, r in zip(conversations, replies)]
+             "teacher": cfg.model_name_or_path, "reviewed": False} for conv, r in zip(conversations, replies)]
     Path(cfg.output).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    print(f"[teach] {len(rows)} conversations written by {cfg.teacher} → {cfg.output} "
+    print(f"[teach] {len(rows)} conversations written by {cfg.model_name_or_path} → {cfg.output} "
           "(review, then use as chat_files)")
     return rows
 

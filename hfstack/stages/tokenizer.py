@@ -17,8 +17,10 @@ copying one or two tokens, which a small model learns far sooner than copying di
 needs induction heads, which form only after much more training. `benchmarks/tokenizer_speed.py`
 measures what each rule costs in compression.
 
-Writes a Hugging Face tokenizer (loadable offline with `AutoTokenizer.from_pretrained(DIR)`) and
-`eval.json`: bytes per token on held-out documents, side by side with cl100k.
+Writes a Hugging Face tokenizer (loadable offline with `AutoTokenizer.from_pretrained(DIR)`, on
+transformers 4 as well as 5; its chat template is the inference one, without `{% generation %}`
+markers: hfstack.core.templates.training_template gives them back) and `eval.json`: bytes per token
+on held-out documents, side by side with cl100k.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hfstack.core.checkpoint import save_tokenizer
 from hfstack.core.config import ConfigError, bounded, check_fields
 from hfstack.core.protocol import DOCUMENT_BOUNDARY, PAD, SPECIAL_TOKENS, chat_template
 from hfstack.core.rundir import claim_output, finish_output
@@ -231,7 +234,7 @@ def run_tokenizer(cfg: TokenizerConfig) -> Path:
     if not split.heldout and cfg.heldout_fraction > 0:
         print("[tokenizer] note: the corpus is too small to hold documents out; bytes/token is not measured")
     hf_tokenizer = to_transformers(trained)
-    hf_tokenizer.save_pretrained(out)
+    save_tokenizer(hf_tokenizer, out)  # the inference template; loadable by transformers 4 too
     report = {"train_docs": split.train_docs, "train_chars": split.train_chars, "train_seconds": round(seconds, 2),
               "digits": cfg.digits} | evaluate(hf_tokenizer, split.heldout, cfg.compare_cl100k)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

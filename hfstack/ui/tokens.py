@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass
 
 from hfstack.core.config import ConfigError
+from hfstack.core.templates import assistant_mask, training_template
 from hfstack.core.tokens import cl100k, encode_ordinary, token_bytes
 
 PALETTE = [(189, 224, 254), (255, 214, 165), (202, 255, 191), (255, 198, 255), (253, 255, 182), (155, 246, 255)]
@@ -66,12 +67,14 @@ def tokens_of_chat(tokenizer_path: str, messages: list[dict], where: str) -> lis
     if tokenizer_path == "cl100k":
         raise ConfigError("tokenize: cl100k has no chat template here; use --tokenizer DIR with --chat")
     tokenizer = _load(tokenizer_path)
-    try:
-        rendered = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    try:  # a saved checkpoint's template has no generation markers: find the training one, else render prefixes
+        ids, mask = assistant_mask(tokenizer, messages, training_template(tokenizer))
+    except ConfigError as e:
+        raise ConfigError(f"--chat '{where}': {e}") from None
     except Exception as e:  # the template raises on unknown roles and tools: say so in one line
         raise ConfigError(f"--chat '{where}': cannot render it ({e})") from None
-    tokens = [_token(tokenizer, i) for i in rendered["input_ids"]]
-    for token, trained in zip(tokens, rendered["assistant_masks"]):
+    tokens = [_token(tokenizer, i) for i in ids]
+    for token, trained in zip(tokens, mask):
         token.trained = bool(trained)
     return tokens
 

@@ -364,13 +364,13 @@ def test_teacher_answers_prompts_into_a_reviewable_chat_file(base, tmp_path):
     prompts.write_text(json.dumps({"prompt": "What is a list?", "instructions": "Answer in one sentence."}) + "\n"
                        + json.dumps({"prompt": "Name a prime."}) + "\n")
     out = tmp_path / "teacher.jsonl"
-    rows = teach(TeachConfig(teacher=str(base), prompts=str(prompts), output=str(out), max_new_tokens=8))
+    rows = teach(TeachConfig(model_name_or_path=str(base), prompts=str(prompts), output=str(out), max_new_tokens=8))
     assert len(rows) == 2 and all(r["reviewed"] is False for r in rows)
     assert rows[0]["messages"][0] == {"role": "user", "content": "What is a list?"}
     assert rows[0]["messages"][-1]["role"] == "assistant"
     assert [r["messages"][0]["content"] for r in load_chat_file(str(out))] == ["What is a list?", "Name a prime."]
     with pytest.raises(ConfigError, match="does not exist"):
-        TeachConfig(teacher=str(base), prompts=str(tmp_path / "none.jsonl"))
+        TeachConfig(model_name_or_path=str(base), prompts=str(tmp_path / "none.jsonl"))
 
 
 def test_tool_request_is_only_the_call_that_just_ended():

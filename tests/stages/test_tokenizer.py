@@ -15,6 +15,7 @@ from hfstack.core.config import ConfigError
 from hfstack.core.protocol import SPECIAL_TOKENS, TOOL_OUTPUT
 from hfstack.core.splits import stable_split
 from hfstack.core.stdlib_text import stdlib_articles
+from hfstack.core.templates import assistant_mask, has_generation_markers, training_template
 from hfstack.core.tokens import encode_ordinary, tiktoken_encoding
 from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer, to_transformers, train_bpe
 
@@ -142,8 +143,9 @@ def _runs(tokenizer, ids, mask, value):
 
 def test_assistant_mask_is_exact_across_tool_calls_and_outputs(trained):
     _, tokenizer = trained
-    rendered = tokenizer.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = rendered["input_ids"], rendered["assistant_masks"]
+    # the saved template is the inference one (no generation markers); training puts hfstack's markers back
+    assert not has_generation_markers(tokenizer.chat_template)
+    ids, mask = assistant_mask(tokenizer, CONVERSATION, training_template(tokenizer))
     assert _runs(tokenizer, ids, mask, True) == TRAINED_SPANS
     untrained = "".join(_runs(tokenizer, ids, mask, False))
     assert f"{TOOL_OUTPUT[0]}1024{TOOL_OUTPUT[1]}" in untrained and "William Shakespeare" in untrained
@@ -176,8 +178,9 @@ def test_fast_encoder_gives_identical_ids_on_the_corpus(trained, corpus):
 def test_loads_in_a_fresh_offline_process(trained):
     out, _ = trained
     code = ("import sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]);"
-            "r = t.apply_chat_template([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}],"
-            " return_dict=True, return_assistant_tokens_mask=True); print(sum(r['assistant_masks']))")
+            "from hfstack.core.templates import assistant_mask, training_template;"
+            "ids, mask = assistant_mask(t, [{'role': 'user', 'content': 'hi'},"
+            " {'role': 'assistant', 'content': 'yo'}], training_template(t)); print(sum(mask))")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True,
                             timeout=120)

@@ -68,7 +68,7 @@ CASES = [
     ("pretrain --hidden_size 0", "'hidden_size'"),  # an Optional int: None passes, 0 does not
     ("sft --per_device_train_batch_size 0", "'per_device_train_batch_size'"),
     ("chat --model_name_or_path {fx}/model_ok --batch_size 0", "'batch_size'"),
-    ("teach --teacher t --prompts {fx}/prompts.jsonl --batch_size 0", "'batch_size'"),
+    ("teach --model_name_or_path t --prompts {fx}/prompts.jsonl --batch_size 0", "'batch_size'"),
     ("generate --model_name_or_path {fx}/model_ok --max_new_tokens 0", "'max_new_tokens'"),
     ("rl --max_completion_length 0", "'max_completion_length'"),
     ("eval --model_name_or_path {fx}/model_ok --limit 0", "'limit' must be >= 1"),
@@ -170,7 +170,7 @@ CASES = [
     ("data --input {fx}/shards/*.parquet", "part-0.parquet': not a readable parquet file"),
     ("tokenize --chat {fx}/bad_chat.json --tokenizer {fx}/tok", "bad_chat.json': not valid JSON"),
     ("tokenize --tokenizer {fx}/tok", "give exactly one of TEXT"),
-    ("teach --teacher t --prompts {fx}/missing.jsonl", "missing.jsonl"),
+    ("teach --model_name_or_path t --prompts {fx}/missing.jsonl", "missing.jsonl"),
     ("frobnicate --max_steps 1", "unknown command 'frobnicate'"),
     # --- seeds, a batch smaller than one micro-batch, an output a person may have reviewed
     ("pretrain --seed -1", "'seed' must be in [0, 4294967295]"),
@@ -179,8 +179,8 @@ CASES = [
     ("pretrain --batch_tokens 7", "'batch_tokens' 7 is less than one micro-batch"),
     ("sft --training_args '{{optimm: sgd}}'", "unknown key 'optimm' for SFTConfig; did you mean 'optim'?"),
     ("rlhf --algo ppo --training_args '{{optim: sgd}}'", "algo ppo is hfstack's own loop"),
-    ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/prompts.jsonl", "prompts.jsonl' exists"),
-    ("teach --teacher t --prompts {fx}/prompts.jsonl --output {fx}/nowhere/out.jsonl", "does not exist"),
+    ("teach --model_name_or_path t --prompts {fx}/prompts.jsonl --output {fx}/prompts.jsonl", "prompts.jsonl' exists"),
+    ("teach --model_name_or_path t --prompts {fx}/prompts.jsonl --output {fx}/nowhere/out.jsonl", "does not exist"),
 ]
 
 

@@ -1,0 +1,111 @@
+"""Adopting hfstack's protocol on a foreign base (hfstack.core.adopt) and telling a folder from a Hub
+id (hfstack.core.pretrained): tokens added once, new rows at the mean, padded vocabularies accepted,
+the kept template's mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hfstack.core.adopt import adopt_protocol, missing_protocol_tokens, training_rows, turn_end_token
+from hfstack.core.config import ConfigError
+from hfstack.core.pretrained import beside_model, is_local, looks_like_hub_id, resolve_model
+from hfstack.core.protocol import END_OF_TURN, PAD, SPECIAL_TOKENS
+
+from foreign import build_tiny_base
+
+
+@pytest.fixture(scope="module")
+def foreign_base(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("foreign") / "tiny-base")
+
+
+def load(folder):
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def test_hub_ids_and_folders_are_told_apart(tmp_path):
+    assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M") and looks_like_hub_id("gpt2")
+    for path in ("./base", "/abs/base", "~/base", "runs/tiny/base", "a/../b", "model.safetensors", ""):
+        assert not looks_like_hub_id(path), path
+    (tmp_path / "org").mkdir()
+    assert is_local(str(tmp_path / "org"))
+    assert beside_model("org/name", "heldout_eval.json").name == "org--name.heldout_eval.json"
+    assert beside_model(str(tmp_path), "x.json") == tmp_path / "x.json"
+
+
+def test_a_missing_model_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="no model at 'acme/absent'.*offline"):
+        resolve_model("acme/absent", stage="sft")
+    with pytest.raises(ConfigError, match="no model at"):
+        resolve_model(str(tmp_path / "nothing"), stage="sft")
+    with pytest.raises(ConfigError, match="applies only to a Hub id"):
+        resolve_model(str(tmp_path), revision="v2", stage="sft")
+
+
+def test_adopting_adds_the_protocol_and_mean_initialises_new_rows(foreign_base):
+    model, tokenizer = load(foreign_base)
+    rows_before = model.get_input_embeddings().weight.shape[0]
+    assert rows_before > len(tokenizer)  # the stand-in has a padded vocabulary
+    known = len(tokenizer)
+    old = model.get_input_embeddings().weight[:known].detach().clone()
+    assert set(missing_protocol_tokens(tokenizer)) == set(SPECIAL_TOKENS)
+
+    report = adopt_protocol(model, tokenizer, "hfstack", default_system="You are Tiny.")
+
+    assert report["tokens_added"] == len(SPECIAL_TOKENS) and missing_protocol_tokens(tokenizer) == []
+    assert tokenizer.pad_token == PAD and model.config.pad_token_id == tokenizer.pad_token_id
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] >= len(tokenizer) and weight.shape[0] % 64 == 0
+    assert torch.equal(weight[:known], old)  # the model's own rows are untouched
+    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    assert torch.allclose(weight[new_ids], old.mean(0).expand(len(new_ids), -1), atol=1e-6)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered.startswith("<s><|system_start|>You are Tiny.") and rendered.endswith("<|assistant_start|>")
+    assert turn_end_token(tokenizer) == END_OF_TURN
+    with torch.no_grad():  # the grown model still runs on every id the tokenizer has
+        model(torch.tensor([[len(tokenizer) - 1, 3]]))
+
+
+def test_a_model_that_has_the_tokens_is_not_resized_again(foreign_base, tmp_path):
+    model, tokenizer = load(foreign_base)
+    adopt_protocol(model, tokenizer, "hfstack")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, tokenizer = load(tmp_path)
+    rows = model.get_input_embeddings().weight.shape[0]
+    before = model.get_input_embeddings().weight.detach().clone()
+    report = adopt_protocol(model, tokenizer, "hfstack")
+    assert report["tokens_added"] == 0 and report["vocab_rows"] == rows
+    assert torch.equal(model.get_input_embeddings().weight, before)
+
+
+def test_keeping_the_models_template_masks_only_the_assistant(foreign_base):
+    model, tokenizer = load(foreign_base)
+    template = tokenizer.chat_template
+    report = adopt_protocol(model, tokenizer, "keep")
+    assert report["tokens_added"] == 0 and tokenizer.chat_template == template
+    assert tokenizer.pad_token == tokenizer.eos_token
+    assert turn_end_token(tokenizer, "keep") == "<|im_end|>"
+    chat = {"messages": [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "red"},
+                         {"role": "user", "content": "and another"}, {"role": "assistant", "content": "blue sky"}]}
+    tool = {"messages": [{"role": "user", "content": "2+2"},
+                         {"role": "assistant", "content": "", "tool_calls": [
+                             {"type": "function", "function": {"name": "python", "arguments": {"code": "2+2"}}}]},
+                         {"role": "tool", "name": "python", "content": "4"},
+                         {"role": "assistant", "content": "4"}]}
+    rows, dropped = training_rows(tokenizer, [chat, tool], "keep", max_length=256)
+    assert dropped["tool_calls"] == 1 and len(rows) == 1
+    ids, mask = rows[0]["input_ids"], rows[0]["assistant_masks"]
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert "red" in trained and "blue sky" in trained and "colour" not in trained and "another" not in trained
+    assert trained.count("<|im_end|>") == 2  # the model learns to end its turns
+
+
+def test_an_unknown_template_choice_is_refused(foreign_base):
+    model, tokenizer = load(foreign_base)
+    with pytest.raises(ConfigError, match="'chat_template' must be one of hfstack, keep"):
+        adopt_protocol(model, tokenizer, "mine")
