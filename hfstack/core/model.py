@@ -108,13 +108,13 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     return [*start, *encode_ordinary(tokenizer, [text])[0]]
 
 
-def load_reward_model(path: str):
+def load_reward_model(path: str, dtype="auto"):
     """A reward model as TRL's trainers want it: sequence classifier with pad_token_id set."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # a Hub model without one: padding is masked out, any token will do
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, nearest
 from hfstack.core.hub import push_model_folder
@@ -38,6 +39,9 @@ class TrainConfig:
 
     output_dir: str = "runs/model"  # the trained model's folder; checkpoints go in its checkpoints/
     model_revision: str | None = None  # the branch, tag or commit of a Hub id the stage starts from (None: main)
+    # float32: full-precision master weights under bf16 autocast; auto: as stored, so a 16-bit Hub model
+    # trains in pure 16-bit, where an update under 1/256 of a weight rounds away (RL's, mostly)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # the dtype the model's weights load in
     overwrite: bool = False  # start afresh in an output_dir a different run made (removes only hfstack's files)
     max_steps: int = bounded(100, ge=1)  # optimizer steps to train for
     learning_rate: float = bounded(1e-3, gt=0)  # peak learning rate (after any warmup)
@@ -53,6 +57,12 @@ class TrainConfig:
     hub_private_repo: bool = True  # a repository push_to_hub creates is private
     progress: bool = True  # progress bars
     training_args: dict = field(default_factory=dict)  # other fields of the trainer config, e.g. {optim: adamw_torch}
+
+    def load_dtype(self):
+        """`dtype` as from_pretrained takes it."""
+        import torch
+
+        return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
 
     def check_training(self, stage: str, trainer_config_class: str | None = None) -> None:
         """The checks every training stage makes in its `__post_init__` (after `check_fields`);

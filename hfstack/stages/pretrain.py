@@ -148,7 +148,8 @@ def build_model(cfg: PretrainConfig, tokenizer):
         if cfg.seq_len > config.max_position_embeddings:
             raise ConfigError(f"pretrain: seq_len {cfg.seq_len} is above the model's maximum "
                               f"(max_position_embeddings {config.max_position_embeddings})")
-        return AutoModelForCausalLM.from_pretrained(folder, attn_implementation=cfg.attn_implementation)
+        return AutoModelForCausalLM.from_pretrained(folder, attn_implementation=cfg.attn_implementation,
+                                                    dtype=cfg.load_dtype())
     dims = model_dims(cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size)
     config = build_config(len(tokenizer), cfg.seq_len, dims, tokenizer, cfg.tie_embeddings, cfg.attn_implementation)
     return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)

@@ -92,7 +92,7 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
         raise ConfigError(f"reward: no training pairs in '{cfg.dataset_name or 'dataset_mixture'}'")
     out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
-    model, tokenizer = load_reward_model(folder)
+    model, tokenizer = load_reward_model(folder, cfg.load_dtype())
     args = trainer_config(RewardConfig, "reward", cfg.training_args, **common_trainer_args(cfg, out),
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
         per_device_train_batch_size=cfg.per_device_train_batch_size,

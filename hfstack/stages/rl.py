@@ -181,7 +181,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     out, main = start_output("rl", cfg)  # after the model is checked: a missing one writes nothing
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=cfg.load_dtype())
     rows = task_prompts(cfg.tasks, cfg.seed, cfg.max_operand) + user_prompts(cfg)
     if not rows:
         raise ConfigError("rl: no training prompts; set 'tasks', 'dataset_name' or 'dataset_mixture'")

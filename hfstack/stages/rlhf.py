@@ -106,8 +106,8 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     out, main = start_output("rlhf", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    policy = AutoModelForCausalLM.from_pretrained(folder)
-    reward_model, reward_tokenizer = load_reward_model(reward_folder)
+    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=cfg.load_dtype())
+    reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
     judge = load_judge(cfg.judge)
     prompts = rlhf_prompts(cfg)
     checkpoints = out / "checkpoints"
@@ -156,7 +156,7 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     from transformers import AutoModelForTokenClassification
 
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    critic = AutoModelForTokenClassification.from_pretrained(reward_folder, num_labels=1)
+    critic = AutoModelForTokenClassification.from_pretrained(reward_folder, num_labels=1, dtype=cfg.load_dtype())
     reward_model.eval().requires_grad_(False)
 
     def score(batch_prompts, answers):

@@ -172,7 +172,7 @@ def load_base(cfg: SFTStageConfig, folder: str, on_gpu: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    options = {}
+    options = {"dtype": cfg.load_dtype()}
     if cfg.peft and cfg.peft.get("quantize_4bit"):
         if not on_gpu:
             raise ConfigError("sft: QLoRA (peft.quantize_4bit) needs a GPU and bitsandbytes")

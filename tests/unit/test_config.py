@@ -142,6 +142,39 @@ def test_every_recipe_parses_with_its_stage_config(recipe):
     assert isinstance(cfg, config_cls)
 
 
+def test_the_smollm_recipes_chain_from_a_hub_base():
+    """recipes/smollm: SFT starts from a Hub id with hfstack's template and a streamed chat mixture, and
+    each later stage reads the folder the one before it writes; rank and rlhf judge without a person."""
+    from hfstack.core.pretrained import looks_like_hub_id
+    from hfstack.stages import config_class
+
+    cfg = {stage: load_config(config_class(stage), recipes_dir() / "smollm" / f"{stage}.yaml")
+           for stage in ("sft", "rl", "rank", "reward", "rlhf")}
+    sft = cfg["sft"]
+    assert looks_like_hub_id(sft.model_name_or_path) and sft.chat_template == "hfstack"
+    assert sft.dataset_mixture.streaming and sft.counts["chat"] > 0
+    assert [d.id for d in sft.dataset_mixture.datasets] == ["HuggingFaceTB/smol-smoltalk"]
+    assert not (sft.facts_from or sft.facts_file) and not (sft.counts["knowledge"] or sft.counts["search"])
+    assert cfg["rl"].model_name_or_path == sft.output_dir
+    assert cfg["rank"].model_name_or_path == cfg["reward"].model_name_or_path == cfg["rl"].output_dir
+    assert cfg["reward"].dataset_name == cfg["rank"].output_dir
+    assert (cfg["rlhf"].model_name_or_path, cfg["rlhf"].reward_model_path) == (cfg["rl"].output_dir,
+                                                                              cfg["reward"].output_dir)
+    assert cfg["rank"].judge and cfg["rlhf"].judge
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes_dir().glob("*/rank*.yaml")), ids=lambda p: p.parent.name)
+def test_a_rank_recipe_asks_for_no_more_prompts_than_it_has(recipe):
+    """Without a prompts_file, rank rolls out the built-in open prompts: a recipe asking for more would
+    silently get fewer."""
+    from hfstack.stages.rank import RankConfig
+    from hfstack.tasks.open_prompts import open_prompts
+
+    cfg = load_config(RankConfig, recipe)
+    if cfg.prompts_file is None:
+        assert len(open_prompts(None, cfg.num_prompts, cfg.seed)) == cfg.num_prompts
+
+
 def test_every_command_and_recipe_in_the_docs_exists():
     """The ```bash blocks of README.md, docs/**/*.md and recipes/*/README.md name only real `hfstack`
     commands and recipe files, and together show every command `hfstack --help` lists."""
