@@ -114,11 +114,12 @@ class PretrainConfig(TrainConfig):
         return max(1, round(self.batch_tokens / per_step))
 
 
-def load_tokenizer(ref: str, revision: str | None = None):
-    """The tokenizer stage's folder, or a Hub tokenizer (a byte-level BPE such as gpt2's)."""
+def load_tokenizer(folder: str, ref: str):
+    """The tokenizer in `folder` (the tokenizer stage's, or a Hub tokenizer's `ref` resolved into the cache: a
+    byte-level BPE such as gpt2's)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(ref, revision, "pretrain"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
         raise ConfigError(f"pretrain: tokenizer '{ref}' has neither a bos nor an eos token to separate documents")
     return tokenizer
@@ -261,16 +262,17 @@ class PretrainTrainer(Trainer):
 def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the output directory. `callbacks` are extra TrainerCallbacks."""
     import torch
-    from transformers import set_seed
+    from transformers import default_data_collator, set_seed
 
     out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
     state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
-    tokenizer = load_tokenizer(cfg.tokenizer, cfg.model_revision)
+    tokenizer_folder = resolve_tokenizer(cfg.tokenizer, cfg.model_revision, "pretrain")
+    tokenizer = load_tokenizer(tokenizer_folder, cfg.tokenizer)
     files = resolve_text_files(cfg.data)
     set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = build_model(cfg, tokenizer)
     with state.main_process_first():  # rank 0 tokenizes, the others then read its cache
-        meta = encode_corpus(files, cfg.text_column, tokenizer, cfg.tokenizer, out / "cache", cfg.val_fraction,
+        meta = encode_corpus(files, cfg.text_column, tokenizer, tokenizer_folder, out / "cache", cfg.val_fraction,
                              cfg.num_proc, cfg.progress and state.is_main_process)
     train, val = load_splits(meta, cfg.seq_len, cfg.per_device_train_batch_size)
     if not len(val):
@@ -292,8 +294,10 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     logger = JsonlLogger(out / "log.jsonl", tokens_per_step, flops_per_token(model, cfg.seq_len),
                          peak * state.num_processes)
     sampler = SampleWriter(tokenizer, cfg.sample_prompts, cfg.sample_tokens, logger)
+    # blocks are all seq_len long: stacked as they are (a Hub tokenizer may have no pad token to pad with)
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train, eval_dataset=val if len(val) else None,
-                          processing_class=tokenizer, callbacks=[logger, sampler, *(callbacks or [])])
+                              processing_class=tokenizer, data_collator=default_data_collator,
+                              callbacks=[logger, sampler, *(callbacks or [])])
     trainer.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer))
     trainer.eval_batches = cfg.eval_batches
     checkpoint = None

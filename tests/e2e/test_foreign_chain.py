@@ -25,7 +25,16 @@ from hfstack.core.protocol import END_OF_TURN, SPECIAL_TOKENS
 from hfstack.core.recipes import recipes_dir
 from hfstack.core.templates import assistant_mask, has_generation_markers, training_template
 
-from foreign import BASE_REPO, CHAT_A_REPO, CHAT_B_REPO, chat_b_rows, loopback_hub, publish
+from foreign import (
+    BASE_REPO,
+    CHAT_A_REPO,
+    CHAT_B_REPO,
+    CHATML_TEMPLATE,
+    chat_b_rows,
+    english_text,
+    loopback_hub,
+    publish,
+)
 
 pytestmark = pytest.mark.slow
 SMOLLM_STAGES = ("sft", "rl", "rank", "reward", "rlhf")
@@ -37,12 +46,13 @@ def hub(tmp_path_factory):
         yield state, env
 
 
-def hfstack(env: dict, *args: str) -> str:
+def hfstack(env: dict, *args: str, cwd: Path | None = None, ok: bool = True) -> str:
     """`hfstack ARGS` in a fresh process that talks to the loopback Hub; its output, or a failure with it."""
     result = subprocess.run([sys.executable, "-m", "hfstack", *args], env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, f"hfstack {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
+                            timeout=900, cwd=cwd)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == ok, f"hfstack {' '.join(args)}:\n{output[-6000:]}"
+    return output
 
 
 def summary(folder: Path, name: str = "summary.json") -> dict:
@@ -196,3 +206,54 @@ def test_the_smollm_preset_runs_on_a_stand_in(hub, tmp_path):
         hfstack(env, stage, *smollm_overrides(stage, tmp_path))
     assert summary(tmp_path / "sft")["base"]["model"] == model_id
     assert (tmp_path / "rlhf" / "model.safetensors").is_file()
+
+
+def test_the_other_commands_take_a_hub_id_too(hub, sft_model, tmp_path):
+    state, env = hub
+    sha = publish(state, "acme/tiny-sft", sft_model[0])
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "What is 3 + 4?"}) + "\n")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in english_text(40)))
+    hfstack(env, "eval", "--model_name_or_path", "acme/tiny-sft", "--model_revision", sha, "--limit", "2",
+            "--max_new_tokens", "24", cwd=tmp_path)
+    assert json.loads((tmp_path / "acme--tiny-sft.heldout_eval.json").read_text())  # not in the Hub cache
+    hfstack(env, "generate", "--model_name_or_path", BASE_REPO, "--prompt", "the cat", "--max_new_tokens", "8",
+            "--seed", "0", "--stream", "false")
+    hfstack(env, "regurgitation", "--model_name_or_path", BASE_REPO, "--data", str(tmp_path / "corpus.jsonl"),
+            "--num_docs", "2", "--prefix_tokens", "4", "--continuation_tokens", "4", cwd=tmp_path)
+    assert (tmp_path / "acme--tiny-base.regurgitation.json").is_file()
+    hfstack(env, "teach", "--model_name_or_path", "acme/tiny-sft", "--prompts", str(tmp_path / "prompts.jsonl"),
+            "--output", str(tmp_path / "taught.jsonl"), "--max_new_tokens", "8")
+    assert len((tmp_path / "taught.jsonl").read_text().splitlines()) == 1
+    error = hfstack(env, "chat", "--model_name_or_path", "acme/absent", "--input", str(tmp_path / "prompts.jsonl"),
+                    ok=False)
+    assert "no model at 'acme/absent': not a local folder, and the Hub gave none (no such repository" in error
+    assert "Traceback" not in error
+    error = hfstack(env, "chat", "--model_name_or_path", "acme/tiny-sft", "--model_revision", "v9", "--input",
+                    str(tmp_path / "prompts.jsonl"), ok=False)
+    assert "no revision 'v9'" in error and "Traceback" not in error
+
+
+def test_pretraining_starts_from_a_hub_tokenizer(hub, tmp_path):
+    _, env = hub
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in english_text(400)))
+    hfstack(env, "pretrain", "--tokenizer", BASE_REPO, "--data", str(tmp_path / "corpus.jsonl"), "--output_dir",
+            str(tmp_path / "base"), "--max_steps", "4", "--seq_len", "64", "--batch_tokens", "256",
+            "--per_device_train_batch_size", "4", "--eval_steps", "2", "--progress", "false")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
+    assert len(tokenizer) == 512 and tokenizer.bos_token == "<s>"  # the Hub tokenizer, as it was
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["vocab_size"] == 512
+    assert summary(tmp_path / "base")["eval_bpb"] > 0  # bits per byte through the foreign byte-level vocabulary
+
+
+def test_keeping_the_models_own_template_trains_chat_only(hub, tmp_path):
+    _, env = hub
+    hfstack(env, "sft", "--model_name_or_path", BASE_REPO, "--chat_template", "keep", "--output_dir",
+            str(tmp_path / "kept"), "--dataset_mixture", f"{{datasets: [{{id: {CHAT_B_REPO}}}]}}", "--counts",
+            "{arithmetic: 30, chat: 40}", "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--logging_steps", "1", "--progress", "false")
+    report = summary(tmp_path / "kept")
+    assert report["base"]["tokens_added"] == 0 and report["dropped_conversations"]["tool_calls"] > 0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "kept")
+    assert tokenizer.chat_template == CHATML_TEMPLATE and "<|user_start|>" not in tokenizer.get_vocab()
+    eos = json.loads((tmp_path / "kept" / "generation_config.json").read_text())["eos_token_id"]
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
