@@ -74,6 +74,7 @@ def adopt_protocol(model, tokenizer, chat_template_mode: str = "hfstack", defaul
         if getattr(tokenizer, name) is not None:
             setattr(model.config, name, getattr(tokenizer, name))
     return {"chat_template": chat_template_mode, "tokens_added": len(added),
+            "new_token_ids": sorted(tokenizer.convert_tokens_to_ids(t) for t in added),
             "vocab_rows": [rows_before, rows_after] if rows_after != rows_before else rows_after} | (
         {"kept_template": kept} if chat_template_mode == "keep" else {})
 
@@ -112,7 +113,8 @@ def turn_end_token(tokenizer, chat_template_mode: str = "auto") -> str | None:
     return min(found)[1] if found else None
 
 
-def training_rows(tokenizer, rows: list[dict], chat_template_mode: str, max_length: int) -> tuple[list[dict], dict]:
+def training_rows(tokenizer, rows: list[dict], chat_template_mode: str, max_length: int,
+                  assistant_only: bool = True) -> tuple[list[dict], dict]:
     """The conversations as SFTTrainer takes them, and how many were dropped and why. With hfstack's
     template (generation markers) or a kept one TRL can mark, the `messages` rows as they are. With a
     kept template, conversations with tool calls are dropped (the model's own tool format is not
@@ -123,7 +125,7 @@ def training_rows(tokenizer, rows: list[dict], chat_template_mode: str, max_leng
     dropped = {"tool_calls": 0, "template_not_prefix_stable": 0, "nothing_to_train": 0}
     chats = [row for row in rows if not any(m.get("tool_calls") or m["role"] == "tool" for m in row["messages"])]
     dropped["tool_calls"] = len(rows) - len(chats)
-    if has_generation_markers(tokenizer.chat_template):  # TRL's assistant_only_loss reads the markers
+    if has_generation_markers(tokenizer.chat_template) or not assistant_only:  # TRL reads the markers
         return chats, dropped
     tokenized = []
     for row in chats:

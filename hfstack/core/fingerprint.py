@@ -11,8 +11,10 @@ results (where it writes, how it logs and checkpoints, how it resumes: STAGES li
 and, for each field that names an input, the identity of what that input holds now: a file up to
 SMALL_FILE by its content hash, a larger file by size and modification time, a folder by a digest of
 its files' relative paths, sizes and modification times (leaving out its working state and notes:
-checkpoints, caches, logs, report files), a glob the same way over what it matches. A value that
-names no local file (a URL, a Hub dataset name) stands for itself. hfstack.core.rundir stores it in
+checkpoints, caches, logs, report files), a glob the same way over what it matches, a Hub id by
+the commit the local cache holds for it (the stage downloads before it fingerprints, so a repo that
+moved on is a different run), a dataset_mixture by each of its entries. A value that names nothing
+local otherwise (a URL, a Hub name never downloaded) stands for itself. hfstack.core.rundir stores it in
 OUT/.hfstack-run.json. Tests: python -m pytest -q tests/unit/test_rundir.py
 """
 
@@ -27,6 +29,7 @@ import os
 from pathlib import Path
 
 from hfstack.core.config import field_default
+from hfstack.core.pretrained import looks_like_hub_id
 from hfstack.core.renames import current_names
 
 SMALL_FILE = 4 * 2**20  # files up to 4 MB are identified by content; larger ones by size and mtime
@@ -67,18 +70,18 @@ STAGES = {
                               "sample_prompts", "sample_tokens"),
                      outputs=MODEL_FILES + ("cache", "checkpoints", "log.jsonl", "summary.json",
                                             "regurgitation.json")),
-    "sft": Spec(inputs=("model_name_or_path", "facts_from", "facts_file", "chat_files"),
+    "sft": Spec(inputs=("model_name_or_path", "facts_from", "facts_file", "chat_files", "dataset_mixture"),
                 ignored=("save_steps", "save_total_limit", "logging_steps"),
                 outputs=MODEL_FILES + ("checkpoints", "first_phase", "search_index", "eval_sets.jsonl", "summary.json",
                                        "eval.json")),
-    "rl": Spec(inputs=("model_name_or_path", "dataset_name"),
+    "rl": Spec(inputs=("model_name_or_path", "dataset_name", "dataset_mixture"),
                ignored=("save_steps", "save_total_limit", "logging_steps"),
                outputs=MODEL_FILES + ("checkpoints", "search_index", "eval_sets.jsonl", "eval.json")),
     # where the ranking page listens and where the pairs are pushed change nothing on disk
     "rank": Spec(inputs=("model_name_or_path", "prompts_file"), ignored=("host", "port", "push_to_hub"),
                  outputs=("rollouts.jsonl", "rollouts.tmp", "rankings.jsonl", "data/train.parquet",
                           "data/test.parquet", "data/*.parquet.tmp", ".hfstack-pairs.json", "summary.json")),
-    "reward": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences"),
+    "reward": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences", "dataset_mixture"),
                    ignored=("save_steps", "save_total_limit", "logging_steps"),
                    outputs=MODEL_FILES + ("checkpoints", "eval.json")),
     # rlhf's logging_steps stays in: the reward-hacking watch looks (and may stop the run) at each log
@@ -138,6 +141,9 @@ def identify_field(value):
         return None
     if isinstance(value, list):
         return [identify(str(v)) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("datasets"), list):  # a dataset_mixture: each entry's id
+        return value | {"datasets": [entry | {"id": identify(str(entry.get("id")))} if isinstance(entry, dict)
+                                     else entry for entry in value["datasets"]]}
     return identify(str(value))
 
 
@@ -149,6 +155,9 @@ def identify(value: str):
         return identify_file(path)
     if path.is_dir():
         return {"folder": folder_digest(sorted(walk(path)))}
+    if looks_like_hub_id(value):  # a Hub repo: the commit the cache holds for it, when it holds one
+        commit = cached_commit(value)
+        return {"hub": value, "commit": commit} if commit else value
     if glob.has_magic(value):  # like a folder: thousands of shards are listed, not read
         listing = []
         for match in sorted(Path(p) for p in glob.glob(value, recursive=True)):
@@ -158,6 +167,18 @@ def identify(value: str):
                 listing += [(f"{match.name}/{name}", size, mtime) for name, size, mtime in walk(match)]
         return {"glob": folder_digest(listing)}
     return value
+
+
+def cached_commit(repo_id: str) -> str | None:
+    """The commit of `repo_id`'s main branch last downloaded into the Hugging Face cache (model or
+    dataset), read from the cache's refs; None when it was never downloaded."""
+    from huggingface_hub import constants
+
+    for kind in ("models", "datasets"):
+        ref = Path(constants.HF_HUB_CACHE) / f"{kind}--{repo_id.replace('/', '--')}" / "refs" / "main"
+        if ref.is_file():
+            return ref.read_text().strip() or None
+    return None
 
 
 def identify_file(path: Path) -> dict:

@@ -24,10 +24,11 @@ from hfstack.core.fields import WEIGHT_FILES, check_model_folder
 # org/name or a bare name, as the Hub spells repo ids (letters, digits, - _ .; no leading or double dots)
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
-# what loading a model and its tokenizer reads; safetensors first, pickled weights only when a repo has nothing else
-MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "eval_sets.jsonl",
-               "search_index/*"]
+# what loading a model and its tokenizer reads, at the repo's top level only (never a checkpoint-500/ or a
+# consolidated.safetensors twin of the shards); safetensors first, pickled weights only when there is nothing else
+MODEL_FILES = ["*.json", "model*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "eval_sets.jsonl"]
 PICKLED_WEIGHTS = ["pytorch_model*.bin"]
+SUBFOLDERS = ["*/*"]
 
 
 def looks_like_hub_id(ref: str) -> bool:
@@ -53,7 +54,11 @@ def resolve_model(ref: str, revision: str | None = None, stage: str = "", what: 
         check_model_folder(ref, stage, what)
         return str(Path(ref).expanduser())
     folder = download(ref, revision, stage, what)
-    check_model_folder(folder, stage, what)
+    try:
+        check_model_folder(folder, stage, what)
+    except ConfigError:  # name the repo, not the cache folder it landed in
+        raise ConfigError(f"{prefix}{what} '{ref}' (revision {revision or 'main'}) on the Hub is not a transformers "
+                          "model: no config.json with a model_type and safetensors weights at its top level") from None
     return folder
 
 
@@ -65,9 +70,10 @@ def download(repo_id: str, revision: str | None = None, stage: str = "", what: s
     prefix = f"{stage}: " if stage else ""
     disable_progress_bars()
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES)
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, ignore_patterns=SUBFOLDERS)
         if not any((Path(folder) / name).is_file() for name in WEIGHT_FILES):
-            folder = snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES + PICKLED_WEIGHTS)
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES + PICKLED_WEIGHTS,
+                                       ignore_patterns=SUBFOLDERS)
     except Exception as e:  # the client's many error classes all say the same: no model from the Hub
         raise ConfigError(f"{prefix}no {what} at '{repo_id}': not a local folder, and the Hub gave none "
                           f"({hub_reason(e, revision)})") from None
@@ -84,7 +90,7 @@ def hub_reason(error: Exception, revision: str | None) -> str:
     if name == "GatedRepoError":
         return "the repository is gated: accept its terms on the Hub and log in with `hf auth login`"
     if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return "offline (HF_HUB_OFFLINE) and not in the local cache"
+        return "the Hub could not be reached (or HF_HUB_OFFLINE is set) and it is not in the local cache"
     detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
     return f"{name}: {detail[:160]}"
 
@@ -97,7 +103,9 @@ def beside_model(ref: str, name: str) -> Path:
     return Path(f"{ref.replace('/', '--')}.{name}")
 
 
-TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.jinja"]
+# config.json too: a tokenizer_config.json without a tokenizer_class (gpt2's) is read by the model_type
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.jinja",
+                   "config.json"]
 
 
 def resolve_tokenizer(ref: str, revision: str | None = None, stage: str = "") -> str:
@@ -109,7 +117,8 @@ def resolve_tokenizer(ref: str, revision: str | None = None, stage: str = "") ->
     folder = Path(ref).expanduser()
     if not is_local(ref):
         try:
-            folder = Path(snapshot_download(ref, revision=revision, allow_patterns=TOKENIZER_FILES))
+            folder = Path(snapshot_download(ref, revision=revision, allow_patterns=TOKENIZER_FILES,
+                                            ignore_patterns=SUBFOLDERS))
         except Exception as e:
             raise ConfigError(f"{prefix}no tokenizer at '{ref}': not a local folder, and the Hub gave none "
                               f"({hub_reason(e, revision)})") from None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import pickle
 import random
 from dataclasses import dataclass, field, fields
@@ -121,6 +122,10 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.endswith(tuple(FILE_FORMATS)) or name.count("/") > 1
 
 
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def open_dataset(entry: MixtureEntry, streaming: bool, where: str = "dataset_mixture"):
     """The entry's split as a `datasets.Dataset` (an `IterableDataset` when streaming)."""
     from datasets import load_dataset
@@ -136,10 +141,11 @@ def open_dataset(entry: MixtureEntry, streaming: bool, where: str = "dataset_mix
             return _open_folder(path, entry.split, streaming, name)
         if _looks_local(entry.id):
             raise ConfigError(f"{name}: no such file or folder")
-        try:
-            check_hub_dataset(entry.id)
-        except ConfigError as e:
-            raise ConfigError(f"{name}: not a local file or folder, and {str(e).split(': ', 1)[-1]}") from None
+        if not hub_offline():  # offline, the datasets cache may still hold it: load_dataset says if not
+            try:
+                check_hub_dataset(entry.id)
+            except ConfigError as e:
+                raise ConfigError(f"{name}: not a local file or folder, and {str(e).split(': ', 1)[-1]}") from None
         return load_dataset(entry.id, name=entry.config, split=entry.split, revision=entry.revision,
                             streaming=streaming)
     except ConfigError:

@@ -48,6 +48,7 @@ class PretrainConfig(TrainConfig):
     data: list[str] = field(default_factory=lambda: ["runs/tiny/data"])  # data-stage dir(s) or text files
     text_column: str = "text"  # the text column of parquet/jsonl files
     tokenizer: str = "runs/tiny/tokenizer"  # the tokenizer stage's folder, or a Hub tokenizer id (byte-level BPE)
+    tokenizer_revision: str | None = None  # a Hub tokenizer's branch, tag or commit (None: main)
     output_dir: str = "runs/tiny/base"  # the base model, log.jsonl and checkpoints/
     # --- model: the depth dial, or explicit sizes
     depth: int = bounded(2, ge=1)  # layers; the dial: hidden size 64 × depth, in heads of 64, unless set below
@@ -57,7 +58,7 @@ class PretrainConfig(TrainConfig):
     intermediate_size: int | None = bounded(None, ge=1)  # MLP width; None: about 8/3 × hidden_size, a multiple of 64
     tie_embeddings: bool = True  # the output layer shares the token embedding's weights
     spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
-    init_from: str | None = model_folder(None)  # continue from an existing model directory instead of a fresh init
+    init_from: str | None = model_folder(None)  # continue from a model (folder or Hub id) instead of a fresh init
     seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")  # tokens per training sequence
     # --- batch and steps
     per_device_train_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
@@ -264,9 +265,10 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
     import torch
     from transformers import default_data_collator, set_seed
 
+    # the tokenizer first (a Hub one is downloaded): a missing one writes nothing
+    tokenizer_folder = resolve_tokenizer(cfg.tokenizer, cfg.tokenizer_revision, "pretrain")
     out, _ = start_output("pretrain", cfg)  # a checked launch and a claimed folder, before anything is written
     state = process_state()  # on CPU, 2 launched processes are 2 gloo ranks
-    tokenizer_folder = resolve_tokenizer(cfg.tokenizer, cfg.model_revision, "pretrain")
     tokenizer = load_tokenizer(tokenizer_folder, cfg.tokenizer)
     files = resolve_text_files(cfg.data)
     set_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model

@@ -206,6 +206,7 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
         return existing
     from transformers import set_seed
 
+    # only now: ranking saved rollouts further needs no model (nor the Hub)
     folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "rank", "policy")
     set_seed(cfg.seed)
     model, tokenizer = load_model(folder)

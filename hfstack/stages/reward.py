@@ -23,7 +23,7 @@ from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.textfiles import load_records
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
-from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
+from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture, to_conversational
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
@@ -73,6 +73,23 @@ def load_pairs(source: str, split: str) -> list[dict]:
     return rows
 
 
+def one_shape(train: list[dict], test: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Pairs from several sources in one shape, as a Dataset needs (one type per column, the first
+    row's keys): an explicit prompt everywhere (TRL's extract_prompt splits an implicit one), and
+    messages everywhere when any pair is conversational."""
+    from trl.data_utils import extract_prompt
+
+    def explicit(row: dict) -> dict:
+        pair = {c: row[c] for c in ("prompt", "chosen", "rejected") if row.get(c) is not None}
+        return pair if "prompt" in pair else extract_prompt(pair)
+
+    train, test = [explicit(r) for r in train], [explicit(r) for r in test]
+    kinds = {isinstance(r[c], list) for r in train + test for c in ("prompt", "chosen", "rejected")}
+    if len(kinds) > 1:
+        train, test = [to_conversational(r) for r in train], [to_conversational(r) for r in test]
+    return train, test
+
+
 def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     from datasets import Dataset
     from transformers import set_seed
@@ -100,10 +117,9 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
         eos_token=turn_end_token(tokenizer),
         center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
         eval_strategy="no", dataset_num_proc=None)
-    columns = ["prompt", "chosen", "rejected"]
-    keep = lambda rows: [{c: r[c] for c in columns if c in r} for r in rows]  # noqa: E731
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(keep(train_rows)),
-                            eval_dataset=Dataset.from_list(keep(test_rows)) if test_rows else None,
+    train_rows, test_rows = one_shape(train_rows, test_rows)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            eval_dataset=Dataset.from_list(test_rows) if test_rows else None,
                             processing_class=tokenizer, callbacks=callbacks or [])
     before = trainer.evaluate()["eval_accuracy"] if test_rows else None
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))

@@ -195,6 +195,8 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
         loss_type=cfg.loss_type, reward_weights=[1.0, cfg.format_weight] + [1.0] * len(cfg.reward_funcs),
         mask_truncated_completions=False)
+    columns = {key: None for row in rows for key in row}  # every row has every column: from_list reads the first's
+    rows = [columns | row for row in rows]
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=callbacks or [],
                           rollout_func=tool_rollout(cfg.max_completion_length, cfg.temperature, cfg.use_tools))

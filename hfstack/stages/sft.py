@@ -152,13 +152,20 @@ class SFTStageConfig(TrainConfig):
 PHASE_FIELDS = tuple(f.name for f in fields(FirstPhase) if f.name != "counts")  # what a phase may set
 
 
-def lora_config(options: dict):
+def lora_config(options: dict, new_token_ids: list[int] = ()):
+    """LoRA from the recipe's options. When the base got new tokens (hfstack's, added to a Hub base),
+    the embedding and the head train in full beside the adapters (PEFT's modules_to_save): otherwise
+    the new rows keep the mean they started with, and the model could not tell one role or tool token
+    from another. (PEFT's per-row `trainable_token_indices` is lighter, but TRL's fused LM head reads
+    the head's weight directly and misses those rows.)"""
     from peft import LoraConfig
 
     options = dict(options)
     options.pop("quantize_4bit", None)
     options.setdefault("target_modules", "all-linear")
     options.setdefault("task_type", "CAUSAL_LM")
+    if new_token_ids:
+        options["modules_to_save"] = sorted({*(options.get("modules_to_save") or []), "embed_tokens", "lm_head"})
     try:
         return LoraConfig(**options)
     except TypeError as e:
@@ -210,16 +217,17 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     train_rows, held_out = build_mixture(generated, card, cfg.chat_files, cfg.chat_hub, cfg.chat_limit, cfg.seed,
                                          extra)
     chats = load_mixture(cfg.dataset_mixture, "chat", cfg.counts.get("chat"), "sft: dataset_mixture") \
-        if cfg.dataset_mixture else None
+        if cfg.dataset_mixture and cfg.counts.get("chat") != 0 else None  # counts.chat 0: the mixture is off
     if chats:  # drawn by weight; mixed in with the generated conversations, in one seeded order
         train_rows = train_rows + chats.train
         random.Random(cfg.seed).shuffle(train_rows)
         print0(f"[sft] dataset_mixture: {chats.report['rows']} rows drawn, {len(chats.test)} held out")
     if not train_rows:
         raise ConfigError("sft: the mixture is empty; set counts, dataset_mixture or chat_files")
-    train_rows, dropped = training_rows(tokenizer, train_rows, cfg.chat_template, cfg.max_length)
-    test_rows = training_rows(tokenizer, chats.test, cfg.chat_template, cfg.max_length)[0] if chats and chats.test \
-        else []
+    as_trained = dict(chat_template_mode=cfg.chat_template, max_length=cfg.max_length,
+                      assistant_only=cfg.assistant_only_loss)
+    train_rows, dropped = training_rows(tokenizer, train_rows, **as_trained)
+    test_rows = training_rows(tokenizer, chats.test, **as_trained)[0] if chats and chats.test else []
     if main:  # only the main process writes; the others train alongside it
         with (out / "eval_sets.jsonl").open("w") as handle:
             for rows in held_out.values():
@@ -227,9 +235,10 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
                     handle.write(json.dumps(row) + "\n")
     phase_steps = 0
     if cfg.first_phase:
-        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks, main)
+        model, phase_steps = first_phase(cfg, model, tokenizer, card, out, callbacks, main, adopted["new_token_ids"])
     frozen = freeze(model, frozen_names)
-    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks, eval_rows=test_rows)
+    trainer = train(cfg, model, tokenizer, train_rows, out, callbacks, eval_rows=test_rows,
+                    new_token_ids=adopted["new_token_ids"])
     # the mixture's held-out rows: loss on chat the model never trained on
     test_loss = trainer.evaluate()["eval_loss"] if test_rows else None
     model = trainer.model
@@ -245,7 +254,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                 "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
                 "last_loss": losses[-1:], "lora": bool(cfg.peft), "base": {"model": cfg.model_name_or_path}
-                | {k: v for k, v in adopted.items() if k != "kept_template"}}
+                | {k: v for k, v in adopted.items() if k not in ("kept_template", "new_token_ids")}}
                | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
                | ({"dropped_conversations": dropped} if any(dropped.values()) else {})
                | ({"dataset_mixture": chats.report, "test_loss": test_loss} if chats else {}))
@@ -257,7 +266,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
 
 
 def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, callbacks: list | None,
-          eval_rows: list[dict] | None = None, **overrides):
+          eval_rows: list[dict] | None = None, new_token_ids: list[int] = (), **overrides):
     """One SFTTrainer run over `rows`, checkpointing under `out/checkpoints` and resuming from there."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -274,7 +283,8 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
         dataset_num_proc=None))  # padding: the tokenizer's own
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         peft_config=lora_config(cfg.peft) if cfg.peft else None, callbacks=callbacks or [])
+                         peft_config=lora_config(cfg.peft, new_token_ids) if cfg.peft else None,
+                         callbacks=callbacks or [])
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     return trainer
 
@@ -304,7 +314,7 @@ def freeze(model, names: list[str]) -> int:
 
 
 def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: Path, callbacks: list | None,
-                main: bool = True):
+                main: bool = True, new_token_ids: list[int] = ()):
     """Train on the first phase's own mixture (training rows only: the held-out items are the main
     mixture's, and the generators never put a held-out item in any training split), save it under
     `out/first_phase`, and hand the model on. A rerun finds it saved and goes straight on."""
@@ -316,11 +326,11 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
         return AutoModelForCausalLM.from_pretrained(folder), json.loads((folder / "summary.json").read_text())["steps"]
     phase = cfg.first_phase
     rows, _ = build_mixture(phase.counts, card, [], [], -1, cfg.seed, {})
-    rows, _ = training_rows(tokenizer, rows, cfg.chat_template, cfg.max_length)
+    rows, _ = training_rows(tokenizer, rows, cfg.chat_template, cfg.max_length, cfg.assistant_only_loss)
     if not rows:
         raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got {phase.counts}")
     print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")
-    trainer = train(cfg, model, tokenizer, rows, folder, callbacks, **phase.overrides())
+    trainer = train(cfg, model, tokenizer, rows, folder, callbacks, new_token_ids=new_token_ids, **phase.overrides())
     model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
     if main:  # under a launch, every rank holds the same model; one writes it
         model.save_pretrained(folder)

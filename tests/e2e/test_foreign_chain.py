@@ -257,3 +257,19 @@ def test_keeping_the_models_own_template_trains_chat_only(hub, tmp_path):
     assert tokenizer.chat_template == CHATML_TEMPLATE and "<|user_start|>" not in tokenizer.get_vocab()
     eos = json.loads((tmp_path / "kept" / "generation_config.json").read_text())["eos_token_id"]
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
+
+
+def test_a_hub_download_takes_only_the_top_level_model_files(hub, tmp_path):
+    state, env = hub
+    repo = dict(state.repos[f"model:{BASE_REPO}"])
+    repo |= {"checkpoint-500/model.safetensors": b"x" * 64, "checkpoint-500/trainer_state.json": b"{}",
+             "consolidated.safetensors": b"x" * 64, "runs/events.txt": b"log"}
+    state.repos["model:acme/with-checkpoints"] = repo
+    state.commit("model:acme/with-checkpoints")
+    code = ("from hfstack.core.pretrained import resolve_model; from pathlib import Path; "
+            "print(sorted(p.name for p in Path(resolve_model('acme/with-checkpoints')).rglob('*')))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
+    assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
+    assert not {"checkpoint-500", "trainer_state.json", "consolidated.safetensors", "runs", "events.txt"} & set(names)

@@ -41,3 +41,18 @@ def test_missing_preferences_are_clear_errors(tiny_sft_model, tmp_path):
         from hfstack.stages.reward import load_pairs
 
         load_pairs(str(bad), "train")
+
+
+def test_pairs_from_several_sources_take_one_shape():
+    from hfstack.stages.reward import one_shape
+
+    messages = {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "5"}]}
+    implicit_text = {"chosen": "Q: capital of France? A: Paris", "rejected": "Q: capital of France? A: Rome"}
+    train, test = one_shape([implicit_text, messages], [{"prompt": "hi", "chosen": "hello", "rejected": "go"}])
+    assert all(isinstance(r[c], list) for r in train + test for c in ("prompt", "chosen", "rejected"))
+    assert train[0]["prompt"] == [{"role": "user", "content": "Q: capital of France? A:"}]  # split, not lost
+    assert train[0]["chosen"] == [{"role": "assistant", "content": " Paris"}] and train[1] == messages
+    from datasets import Dataset
+
+    assert Dataset.from_list(train).column_names == ["prompt", "chosen", "rejected"]

@@ -36,8 +36,11 @@ def test_hub_ids_and_folders_are_told_apart(tmp_path):
 
 
 def test_a_missing_model_is_one_line_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match="no model at 'acme/absent'.*offline"):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: the env var is too late
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="no model at 'acme/absent'.*HF_HUB_OFFLINE is set.*not in the local cache"):
         resolve_model("acme/absent", stage="sft")
     with pytest.raises(ConfigError, match="no model at"):
         resolve_model(str(tmp_path / "nothing"), stage="sft")
@@ -109,3 +112,24 @@ def test_an_unknown_template_choice_is_refused(foreign_base):
     model, tokenizer = load(foreign_base)
     with pytest.raises(ConfigError, match="'chat_template' must be one of hfstack, keep"):
         adopt_protocol(model, tokenizer, "mine")
+
+
+def test_keep_without_assistant_only_loss_trains_every_token(foreign_base):
+    model, tokenizer = load(foreign_base)
+    adopt_protocol(model, tokenizer, "keep")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    rows, _ = training_rows(tokenizer, [chat], "keep", max_length=64, assistant_only=False)
+    assert rows == [chat]  # conversational: TRL trains on all of it, no mask column
+
+
+def test_lora_on_a_foreign_base_trains_the_new_token_rows(foreign_base, tmp_path):
+    from hfstack.stages.sft import SFTStageConfig, run_sft
+
+    out = run_sft(SFTStageConfig(model_name_or_path=str(foreign_base), output_dir=str(tmp_path / "lora"),
+                                 counts={"arithmetic": 64}, max_steps=4, per_device_train_batch_size=4,
+                                 peft={"r": 4, "lora_alpha": 8}, learning_rate=0.01, progress=False))
+    model, tokenizer = load(out)
+    rows = model.get_input_embeddings().weight[[tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]]
+    # they all started as the same mean row; the ones the conversations use have moved apart
+    used = rows[[SPECIAL_TOKENS.index(t) for t in ("<|user_start|>", "<|assistant_start|>", "<|python_start|>")]]
+    assert torch.cdist(used, used).triu(1)[torch.triu_indices(3, 3, 1).unbind()].min() > 1e-4

@@ -514,3 +514,25 @@ def test_a_launch_whose_processes_do_not_form_one_world_stops_with_one_line(tmp_
     # exit 2, and no traceback from hfstack (accelerate's launcher prints its own)
     assert "non-zero exit status 2" in done.stderr and "hfstack/launch.py" not in done.stderr
     assert not out.exists()
+
+
+def test_a_dataset_mixture_file_and_a_hub_commit_are_part_of_the_fingerprint(tmp_path, monkeypatch):
+    from hfstack.core.fingerprint import differences, fingerprint
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n")
+    cfg = SFTStageConfig(model_name_or_path="acme/base", output_dir=str(tmp_path / "out"),
+                         dataset_mixture={"datasets": [{"id": str(chats), "weight": 1.0}]})
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    before = fingerprint("sft", cfg)
+    assert before["inputs"]["model_name_or_path"] == "acme/base"  # never downloaded: the id stands for itself
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "b"}]}) + "\n")
+    ref = cache / "models--acme--base" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("1" * 40)
+    after = fingerprint("sft", cfg)
+    assert after["inputs"]["model_name_or_path"] == {"hub": "acme/base", "commit": "1" * 40}
+    assert differences(before, after, cfg) == ["dataset_mixture", "model_name_or_path"]
+    ref.write_text("2" * 40)  # the repo moved on upstream and was downloaded again: another run
+    assert differences(after, fingerprint("sft", cfg), cfg) == ["model_name_or_path"]
