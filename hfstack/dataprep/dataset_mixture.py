@@ -146,8 +146,14 @@ def open_dataset(entry: MixtureEntry, streaming: bool, where: str = "dataset_mix
                 check_hub_dataset(entry.id)
             except ConfigError as e:
                 raise ConfigError(f"{name}: not a local file or folder, and {str(e).split(': ', 1)[-1]}") from None
-        return load_dataset(entry.id, name=entry.config, split=entry.split, revision=entry.revision,
-                            streaming=streaming)
+        try:
+            return load_dataset(entry.id, name=entry.config, split=entry.split, revision=entry.revision,
+                                streaming=streaming)
+        except Exception:
+            if hub_offline():
+                raise ConfigError(f"{name}: not a local file or folder, and HF_HUB_OFFLINE is set and the datasets "
+                                  "cache does not hold it") from None
+            raise
     except ConfigError:
         raise
     except Exception as e:  # the datasets library's many errors, said in one line
