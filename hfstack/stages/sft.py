@@ -211,6 +211,12 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     set_seed(cfg.seed)
     model, tokenizer, adopted = load_base(cfg, base, on_gpu)
     frozen_names = to_freeze(model, cfg.freeze)
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    if adopted["new_token_ids"] and not cfg.first_phase and any(
+            id(p) in embeddings for n, p in model.named_parameters() if n in frozen_names):
+        raise ConfigError(f"sft: 'freeze' holds the embeddings fixed, but {adopted['tokens_added']} tokens were just "
+                          "added to this base at the mean row: they must train (leave embed_tokens out of freeze, "
+                          "or freeze after a first_phase)")
     card = cfg.card()
     extra, knowledge_report = knowledge_sources(cfg, model, tokenizer, out, main)
     generated = {k: v for k, v in cfg.counts.items() if k != "chat"}

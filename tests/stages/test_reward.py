@@ -56,3 +56,22 @@ def test_pairs_from_several_sources_take_one_shape():
     from datasets import Dataset
 
     assert Dataset.from_list(train).column_names == ["prompt", "chosen", "rejected"]
+
+
+def test_pairs_from_a_weighted_mixture_train_and_hold_out(tiny_sft_model, tmp_path):
+    """Two preference files by weight (one with string pairs, one conversational): one shape, a test split."""
+    texts, chats = tmp_path / "texts.jsonl", tmp_path / "chats.jsonl"
+    texts.write_text("".join(json.dumps({"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"}) + "\n"
+                             for i in range(40)))
+    chats.write_text("".join(json.dumps({
+        "chosen": [{"role": "user", "content": f"Add {i} and 1."}, {"role": "assistant", "content": f"{i + 1}"}],
+        "rejected": [{"role": "user", "content": f"Add {i} and 1."}, {"role": "assistant", "content": "?"}]}) + "\n"
+                             for i in range(40)))
+    out = run_reward(RewardStageConfig(
+        model_name_or_path=str(tiny_sft_model), dataset_name=None, output_dir=str(tmp_path / "rm"),
+        dataset_mixture={"datasets": [{"id": str(texts), "weight": 0.5}, {"id": str(chats), "weight": 0.5}],
+                         "test_split_size": 0.25},
+        dataset_rows=60, max_steps=2, per_device_train_batch_size=4, progress=False))
+    report = json.loads((out / "eval.json").read_text())
+    assert (report["train_pairs"], report["test_pairs"]) == (45, 15)
+    assert report["held_out_accuracy_before"] is not None and report["steps"] == 2

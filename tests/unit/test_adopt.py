@@ -133,3 +133,11 @@ def test_lora_on_a_foreign_base_trains_the_new_token_rows(foreign_base, tmp_path
     # they all started as the same mean row; the ones the conversations use have moved apart
     used = rows[[SPECIAL_TOKENS.index(t) for t in ("<|user_start|>", "<|assistant_start|>", "<|python_start|>")]]
     assert torch.cdist(used, used).triu(1)[torch.triu_indices(3, 3, 1).unbind()].min() > 1e-4
+
+
+def test_freezing_the_embeddings_of_a_base_that_just_got_tokens_is_refused(foreign_base, tmp_path):
+    from hfstack.stages.sft import SFTStageConfig, run_sft
+
+    with pytest.raises(ConfigError, match="'freeze' holds the embeddings fixed, but 14 tokens were just added"):
+        run_sft(SFTStageConfig(model_name_or_path=str(foreign_base), output_dir=str(tmp_path / "o"),
+                               counts={"arithmetic": 8}, freeze=["embed_tokens"], max_steps=1, progress=False))
