@@ -23,13 +23,27 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def is_main_env() -> bool:
+    """Rank 0 as the launcher's environment says (RANK, else LOCAL_RANK; absent is rank 0)."""
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    return not rank.strip().isdigit() or int(rank) == 0  # an unreadable value counts as absent
+
+
+def progress_bar(total: int, description: str | None, unit: str = " conversations"):
+    """A tqdm bar on the main process when `description` is given (a stage's `progress: false` passes
+    None), else a silent one: loops call update() either way."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, disable=not description or not is_main_env(),
+                mininterval=2, dynamic_ncols=True)
+
+
 def print0(*args, **kwargs) -> None:
     """print, on the main process only (flushed unless told otherwise), so that a launched run says each
     line once. "Main" is read from the environment (RANK, else LOCAL_RANK; absent is rank 0), which
     torchrun and accelerate set for every process they start: no torch.distributed or Accelerate state
     is created, and a single-process stage does not import torch to print."""
-    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
-    if not rank.strip().isdigit() or int(rank) == 0:  # an unreadable value counts as absent
+    if is_main_env():
         kwargs.setdefault("flush", True)
         print(*args, **kwargs)
 

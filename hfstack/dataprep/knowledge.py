@@ -20,6 +20,7 @@ import random
 import re
 
 from hfstack.core.config import ConfigError, import_object
+from hfstack.core.launch import progress_bar
 from hfstack.core.model import FEW_SHOT, TURN_END, prompt_ids
 from hfstack.core.splits import stable_split
 from hfstack.core.textfiles import read_jsonl
@@ -107,18 +108,22 @@ def load_judge(path: str):
 
 
 def interrogate(model, tokenizer, facts: list[dict], samples: int = 3, judge=word_overlap_judge,
-                temperature: float = 0.8, max_new_tokens: int = 48, min_correct: int = 2) -> list[dict]:
+                temperature: float = 0.8, max_new_tokens: int = 48, min_correct: int = 2,
+                progress: str | None = None) -> list[dict]:
     """Each fact with how many of `samples` sampled answers the judge accepted, and `known`."""
 
     prompts = [prompt_ids(tokenizer, FEW_SHOT.format(question=f["question"])) for f in facts]
     correct = [0] * len(facts)
     stop = [tokenizer.eos_token_id]
+    bar = progress_bar(len(prompts) * samples, progress, unit=" answers")
     for _ in range(samples):
         for begin in range(0, len(prompts), 32):
             rows = generate_batch(model, tokenizer, prompts[begin:begin + 32], max_new_tokens, temperature, stop)
+            bar.update(len(rows))
             for offset, row in enumerate(rows):
                 answer = tokenizer.decode(row, skip_special_tokens=True).split(TURN_END)[0].strip()
                 correct[begin + offset] += bool(judge(answer, facts[begin + offset]["answer"]))
+    bar.close()
     return [f | {"correct": c, "samples": samples, "known": c >= min(min_correct, samples)}
             for f, c in zip(facts, correct)]
 

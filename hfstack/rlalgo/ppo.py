@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hfstack.core.launch import progress_bar
 from hfstack.core.rundir import checkpoint_step
 from hfstack.tools.loop import turn_end_ids
 
@@ -102,6 +103,7 @@ class PPOSettings:
     gamma: float = 1.0
     lam: float = 0.95
     seed: int = 0
+    progress: bool = False  # a bar over the steps (main process only)
 
 
 class LoopState:
@@ -165,7 +167,10 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
         accelerator.print(f"[ppo] resuming from {resume} (step {loop.step})")
     stop_ids = sorted(turn_end_ids(policy, tokenizer))  # from the tokenizer loaded, whoever made it
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    bar = progress_bar(settings.steps, "ppo" if settings.progress else None, unit=" steps")
+    bar.update(loop.step)
     for step in range(loop.step + 1, settings.steps + 1):
+        bar.update(1)
         batch_prompts = [rng.choice(prompts) for _ in range(settings.batch_size)]
         rendered = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
                     for p in batch_prompts]
@@ -234,6 +239,7 @@ def train_ppo(policy, reference, critic, tokenizer, prompts: list[list[dict]], s
             save_checkpoint(accelerator, checkpoint_dir, step)
         if on_log is not None and on_log(step, metrics, batch_prompts, texts):
             break
+    bar.close()
     return accelerator.unwrap_model(policy)
 
 

@@ -36,6 +36,7 @@ class ChatConfig:
     temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
     max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")  # tool calls per reply
     batch_size: int = bounded(32, ge=1)  # batch mode: conversations generated together
+    progress: bool = True  # a progress bar over the conversations answered (main process only)
 
     def __post_init__(self):
         check_fields(self, "chat")
@@ -61,7 +62,8 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
     if cfg.input is not None:
         conversations = [system + c if system and c[0]["role"] != "system" else c for c in _read_batch(cfg.input)]
         replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, cfg.max_tool_calls,
-                                    cfg.temperature, tools=tools, batch_size=cfg.batch_size)
+                                    cfg.temperature, tools=tools, batch_size=cfg.batch_size,
+                                    progress="chat" if cfg.progress else None)
         rows = [{"answer": r.answer, "tool_calls": r.tool_calls} for r in replies]
         text = "".join(json.dumps(row) + "\n" for row in rows)
         if cfg.output:

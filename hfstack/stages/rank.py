@@ -59,6 +59,7 @@ class RankConfig:
     max_new_tokens: int = bounded(48, ge=1)  # tokens per rollout
     temperature: float = bounded(1.0, gt=0, why="sampled, so the k rollouts differ")  # sampling temperature
     seed: int = 0  # picks the built-in prompts and seeds the sampling
+    progress: bool = True  # a progress bar over the rollouts
     judge: str | None = None  # "module:function" ranks without a person; None serves the page
     # share of prompts whose pairs are held out
     test_fraction: float = bounded(0.2, ge=0, lt=1, why="0 holds no prompts out")  # share of prompts held out
@@ -212,7 +213,8 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
     model, tokenizer = load_model(folder)
     prompts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed)
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(cfg.k)]
-    replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature)
+    replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature,
+                                progress="rollouts" if cfg.progress else None)
     rows = [{"prompt_id": i, "prompt": p, "completions": [r.answer for r in replies[i * cfg.k:(i + 1) * cfg.k]]}
             for i, p in enumerate(prompts)]
     store.write_rollouts(rows)

@@ -161,12 +161,15 @@ def held_out(model_dir: str, limit: int, seed: int) -> dict[str, list[dict]]:
     return by_task
 
 
-def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, use_tools: bool) -> dict:
+def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, use_tools: bool,
+              progress: bool = False) -> dict:
     """Greedy answers with tools, scored exactly as `hfstack eval` scores them."""
 
     tools = default_tools() if use_tools else {}
     return {name: TASKS[name].accuracy(model, tokenizer, rows, max_new_tokens, tools,
-                                       max_tool_calls=2 if use_tools else 0)[0] for name, rows in sets.items() if rows}
+                                       max_tool_calls=2 if use_tools else 0,
+                                       progress=f"pass@1 {name}" if progress else None)[0]
+            for name, rows in sets.items() if rows}
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -187,7 +190,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
         raise ConfigError("rl: no training prompts; set 'tasks', 'dataset_name' or 'dataset_mixture'")
     reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
     sets = held_out(folder, cfg.eval_limit, cfg.seed)
-    before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
+    before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools, cfg.progress)
     print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
     args = trainer_config(GRPOConfig, "rl", cfg.training_args, **common_trainer_args(cfg, out),
@@ -202,7 +205,7 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
                           rollout_func=tool_rollout(cfg.max_completion_length, cfg.temperature, cfg.use_tools))
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     model = trainer.accelerator.unwrap_model(trainer.model)
-    after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools)
+    after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools, cfg.progress)
     print0(f"[rl] pass@1 after: {after}")
     if not main:
         return out

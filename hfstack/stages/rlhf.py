@@ -180,7 +180,8 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                            minibatch_size=max(1, cfg.prompts_per_step * cfg.num_generations // 2),
                            ppo_epochs=cfg.ppo_epochs, learning_rate=cfg.learning_rate,
                            critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
-                           temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed)
+                           temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed,
+                           progress=cfg.progress)
     return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
                      answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
                      save_every=cfg.save_steps)

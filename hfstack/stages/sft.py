@@ -362,7 +362,8 @@ def knowledge_sources(cfg: SFTStageConfig, model, tokenizer, out: Path, main: bo
     if wanted["knowledge"] and facts:
         asked = facts[:wanted["knowledge"]]
         results = knowledge.interrogate(model, tokenizer, asked, cfg.interrogation_samples,
-                                        knowledge.load_judge(cfg.judge))
+                                        knowledge.load_judge(cfg.judge),
+                                        progress="interrogating" if cfg.progress else None)
         report |= {"known_facts": sum(r["known"] for r in results),
                    "unknown_facts": sum(not r["known"] for r in results)}
         print0(f"[sft] interrogated the model on {len(results)} facts: knows {report['known_facts']}, "

@@ -34,6 +34,7 @@ class TeachConfig:
     max_new_tokens: int = bounded(256, ge=1)  # tokens per teacher answer
     temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
     batch_size: int = bounded(16, ge=1)  # prompts answered together
+    progress: bool = True  # a progress bar over the conversations answered (main process only)
     overwrite: bool = False  # replace an existing --output (a file people may already have reviewed)
 
     def __post_init__(self):
@@ -83,7 +84,8 @@ def teach(cfg: TeachConfig) -> list[dict]:
         raise ConfigError(f"teach: teacher '{cfg.model_name_or_path}' has no chat template")
     conversations = read_prompts(cfg.prompts, cfg.instructions)
     replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, max_tool_calls=0,
-                                temperature=cfg.temperature, tools={}, batch_size=cfg.batch_size)
+                                temperature=cfg.temperature, tools={}, batch_size=cfg.batch_size,
+                                progress="teach" if cfg.progress else None)
     rows = [{"messages": [m for m in conv if m["role"] != "system"] + [{"role": "assistant",
                                                                        "content": _clean(r.answer, tokenizer)}],
              "teacher": cfg.model_name_or_path, "reviewed": False} for conv, r in zip(conversations, replies)]

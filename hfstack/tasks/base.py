@@ -50,12 +50,12 @@ class Task(ABC):
         return float(self.score(row, answer))
 
     def accuracy(self, model, tokenizer, rows: list[dict], max_new_tokens: int, tools: dict, max_tool_calls: int = 3,
-                 no_tools: bool = False) -> tuple[float, list]:
+                 no_tools: bool = False, progress: str | None = None) -> tuple[float, list]:
         """Greedy answers to the rows and the share scored right, with the replies. With the tool loop
         running, or with `no_tools` none allowed and the turn pre-filled with `no_tool_prefill`."""
         replies = assistant_replies(model, tokenizer, [self.prompt(r) for r in rows], max_new_tokens,
                                     max_tool_calls=0 if no_tools else max_tool_calls, tools=tools,
-                                    prefill=(self.no_tool_prefill or "") if no_tools else "")
+                                    prefill=(self.no_tool_prefill or "") if no_tools else "", progress=progress)
         correct = [self.score(r, reply.answer, no_tools) for r, reply in zip(rows, replies)]
         return round(sum(correct) / len(rows), 4), replies
 

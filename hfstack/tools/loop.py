@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hfstack.core.launch import progress_bar
 from hfstack.core.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
 from hfstack.core.tokens import encode_ordinary, vocab_id
 from hfstack.tools.sandbox import run_python
@@ -51,12 +52,13 @@ class _Turn:
 def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96,
                       max_tool_calls: int = 3, temperature: float = 0.0, tools: dict | None = None,
                       prefill: str = "", batch_size: int = 32, streamer=None, on_tool=None,
-                      should_stop=None) -> list[Reply]:
+                      should_stop=None, progress: str | None = None) -> list[Reply]:
     """The assistant's next turn for each conversation. `prefill` starts the turn with given text;
     `streamer` (a transformers streamer, one conversation) shows the tokens as they come, and
     `on_tool(call)` hears of each tool call as it finishes (default with a streamer: print it).
     `should_stop()`, when given and true (the chat page's client went away), ends every turn where it
-    is: generation stops after the current token and no further tool runs."""
+    is: generation stops after the current token and no further tool runs. `progress`, a description,
+    shows a bar of finished conversations (main process only)."""
 
     tools = default_tools() if tools is None else tools
     ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -69,6 +71,7 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     call_start = {name: vocab_id(tokenizer, start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
     out_start, out_end = (vocab_id(tokenizer, t) for t in TOOL_OUTPUT)
     stopped = should_stop if should_stop is not None else lambda: False
+    bar = progress_bar(len(turns), progress)
     for _ in range(max_tool_calls + 1):
         if stopped():
             break
@@ -96,8 +99,11 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
                         print(f"\n  [{name}] → {result}", flush=True)
                 else:
                     turn.done = True
+                    bar.update(1)
         if all(t.done for t in turns):
             break
+    bar.update(bar.total - bar.n)  # the turns the budget of tool calls cut short count as finished too
+    bar.close()
     # finished: a turn ended on its end token (hfstack's, or else the loaded model's own), not cut short
     end = vocab_id(tokenizer, END_OF_TURN)
     finished_on = {end} if end is not None else stop_ids

@@ -48,3 +48,16 @@ def test_the_loop_answers_with_a_foreign_tokenizer_and_stops_at_its_turn_end():
     for reply in replies:
         assert reply.completion_ids[-1] == im_end and reply.finished and reply.tool_calls == []
         assert len(reply.completion_ids) < 8 and "<|im_end|>" not in reply.answer  # stopped at the turn end
+
+
+def test_a_progress_bar_counts_the_conversations_only_when_asked(capsys):
+    tokenizer = foreign_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    conversations = [[{"role": "user", "content": "the cat"}]] * 3
+    assistant_replies(model, tokenizer, conversations, max_new_tokens=4, tools={}, progress="answering")
+    shown = capsys.readouterr().err
+    assert "answering" in shown and "3/3" in shown  # every conversation counted, cut short or not
+    assistant_replies(model, tokenizer, conversations, max_new_tokens=4, tools={})  # progress: false
+    assert capsys.readouterr().err == ""
