@@ -1,17 +1,23 @@
-"""Web chat with the assistant: streaming answers, a system message, tool calls shown as they run.
+"""Chat with the assistant: a web page, and the OpenAI chat-completions API any OpenAI client can use.
 
-    hfstack serve --model runs/tiny/rlhf [--port 7860] [--host 127.0.0.1]
+    hfstack serve --model runs/tiny/rlhf [--port 7860] [--host 127.0.0.1] [--api_key KEY]
 
-A standard-library HTTP server (bound to 127.0.0.1 unless `host` says otherwise) with one page and
-one endpoint: POST /api/chat takes `{"messages": [...], "system": "..."}` and streams newline-
-delimited JSON events while the tool loop runs: `{"type": "text", "text": ...}` as the answer's
-tokens arrive, `{"type": "call", "tool": ..., "text": ...}` as the model writes a tool call,
-`{"type": "tool", "tool": "python", "input": ..., "output": ...}` when the tool has run, and
-`{"type": "done", "answer": ...}`. Requests are answered one at a time (one model, one CPU).
+A standard-library HTTP server (bound to 127.0.0.1 unless `host` says otherwise). It serves:
 
-Every request passes hfstack.ui.http's checks (Host, Origin, JSON body, size); the messages may
-only be user and assistant turns (the system message comes in `system`), and no text may spell out
-a protocol token. A client that goes away stops its generation within a token, freeing the model.
+- `GET /`: the chat page (hfstack/ui/chat.html), which talks to the API below, streaming;
+- `POST /v1/chat/completions` and `GET /v1/models`: OpenAI's API (shapes and what is ignored:
+  hfstack.ui.openai_api). The tools run here, inside the turn, as in every hfstack tool loop; the
+  calls and their outputs come back beside the final answer, and as chunks while streaming;
+- `POST /api/chat`, kept for older clients: `{"messages": [...], "system": "..."}` of user and
+  assistant turns, answered with newline-delimited JSON events: `{"type": "text", "text"}` as the
+  answer's tokens arrive, `{"type": "call", "tool", "text"}` as the model writes a tool call,
+  `{"type": "tool", "tool", "input", "output"}` when the tool has run, and `{"type": "done",
+  "answer"}` (with `"error"` if the generation failed).
+
+Requests are answered one at a time (one model). Every request passes hfstack.ui.http's checks
+(Host, Origin, JSON body, size), and no text may spell out a protocol token. With `--api_key`, the
+API and /api/chat need `Authorization: Bearer KEY` (the page sends it only when typed into it; the
+page itself never holds it). A client that goes away stops its generation within a token.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ import json
 import queue
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
-from hfstack.core.config import bounded, check_fields, model_folder
+from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
 from hfstack.core.renames import renamed
 from hfstack.tools.loop import assistant_replies, default_tools
 from hfstack.tools.search import index_of_model
+from hfstack.ui import openai_api as api
 from hfstack.ui.http import GuardedHandler, GuardedHTTPServer, Refused, page, serve_until_interrupted
 
 MAX_BODY_BYTES = 1 << 20  # a long conversation fits; a request that would fill memory does not
@@ -46,11 +55,14 @@ class ServeConfig:
     host: str = "127.0.0.1"  # the address to listen on; 127.0.0.1: this machine only
     port: int = bounded(7860, ge=0, le=65535, why="0 picks a free port")  # the port to listen on
     max_new_tokens: int = bounded(128, ge=1)  # tokens per reply, tool calls and their outputs included
-    temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature
+    temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature (an API request may set its own)
     max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")  # tool calls per reply
+    api_key: str | None = None  # when set, /v1/* and /api/chat need 'Authorization: Bearer <api_key>'
 
     def __post_init__(self):
         check_fields(self, "serve")  # the model folder too: config.json, weights
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("serve: 'api_key' is empty; leave it out for no key, or give one")
 
 
 @dataclass
@@ -60,10 +72,15 @@ class Generation:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     tokens: int = 0  # tokens the model has generated so far (tool outputs not counted)
+    messages: list[dict] = field(default_factory=list)  # the conversation it answered (hfstack's format)
 
 
-def chat_request(body: dict) -> tuple[list[dict], str]:
-    """The messages and system text of a POST /api/chat body, or Refused(400) saying what is wrong.
+class ClientGone(Exception):
+    """The client closed its connection before its answer was complete."""
+
+
+def chat_request(body: dict) -> list[dict]:
+    """The conversation of a POST /api/chat body, or Refused(400) saying what is wrong.
     Protocol tokens are refused with the same check the SFT data goes through."""
     messages, system = body.get("messages"), body.get("system") or ""
     if not isinstance(messages, list) or not messages:
@@ -83,7 +100,16 @@ def chat_request(body: dict) -> tuple[list[dict], str]:
         token = contains_protocol_token(text)
         if token:  # it would be read as the real token: a forged turn, a fake tool output
             raise Refused(400, f"{where} contains the protocol token {token}")
-    return clean, system
+    return ([{"role": "system", "content": system}] if system else []) + clean
+
+
+def legacy_event(event: dict) -> dict | None:
+    """A tool-loop event as /api/chat's NDJSON has always sent it (None: an event it never had)."""
+    if event["type"] == "done":
+        return {"type": "done", "answer": without_protocol_tokens(event["reply"].answer)}
+    if event["type"] == "error":
+        return {"type": "done", "answer": "", "error": event["message"]}
+    return event if event["type"] in ("text", "call", "tool") else None
 
 
 PAGE = page("chat.html")
@@ -98,6 +124,7 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     model, tokenizer = load_model(folder)
     tools = default_tools(index_of_model(folder)) if tools is None else tools
     one_at_a_time = threading.Lock()
+    model_id, started = cfg.model_name_or_path, int(time.time())
 
     call_tokens = {start: name for name, (start, _) in TOOL_CALL_TOKENS.items()}
     end_tokens = {end for _, end in TOOL_CALL_TOKENS.values()}
@@ -119,12 +146,14 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
                 if piece in call_tokens:
                     self.tool = call_tokens[piece]
                 elif piece in end_tokens:
+                    if self.tool:
+                        self.emit({"type": "call_end", "tool": self.tool})
                     self.tool = None
                 elif piece and not re.fullmatch(r"<\|[a-z_]+\|>", piece):
                     self.emit({"type": "call", "tool": self.tool, "text": piece} if self.tool
                               else {"type": "text", "text": piece})
 
-    def answer(messages: list[dict], system: str, events: queue.Queue, run: Generation) -> None:
+    def answer(run: Generation, events: queue.Queue, max_new_tokens: int, temperature: float) -> None:
         def emit(event: dict) -> None:
             # waits while the client is behind (the queue is bounded), gives up once it has gone
             while not run.cancelled.is_set():
@@ -134,75 +163,132 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
                 except queue.Full:
                     continue
 
-        conversation = ([{"role": "system", "content": system}] if system else []) + messages
         try:
             with one_at_a_time:
                 if run.cancelled.is_set():  # the client left while an earlier request held the model
                     return
-                reply = assistant_replies(model, tokenizer, [conversation], cfg.max_new_tokens, cfg.max_tool_calls,
-                                          cfg.temperature, tools=tools, streamer=QueueStreamer(emit, run),
+                reply = assistant_replies(model, tokenizer, [run.messages], max_new_tokens, cfg.max_tool_calls,
+                                          temperature, tools=tools, streamer=QueueStreamer(emit, run),
                                           on_tool=lambda call: emit({"type": "tool", **call}),
                                           should_stop=run.cancelled.is_set)[0]
-            # the page sends the answer back as history, which may not hold protocol tokens
-            emit({"type": "done", "answer": without_protocol_tokens(reply.answer)})
-        except Exception as e:  # the page shows it; the server keeps serving
-            emit({"type": "done", "answer": "", "error": f"{type(e).__name__}: {e}"})
+            emit({"type": "done", "reply": reply})
+        except Exception as e:  # the client is told; the server keeps serving
+            emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
         finally:
             run.finished.set()
 
     class Handler(GuardedHandler):
         protocol_version = "HTTP/1.1"
 
+        def error_body(self, refusal: Refused) -> dict:
+            on_api = getattr(self, "path", "").startswith("/v1/")  # no path yet: a malformed request line
+            return api.error_body(refusal) if on_api else super().error_body(refusal)
+
         def do_GET(self):  # noqa: N802 - the http.server interface
-            if self.path not in ("/", "/index.html"):
-                self.send_error(404)
-                return
-            self.send_page(PAGE)
+            try:
+                if self.path in ("/", "/index.html"):
+                    self.send_page(PAGE)
+                elif self.path == "/v1/models":
+                    api.check_api_key(self.headers.get("Authorization"), cfg.api_key)
+                    self.send_json(200, api.models_list(model_id, started))
+                elif self.path.startswith("/v1/models/"):
+                    api.check_api_key(self.headers.get("Authorization"), cfg.api_key)
+                    if unquote(self.path.removeprefix("/v1/models/")) != model_id:
+                        raise api.ApiError(404, f"this server serves the model {model_id!r} only", "model",
+                                       "model_not_found")
+                    self.send_json(200, api.model_card(model_id, started))
+                else:
+                    self.send_error(404)  # quietly: a browser asks for /favicon.ico
+            except Refused as refusal:
+                self.refuse(refusal)
 
         def do_POST(self):  # noqa: N802
             try:
-                if self.path != "/api/chat":
-                    raise Refused(404, "not found")
-                messages, system = chat_request(self.read_json_object())
+                if self.path not in ("/api/chat", "/v1/chat/completions"):
+                    raise api.ApiError(404, f"no {self.path[:80]!r} here")
+                api.check_api_key(self.headers.get("Authorization"), cfg.api_key)
+                body = self.read_json_object()
+                if self.path == "/api/chat":
+                    request, messages = None, chat_request(body)
+                else:
+                    request = api.completions_request(body, cfg.max_new_tokens, cfg.temperature)
+                    messages = request.messages
             except Refused as refusal:
                 self.refuse(refusal)
                 return
-            run = Generation()
+            run = Generation(messages=messages)
             server.generations.append(run)
             events: queue.Queue = queue.Queue(maxsize=EVENT_BACKLOG)
-            threading.Thread(target=answer, args=(messages, system, events, run), daemon=True).start()
-            delivered = False
+            limits = (cfg.max_new_tokens, cfg.temperature) if request is None else (request.max_new_tokens,
+                                                                                     request.temperature)
+            threading.Thread(target=answer, args=(run, events, *limits), daemon=True).start()
             try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                delivered = self.stream(events)
-            except OSError:  # BrokenPipe, ConnectionReset, a write that timed out: the client is gone
-                pass
-            finally:
-                if not delivered:  # stop the generation (within a token) and let the next request in
-                    run.cancelled.set()
-                    self.close_connection = True
+                if request is None:
+                    self.stream_ndjson(events)
+                elif request.stream:
+                    self.stream_sse(events, api.Completion(model_id), request.include_usage)
+                else:
+                    self.answer_json(events, api.Completion(model_id))
+            except (OSError, ClientGone):  # BrokenPipe, ConnectionReset, a write that timed out: the client is gone
+                run.cancelled.set()  # stop the generation (within a token) and let the next request in
+                self.close_connection = True
 
-        def stream(self, events: queue.Queue) -> bool:
-            """Write the events as chunks until `done` (True), or until the client has gone (False)."""
+        def events(self, events: queue.Queue):
+            """The run's events up to its last (done or error); ClientGone once the client has left."""
             while True:
                 try:
                     event = events.get(timeout=POLL_SECONDS)
                 except queue.Empty:
                     event = None
                 if self.client_gone():  # checked before each write, and while a tool runs in silence
-                    return False
-                if event is None:
-                    continue
-                data = (json.dumps(event) + "\n").encode()
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-                if event["type"] == "done":
-                    self.wfile.write(b"0\r\n\r\n")
-                    return True
+                    raise ClientGone
+                if event is not None:
+                    yield event
+                    if event["type"] in ("done", "error"):
+                        return
+
+        def start_chunked(self, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+
+        def write_chunk(self, data: bytes, last: bool = False) -> None:
+            """One chunk of the chunked body (`last`: and the body's end, in the same write)."""
+            framed = f"{len(data):x}\r\n".encode() + data + b"\r\n" if data else b""
+            self.wfile.write(framed + (b"0\r\n\r\n" if last else b""))
+            self.wfile.flush()
+
+        def stream_ndjson(self, events: queue.Queue) -> None:
+            self.start_chunked("application/x-ndjson")
+            for event in self.events(events):
+                if (sent := legacy_event(event)) is not None:
+                    self.write_chunk((json.dumps(sent) + "\n").encode())
+            self.write_chunk(b"", last=True)
+
+        def stream_sse(self, events: queue.Queue, completion: api.Completion, include_usage: bool) -> None:
+            self.start_chunked("text/event-stream")
+            self.write_chunk(api.sse(completion.first_chunk()))
+            for event in self.events(events):
+                if event["type"] == "error":
+                    chunks = [api.error_body(Refused(500, event["message"]))]
+                elif event["type"] == "done":
+                    chunks = completion.last_chunks(event["reply"], include_usage)
+                else:
+                    chunks = completion.on_event(event)
+                self.write_chunk(b"".join(api.sse(chunk) for chunk in chunks))
+            self.write_chunk(api.sse("[DONE]"), last=True)
+
+        def answer_json(self, events: queue.Queue, completion: api.Completion) -> None:
+            for event in self.events(events):
+                if event["type"] == "error":
+                    self.send_json(500, api.error_body(Refused(500, event["message"])))
+                elif event["type"] == "done":
+                    reply = event["reply"]
+                    self.send_json(200, completion.response(reply, without_protocol_tokens(reply.answer)))
+                else:
+                    completion.on_event(event)
 
     server = GuardedHTTPServer(cfg.host, cfg.port, Handler, "serve", MAX_BODY_BYTES)
     server.generations = deque(maxlen=16)
@@ -212,7 +298,9 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
 def serve(cfg: ServeConfig) -> None:
     server = make_server(cfg)
     address = f"http://{cfg.host}:{server.server_address[1]}/"
-    serve_until_interrupted(server, "serve", f"chat with {cfg.model_name_or_path} on {address} (Ctrl-C to stop)")
+    key = ", API key required" if cfg.api_key else ""
+    serve_until_interrupted(server, "serve", f"chat with {cfg.model_name_or_path} on {address}, OpenAI API at "
+                                             f"{address}v1{key} (Ctrl-C to stop)")
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

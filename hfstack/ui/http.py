@@ -13,11 +13,13 @@ read the answers. So `GuardedHTTPServer` and `GuardedHandler` apply, to every re
 - on POST: `Content-Type: application/json` (else 415), an `Origin`, when present, of one of those
   hosts (else 403: browsers always send it on cross-origin POSTs), a `Content-Length` (else 411) of
   at most the server's cap (else 413, without reading the body), and a body that parses as a JSON
-  object with finite numbers (else 400). Each refusal answers `{"error": "..."}` on one line, is
-  logged on stderr, and closes the connection; nothing drops the connection without an answer;
+  object with finite numbers (else 400). Each refusal answers `{"error": "..."}` on one line (a
+  handler may override `error_body`: serve's OpenAI API answers OpenAI's error object), is logged
+  on stderr, and closes the connection; nothing drops the connection without an answer;
 - on every answer `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`; the HTML page
   also gets a Content-Security-Policy that runs only its own inline script and style (a nonce).
-A server bound to anything but loopback prints a warning: the pages have no authentication.
+A server bound to anything but loopback prints a warning: the pages have no login (serve's
+optional `--api_key` guards only its API and chat requests).
 """
 
 from __future__ import annotations
@@ -111,6 +113,11 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     def log(self, line: str) -> None:
         print(f"[{self.tag}] {line}", file=sys.stderr, flush=True)
 
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):  # a client that left
+            return
+        super().handle_error(request, client_address)
+
 
 def warn_if_reachable(bound_address: str, configured_host: str, tag: str) -> None:
     if is_loopback(bound_address):
@@ -182,7 +189,11 @@ class GuardedHandler(BaseHTTPRequestHandler):
                 self.read_body()
             except (Refused, OSError):
                 pass
-        self.send_json(refusal.status, {"error": refusal.message}, close=True)
+        self.send_json(refusal.status, self.error_body(refusal), close=True)
+
+    def error_body(self, refusal: Refused) -> dict:
+        """What a refusal answers: `{"error": "..."}`; a handler speaking another protocol overrides it."""
+        return {"error": refusal.message}
 
     def client_gone(self) -> bool:
         """Whether the client has closed its end (its socket reads as end-of-file), without blocking."""
@@ -234,7 +245,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = "error"
-        self.send_json(code, {"error": message or phrase}, close=True)
+        self.send_json(code, self.error_body(Refused(code, message or phrase)), close=True)
 
     def log_message(self, *args) -> None:  # keep the terminal for progress lines and refusals
         pass
