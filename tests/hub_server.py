@@ -41,6 +41,7 @@ class HubState:
         self.history: dict[str, list[tuple[str, dict[str, bytes]]]] = {}  # → [(sha, files)], oldest first
         self.lfs: dict[str, bytes] = {}
         self.log: list[str] = []
+        self.validated: list[tuple[str, str]] = []  # (repoType, content) of each card sent to /api/validate-yaml
 
     def commit(self, key: str) -> str:
         """Record the files of `key` as a new commit of main (the same files give the same sha)."""
@@ -238,7 +239,12 @@ def make_hub(state: HubState) -> ThreadingHTTPServer:
             path = unquote(raw)
             state.log.append(f"POST {path}")
             body = self.body()
-            if path == "/api/validate-yaml":  # model-card metadata check before a README is committed
+            if path == "/api/validate-yaml":  # a card's metadata check (RepoCard.validate): 400 with the errors
+                request = json.loads(body or b"{}")
+                state.validated.append((request.get("repoType"), request.get("content", "")))
+                errors = card_errors(request.get("repoType"), request.get("content", ""))
+                if errors:
+                    return self.send(400, "\n".join(errors).encode(), kind="text/plain")
                 return self.send(200, {"errors": [], "warnings": []})
             if path == "/api/repos/create":
                 request = json.loads(body)
@@ -325,6 +331,45 @@ def card_data(readme: bytes) -> dict:
     except Exception:  # a broken card has no metadata, it is no server error
         return {}
     return data if isinstance(data, dict) else {}
+
+
+PIPELINES = {"text-generation", "text-classification", "text2text-generation", "fill-mask", "feature-extraction",
+             "token-classification", "question-answering", "summarization", "translation", "sentence-similarity"}
+
+
+def card_errors(repo_type: str | None, content: str) -> list[str]:
+    """What the Hub's metadata validation would refuse in a card, for the fields hfstack writes: a YAML
+    block that is no mapping, a malformed license, pipeline_tag, tags, model-index or dataset configs."""
+    if repo_type not in ("model", "dataset", "space"):
+        return [f"unknown repoType {repo_type!r}"]
+    if not content.startswith("---\n") or "\n---" not in content[3:]:
+        return ["no YAML metadata block"]
+    data, errors = card_data(content.encode()), []
+    if not data:
+        return ["the metadata block is not a YAML mapping"]
+    strings = lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa
+    for key in ("license", "language", "tags", "datasets", "base_model", "task_categories", "size_categories"):
+        if key in data and not strings(data[key]):
+            errors.append(f"'{key}' must be a string or a list of strings")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", str(data.get("license", "other"))):
+        errors.append(f"'license' {data['license']!r} is no license id")
+    if "pipeline_tag" in data and data["pipeline_tag"] not in PIPELINES:
+        errors.append(f"'pipeline_tag' {data['pipeline_tag']!r} is no pipeline")
+    for entry in data.get("model-index") or []:
+        named = isinstance(entry, dict) and isinstance(entry.get("name"), str)
+        for result in (entry.get("results") or [None]) if named else [None]:
+            ok = isinstance(result, dict) and isinstance((result.get("task") or {}).get("type"), str)
+            ok = ok and all(isinstance((result.get("dataset") or {}).get(k), str) for k in ("type", "name"))
+            metrics = result.get("metrics") if ok else None
+            if not ok or not metrics or not all(isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(
+                    m.get("value"), (int, float, str)) and not isinstance(m.get("value"), bool) for m in metrics):
+                errors.append(f"'model-index': malformed result {result!r}")
+    for config in data.get("configs") or []:
+        files = config.get("data_files") if isinstance(config, dict) and config.get("config_name") else None
+        if not isinstance(files, (str, list)) or isinstance(files, list) and not all(
+                isinstance(f, dict) and {"split", "path"} <= set(f) for f in files):
+            errors.append(f"'configs': malformed config {config!r}")
+    return errors
 
 
 def start_hub() -> tuple[ThreadingHTTPServer, HubState]:

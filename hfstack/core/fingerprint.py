@@ -88,6 +88,10 @@ STAGES = {
     "rlhf": Spec(inputs=("model_name_or_path", "reward_model_path", "prompts_file"),
                  ignored=("save_steps", "save_total_limit"),
                  outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
+    # dpo's logging_steps only changes what is printed: its watch looks every watch_steps, which stays in
+    "dpo": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences", "dataset_mixture"),
+                ignored=("save_steps", "save_total_limit", "logging_steps"),
+                outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
     "report": Spec(outputs=("report.md", "report.html", "*.png")),
     # the speedrun's own steps (hfstack.stages.speedrun claims their folders for them)
     "crawl": Spec(outputs=("*.warc.gz",)),

@@ -1,7 +1,8 @@
 """Pushing to the Hugging Face Hub through an allowlist, never a folder: what `hfstack push` and a
 training stage's `push_to_hub` upload. A run's folders also hold secrets (`.env`), logs (nohup.out,
 wandb/, runs/), checkpoints, pickles (training_args.bin) and held-out evaluation sets; `files_to_push`
-names every file that goes up, and each repository gets exactly those, with a generated card, in one commit.
+names every file that goes up, and each repository gets exactly those, with a generated card
+(hfstack.core.cards: ModelCard metadata, lineage and evaluation results), in one commit.
 
     url = push_model_folder(Path("runs/tiny/sft"), "USER/NAME-sft", base_model="USER/NAME-base")
 
@@ -17,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.core.cards import card_front_matter
+from hfstack.core.cards import LANGUAGE, MODEL_LICENSE, model_card
 from hfstack.core.config import ConfigError
+from hfstack.core.rundir import TRAINER_STAGES
 
 # A model folder's files that `from_pretrained` reads, by exact name (weights by suffix, below):
 # the model, a PEFT adapter, and everything transformers writes for a tokenizer of any kind
@@ -82,52 +84,18 @@ def files_to_push(folder: Path, kind: str, card: str = "", include_eval_sets: bo
     raise ValueError(f"files_to_push: unknown kind '{kind}' (model, data or preferences)")
 
 
-def model_card(body: str | None, repo_id: str, parent: str | None, datasets: Sequence[str]) -> str:
-    """A card body (the report card, when there is one) with lineage in its metadata."""
-    body = re.sub(r"\A---\n.*?\n---\n\n?", "", body or f"# {repo_id}\n", flags=re.S)  # replace earlier metadata
-    return card_front_matter(parent, list(datasets)) + body
-
-
-def dataset_card(kind: str, repo_id: str, files: dict[str, Path], run_name: str, license_id: str,
-                 model_repo: str) -> str:
-    """README.md for a dataset of `kind` "data" or "preferences", with the metadata the Hub's viewer and
-    `load_dataset` read: splits, license."""
-    import pyarrow.parquet as pq
-
-    splits: dict[str, list[str]] = {}
-    for name in files:
-        split = Path(name).stem if kind == "preferences" else "train"  # data/train.parquet, data/test.parquet
-        splits.setdefault(split, []).append(name)
-    configs = "".join(f"  - split: {split}\n    path: [{', '.join(paths)}]\n"
-                      for split, paths in sorted(splits.items()))
-    shards = {name: pq.ParquetFile(path) for name, path in files.items()}  # reads only the footers
-    columns = ", ".join(next(iter(shards.values())).schema_arrow.names)
-    counts = ", ".join(f"{split}: {sum(shards[n].metadata.num_rows for n in names):,} rows"
-                       for split, names in sorted(splits.items()))
-    model = f"[{model_repo}](https://huggingface.co/{model_repo})"
-    if kind == "data":
-        about = (f"Cleaned, deduplicated text documents: the pretraining data that the `data` stage of the hfstack "
-                 f"run `{run_name}` made for {model}.")
-    else:
-        about = (f"Preference pairs in TRL's conversational format, from rankings of the policy's sampled answers in "
-                 f"the `rank` stage of the hfstack run `{run_name}`; the reward model and RLHF of {model} trained on "
-                 "them.")
-        if "test" not in splits:
-            about += " The held-out test split is not published."
-    front_matter = (f"license: {license_id}\ntags: [hfstack]\n"
-                    f"configs:\n- config_name: default\n  data_files:\n{configs}")
-    return f"---\n{front_matter}---\n\n# {repo_id}\n\n{about}\n\nColumns: {columns}. {counts}.\n"
-
-
 def plan_model_repo(folder: Path, repo_id: str, *, what: str = "model", base_model: str | None = None,
                     datasets: Sequence[str] = (), card: str | None = None, include_eval_sets: bool = False,
-                    image_dirs: tuple[Path, ...] = ()) -> RepoPush:
-    """A model repository's commit: the allowlisted files of `folder` and a card naming its lineage. The
-    card's body is `card`, else the folder's README.md (the report card, for the final model), else a title."""
+                    image_dirs: tuple[Path, ...] = (), stage: str | None = None, license: str | None = MODEL_LICENSE,
+                    language: str | None = LANGUAGE, reports: Sequence[Path] | None = None) -> RepoPush:
+    """A model repository's commit: the allowlisted files of `folder` and its model card (hfstack.core.cards:
+    lineage, pipeline, license, tags, evaluation results). The card's body is `card`, else the folder's
+    README.md (the report card, for the final model), else a generated one."""
     folder = Path(folder)
     if card is None and (folder / "README.md").is_file():
         card = (folder / "README.md").read_text()
-    text = model_card(card, repo_id, base_model, datasets)
+    text = model_card(folder, card, repo_id, base_model=base_model, datasets=datasets, license=license,
+                      language=language, stage=stage, reports=reports)
     files = files_to_push(folder, "model", card=text, include_eval_sets=include_eval_sets, image_dirs=image_dirs)
     return RepoPush(what, repo_id, "model", files, text)
 
@@ -174,13 +142,16 @@ def commit_repo(api, plan: RepoPush, message: str, private: bool = True) -> str:
 
 def push_model_folder(folder: Path, repo_id: str, *, private: bool = True, base_model: str | None = None,
                       datasets: Sequence[str] = (), card: str | None = None, include_eval_sets: bool = False,
-                      image_dirs: tuple[Path, ...] = (), dry_run: bool = False, who: str = "push") -> str:
+                      image_dirs: tuple[Path, ...] = (), dry_run: bool = False, who: str = "push",
+                      license: str | None = MODEL_LICENSE) -> str:
     """Push a model folder (a stage's output_dir) to `repo_id` through the allowlist: its weights, config,
     tokenizer files and the PNGs its card shows, with a model card naming `base_model` and `datasets` (Hub
-    repo ids). A training stage calls this at its end. `who` names the caller in messages and errors.
+    repo ids), `license`, and the folder's evaluation results. A training stage calls this at its end. `who`
+    names the caller in messages and errors (a training stage's name also tags the card).
     Returns the repository's URL; a dry run prints the files and sizes instead and returns where they would go."""
     plan = plan_model_repo(folder, repo_id, what=Path(folder).name, base_model=base_model, datasets=datasets,
-                           card=card, include_eval_sets=include_eval_sets, image_dirs=image_dirs)
+                           card=card, include_eval_sets=include_eval_sets, image_dirs=image_dirs,
+                           stage=who if who in TRAINER_STAGES else None, license=license)
     if dry_run:
         from huggingface_hub import constants
 

@@ -1,5 +1,11 @@
 """The reward-hacking watch: while `hfstack rlhf` trains against a learned reward model, track that
-reward next to measurable stand-ins (the scripted judge, length, distinct-2) and flag when they part."""
+reward next to measurable stand-ins (the scripted judge, length, distinct-2) and flag when they part.
+`hfstack dpo` has the same watch on what it optimises, the implicit reward margin of the preference
+pairs: every `watch_steps` it asks the Trainer to log, and greedy answers to a few held-out prompts
+give the judge's score, their length and distinct-2 (`DPOWatch`, `StepWatchCallback`).
+
+Tests: python -m pytest -q tests/stages/test_rlhf.py tests/stages/test_dpo.py
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from transformers import TrainerCallback
 from hfstack.core.launch import print0
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tasks.judges import distinct_n
+from hfstack.tools.loop import assistant_replies
 
 
 def read_watch(path: Path) -> list[dict]:
@@ -20,10 +27,14 @@ def read_watch(path: Path) -> list[dict]:
 class HackingWatch:
     """Compares each log with the first one; says when the RM score and the judge disagree."""
 
+    stage, score, score_label = "rlhf", "rm_score", "RM score"  # the score the run optimises, in the rows
+
     def __init__(self, cfg, path: Path, record: bool = True, resuming: bool = False):
         self.cfg, self.path, self.first, self.alarms, self.record = cfg, path, None, [], record
         self.earlier = read_watch(path) if resuming and path.is_file() else []
-        if record:  # every process decides alike (the metrics are gathered); the main one writes and prints
+        # every process decides alike (the metrics are gathered); the main one writes and prints. A resumed
+        # run's earlier logs stay until its first look (a run resumed at its last step looks no more)
+        if record and not self.earlier:
             path.write_text("")
 
     def observe(self, step: int, metrics: dict) -> bool:
@@ -31,15 +42,16 @@ class HackingWatch:
         row = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
         if self.first is None:  # a resumed run keeps the logs from before its checkpoint, and their baseline
             kept = [r for r in self.earlier if r["step"] < step]
-            if self.record and kept:
+            if self.record and self.earlier:
                 self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
             self.first = kept[0] if kept else row
         alarm = None
-        rm_up = row["rm_score"] - self.first["rm_score"]
+        known = row.get(self.score) is not None and self.first.get(self.score) is not None
+        score_up = row[self.score] - self.first[self.score] if known else 0.0
         judge_down = self.first["judge"] - row["judge"]
-        if rm_up >= self.cfg.rm_rise and judge_down >= self.cfg.judge_drop:
-            alarm = (f"reward hacking? step {step}: RM score up {rm_up:+.2f} while the judge's score fell "
-                     f"{judge_down:.2f} (KL {row.get('kl', 'n/a')})")
+        if known and score_up >= self.rise() and judge_down >= self.cfg.judge_drop:
+            alarm = (f"reward hacking? step {step}: {self.score_label} up {score_up:+.2f} while the judge's score "
+                     f"fell {judge_down:.2f} ({self.context(row)})")
         elif self.first["distinct2"] > 0 and row["distinct2"] < self.cfg.distinct_floor * self.first["distinct2"]:
             alarm = (f"reward hacking? step {step}: repetition spiked, distinct bigrams {row['distinct2']:.2f} "
                      f"(from {self.first['distinct2']:.2f})")
@@ -50,12 +62,83 @@ class HackingWatch:
             return alarm is not None and self.cfg.on_hack == "stop"
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
-        print0(f"[rlhf] step {step}: RM {row['rm_score']:+.3f}  judge {row['judge']:.3f}  KL {kl}  "
-               f"len {row['length']:.1f}  distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}")
+        print0(f"[{self.stage}] step {step}: {self.line(row)}  judge {row['judge']:.3f}  len {row['length']:.1f}  "
+               f"distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}")
         if alarm:
-            print0(f"[rlhf] WARNING {alarm}")
+            print0(f"[{self.stage}] WARNING {alarm}")
         return alarm is not None and self.cfg.on_hack == "stop"
+
+    def rise(self) -> float:
+        """How far the optimised score must climb above its first log, with the judge down, to alarm."""
+        return self.cfg.rm_rise
+
+    def context(self, row: dict) -> str:
+        return f"KL {row.get('kl', 'n/a')}"
+
+    def line(self, row: dict) -> str:
+        kl = f"{row['kl']:.3f}" if "kl" in row else "n/a"
+        return f"RM {row['rm_score']:+.3f}  KL {kl}"
+
+
+class DPOWatch(HackingWatch):
+    """The watch on `hfstack dpo`: the implicit reward margin (beta times how much more the policy than
+    the reference favours the chosen answer over the rejected one) is what DPO pushes up; it is
+    gamed when it climbs by `margin_rise` while the held-out judge's score falls by `judge_drop`, or
+    when the greedy answers turn repetitive."""
+
+    stage, score, score_label = "dpo", "margin", "reward margin"
+
+    def rise(self) -> float:
+        return self.cfg.margin_rise
+
+    def context(self, row: dict) -> str:
+        logps = [f"{row[k]:+.1f}" if row.get(k) is not None else "n/a" for k in ("logp_chosen", "logp_rejected")]
+        return f"log-probs chosen {logps[0]}, rejected {logps[1]}"
+
+    def line(self, row: dict) -> str:
+        margin = f"{row['margin']:+.3f}" if row.get("margin") is not None else "n/a"
+        return f"margin {margin}  {self.context(row)}"
+
+
+# TRL's logged metrics (DPO, KTO and ORPO log these names) -> the watch's row
+TRL_METRICS = {"margin": "rewards/margins", "accuracy": "rewards/accuracies", "logp_chosen": "logps/chosen",
+               "logp_rejected": "logps/rejected", "kl": "kl"}
+
+
+class StepWatchCallback(TrainerCallback):
+    """Every `every` steps and at the last, asks the Trainer to log, then feeds that log's metrics
+    (TRL_METRICS, averaged since the previous log) and `measure()` to the watch; stops training when
+    the watch says so."""
+
+    def __init__(self, watch: HackingWatch, every: int, measure):
+        self.watch, self.every, self.measure, self.due = watch, every, measure, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+            control.should_log, self.due = True, state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if self.due != state.global_step or "loss" not in logs:  # an evaluation's log, or not a watch step
+            return
+        self.due = None
+        metrics = {name: float(logs[key]) if key in logs else None for name, key in TRL_METRICS.items()}
+        metrics = {k: v for k, v in metrics.items() if v is not None or k == "margin"} | self.measure()
+        if self.watch.observe(state.global_step, metrics):
+            control.should_training_stop = True
+
+
+def sample_metrics(model, tokenizer, prompts: list[list[dict]], judge, max_new_tokens: int) -> dict:
+    """Greedy answers of `model` to `prompts` (messages): the held-out judge's mean score, mean length
+    in tokens, mean distinct-2, and one answer as a sample. No tools run."""
+    training = model.training
+    model.eval()
+    replies = assistant_replies(model, tokenizer, prompts, max_new_tokens, max_tool_calls=0, temperature=0.0)
+    model.train(training)
+    answers = [r.answer for r in replies]
+    return {"judge": sum(judge(p[-1]["content"], [a])[0] for p, a in zip(prompts, answers)) / len(answers),
+            "distinct2": sum(distinct_n(a) for a in answers) / len(answers),
+            "length": sum(len(r.completion_ids) for r in replies) / len(replies), "sample": answers[0]}
 
 
 class WatchCallback(TrainerCallback):

@@ -2,7 +2,7 @@
 optionally the datasets and the intermediate models, linked to each other.
 
     hfstack push --run runs/tiny --repo_id USER/NAME [--dry_run true] [--datasets true] [--intermediate true]
-                 [--private false] [--include_eval_sets true] [--license other]
+                 [--private false] [--include_eval_sets true] [--license other] [--model_license apache-2.0]
 
 What goes up is an allowlist, never a folder: a run directory also holds secrets (`.env`), logs
 (nohup.out, wandb/, runs/), checkpoints, pickles (training_args.bin) and held-out evaluation sets.
@@ -17,8 +17,12 @@ each repository gets exactly those in one commit.
 Held-out sets (the SFT stage's eval_sets.jsonl, the rank stage's test split) stay local unless
 `--include_eval_sets true`. Repositories are created private unless `--private false`.
 `--dry_run true` prints each repository's files and sizes and uploads nothing (no login needed).
-Each model card names its parent as `base_model` and the datasets it was trained on, so the Hub
-shows the lineage (hfstack.core.layout.RunLayout: which folder holds which model, and its parent).
+Each model card names its parent as `base_model` (the parent's repository in this push, else the Hub
+model the stage started from) and the datasets it was trained on, so the Hub shows the lineage
+(hfstack.core.layout.RunLayout: which folder holds which model, and its parent); its metadata also gives
+the license (`--model_license`), language, pipeline (text-classification for the reward model), tags
+and the evaluation results the run measured (hfstack.core.cards). Each dataset card gives the license
+(`--license`), the parquet files as `configs`, and the data funnel or the rankings summary.
 The token comes from `HF_TOKEN` or `hf auth login`.
 Tests: python -m pytest -q tests/stages/test_push.py
 """
@@ -29,11 +33,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfstack.core.cards import dataset_card, eval_reports
 from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.hub import (
     RepoPush,
     commit_repo,
-    dataset_card,
     files_to_push,
     hub_api,
     plan_model_repo,
@@ -54,6 +58,8 @@ class PushConfig:
     dry_run: bool = False  # list what would go up, with sizes; no login, no upload
     include_eval_sets: bool = False  # also push the held-out sets (once public, they can leak into training data)
     license: str = "other"  # for the dataset cards: web text keeps its pages' own terms
+    model_license: str = "apache-2.0"  # for the model cards: a Hub license id
+    language: str = "en"  # the cards' `language`: what the data, the chat template and the evaluations are in
 
     def __post_init__(self):
         check_fields(self, "push")  # an empty --run would mean the current directory
@@ -61,9 +67,12 @@ class PushConfig:
             raise ConfigError(f"push: --repo_id must look like USER/NAME, got '{self.repo_id}'")
         if not Path(self.run).is_dir():
             raise ConfigError(f"push: no run directory at '{self.run}'")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.license or ""):
-            raise ConfigError(f"push: --license must be a Hub license id such as 'other' or 'apache-2.0', "
-                              f"got '{self.license}'")
+        for name in ("license", "model_license"):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", getattr(self, name) or ""):
+                raise ConfigError(f"push: --{name} must be a Hub license id such as 'other' or 'apache-2.0', "
+                                  f"got '{getattr(self, name)}'")
+        if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?|code|multilingual", self.language or ""):
+            raise ConfigError(f"push: --language must be a language code such as 'en', got '{self.language}'")
 
 
 def plan_push(cfg: PushConfig) -> list[RepoPush]:
@@ -81,7 +90,8 @@ def plan_push(cfg: PushConfig) -> list[RepoPush]:
         files = files_to_push(run.folder(step), kind, include_eval_sets=cfg.include_eval_sets)
         if files:
             data_repos[step] = f"{cfg.repo_id}-{what}"
-            card = dataset_card(kind, data_repos[step], files, run.root.name, cfg.license, cfg.repo_id)
+            card = dataset_card(kind, run.folder(step), data_repos[step], files, run.root.name, cfg.license,
+                                cfg.repo_id, cfg.language)
             plans.append(RepoPush(what, data_repos[step], "dataset", files, card))
     names = {step: f"{cfg.repo_id}-{run.folder(step).name}" for step in run.models()} | {final: cfg.repo_id}
     steps = [final] + ([s for s in run.models() if s != final] if cfg.intermediate else [])
@@ -92,9 +102,10 @@ def plan_push(cfg: PushConfig) -> list[RepoPush]:
             body = (run.report / "report.md").read_text()
         plans.append(plan_model_repo(
             run.folder(step), names[step], what=run.folder(step).name, card=body,
-            base_model=names[parent] if parent in steps else None,  # link only to what this push uploads
+            base_model=names[parent] if parent in steps else None,  # else the Hub model it started from, if any
             datasets=[data_repos[d] for d in run.trained_on(step) if d in data_repos],
-            include_eval_sets=cfg.include_eval_sets, image_dirs=(run.report,)))
+            include_eval_sets=cfg.include_eval_sets, image_dirs=(run.report,), stage=step,
+            license=cfg.model_license, language=cfg.language, reports=eval_reports(run.folder(step), run, step)))
     return plans
 
 

@@ -5,7 +5,8 @@
 Reads what the stages left in the run directory and writes `RUN/report/report.md`, `report.html`
 and the plots: the data funnel; tokenizer compression against GPT-4's cl100k and a coloured token
 sample; pretraining loss and bits-per-byte; sample generations; the SFT, RL and RLHF evaluations
-before and after; the RM score against the KL during RLHF; time per stage; versions and hardware.
+before and after; the RM score against the KL during RLHF; DPO's held-out margins before and after and
+its watch (when the run took that tail; both tails when both ran); time per stage; versions and hardware.
 The Markdown, with model-card metadata on top, also becomes the final model's `README.md`.
 A stage that did not run is left out. Where each stage's outputs are: hfstack.core.layout.RunLayout.
 Tests: python -m pytest -q tests/stages/test_report.py
@@ -19,7 +20,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfstack.core.cards import card_front_matter
+from hfstack.core.cards import eval_reports, model_card
 from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
@@ -199,6 +200,8 @@ def evals_section(report: Report, run: RunLayout):
         report.heading("Assistant (SFT), held-out sets")
         rows = []
         for task, entry in sft.items():
+            if task == "harness" or not isinstance(entry, dict):  # lm_eval's results: the card's model-index
+                continue
             if task == "knowledge":
                 rows.append([task, f"refuses {entry['refusal_rate_on_unknown']} of unknown facts", "-", "-"])
             else:
@@ -221,7 +224,8 @@ def evals_section(report: Report, run: RunLayout):
             key = "refusal_rate_on_unknown" if task == "knowledge" else "accuracy"
             rows.append([task + (" (refusals on unknown facts)" if task == "knowledge" else ""),
                          sft[task][key], final[task][key]])
-        report.table(["task", "SFT", "final (after RL and RLHF)"], rows)
+        tail = "DPO" if run.final_step() == "dpo" else "RLHF"
+        report.table(["task", "SFT", f"final (after RL and {tail})"], rows)
     rm = _json(run.rm / "eval.json")
     if rm:
         report.heading("Reward model")
@@ -246,6 +250,34 @@ def evals_section(report: Report, run: RunLayout):
             ax.legend()
 
         report.plot("rm_vs_kl", draw)
+    dpo_section(report, run)
+
+
+# what `hfstack dpo` measures on the held-out pairs (TRL's names), as the report labels them
+DPO_FIGURES = [("reward margin", "rewards/margins"), ("reward accuracy", "rewards/accuracies"),
+               ("log-prob of chosen", "logps/chosen"), ("log-prob of rejected", "logps/rejected"),
+               ("log-prob margin", "logps/margins")]
+
+
+def dpo_section(report: Report, run: RunLayout):
+    dpo = _json(run.dpo / "eval.json")
+    if not dpo:
+        return
+    report.heading(f"Preferences without a reward model ({dpo.get('algo', 'dpo').upper()}, beta {dpo.get('beta')})")
+    held = dpo.get("held_out") or {}
+    if held.get("before") and held.get("after"):
+        report.table(["held-out pairs", "before", "after"], [[label, _number(held["before"].get(key)),
+                                                             _number(held["after"].get(key))]
+                                                            for label, key in DPO_FIGURES])
+    report.text(f"{dpo['steps']} steps on {dpo['train_pairs']} training pairs, {dpo['test_pairs']} held out. The "
+                "reward is implicit: beta times how much more the policy than the starting one favours an answer.")
+    watch = _jsonl(run.dpo / "watch.jsonl")
+    if watch:
+        report.table(["step", "margin", "log-prob chosen", "log-prob rejected", "judge", "distinct-2", "length",
+                      "alarm"],
+                     [[r["step"], _number(r.get("margin")), _number(r.get("logp_chosen")),
+                       _number(r.get("logp_rejected")), round(r["judge"], 3), round(r["distinct2"], 3),
+                       round(r["length"], 1), r.get("alarm") or ""] for r in watch])
 
 
 def timing_section(report: Report, run: RunLayout):
@@ -304,7 +336,9 @@ def report(cfg: ReportConfig) -> Path:
     if final is not None:
         import shutil
 
-        (final / "README.md").write_text(card_front_matter() + f"# {title}\n\n" + card.markdown())
+        step = run.final_step()  # the card's metadata: hfstack.core.cards (a push adds license and lineage)
+        (final / "README.md").write_text(model_card(final, f"# {title}\n\n" + card.markdown(), run.root.name,
+                                                    license=None, stage=step, reports=eval_reports(final, run, step)))
         for image in out.glob("*.png"):
             shutil.copy(image, final / image.name)
     print(f"[report] {out / 'report.md'} and report.html"

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from hfstack.core.adopt import turn_end_token
 from hfstack.core.checkpoint import save_tokenizer
-from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.config import bounded, check_fields, model_folder
 from hfstack.core.model import load_reward_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
-from hfstack.core.textfiles import load_records
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
-from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture, to_conversational
+from hfstack.dataprep.dataset_mixture import DatasetMixture
+from hfstack.dataprep.preferences import preference_pairs
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
@@ -53,60 +53,15 @@ class RewardStageConfig(TrainConfig):
         self.check_training("reward", "trl.RewardConfig")
 
 
-PAIR_COLUMNS = ("chosen", "rejected")
-
-
-def load_pairs(source: str, split: str) -> list[dict]:
-    """Preference pairs from a rank-stage directory (data/<split>.parquet), a file, or the Hub."""
-
-    path = Path(source)
-    if path.is_dir():
-        path = path / "data" / f"{split}.parquet"
-        if not path.is_file():
-            raise ConfigError(f"reward: no {split} pairs at '{path}'; run `hfstack rank` first")
-    rows = load_records(str(path), split, "preferences")
-    if rows:
-        missing = [c for c in PAIR_COLUMNS if c not in rows[0]]
-        if missing:
-            raise ConfigError(f"reward: preferences '{source}' lack column(s) {missing}; expected prompt (optional), "
-                              f"chosen, rejected (TRL's preference format); found {sorted(rows[0])}")
-    return rows
-
-
-def one_shape(train: list[dict], test: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Pairs from several sources in one shape, as a Dataset needs (one type per column, the first
-    row's keys): an explicit prompt everywhere (TRL's extract_prompt splits an implicit one), and
-    messages everywhere when any pair is conversational."""
-    from trl.data_utils import extract_prompt
-
-    def explicit(row: dict) -> dict:
-        pair = {c: row[c] for c in ("prompt", "chosen", "rejected") if row.get(c) is not None}
-        return pair if "prompt" in pair else extract_prompt(pair)
-
-    train, test = [explicit(r) for r in train], [explicit(r) for r in test]
-    kinds = {isinstance(r[c], list) for r in train + test for c in ("prompt", "chosen", "rejected")}
-    if len(kinds) > 1:
-        train, test = [to_conversational(r) for r in train], [to_conversational(r) for r in test]
-    return train, test
-
-
 def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "reward", "starting model")
-    train_rows, test_rows = [], []
-    if cfg.dataset_name:
-        train_rows = load_pairs(cfg.dataset_name, "train")
-        held_out = Path(cfg.dataset_name) / "data" / "test.parquet"
-        test_source = cfg.test_preferences or (cfg.dataset_name if held_out.is_file() else None)
-        test_rows = load_pairs(test_source, "test") if test_source else []
-    if cfg.dataset_mixture:
-        drawn = load_mixture(cfg.dataset_mixture, "preferences", cfg.dataset_rows, "reward: dataset_mixture")
-        train_rows, test_rows = train_rows + drawn.train, test_rows + drawn.test
-    if not train_rows:
-        raise ConfigError(f"reward: no training pairs in '{cfg.dataset_name or 'dataset_mixture'}'")
+    # the rank folder's pairs and held-out split, or a file, or the Hub, plus a mixture's draw: in one shape
+    train_rows, test_rows = preference_pairs("reward", cfg.dataset_name, cfg.test_preferences, cfg.dataset_mixture,
+                                             cfg.dataset_rows)
     out, main = start_output("reward", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
     model, tokenizer = load_reward_model(folder, cfg.load_dtype())
@@ -117,7 +72,6 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
         eos_token=turn_end_token(tokenizer),
         center_rewards_coefficient=cfg.center_rewards_coefficient,  # padding: the tokenizer's own
         eval_strategy="no", dataset_num_proc=None)
-    train_rows, test_rows = one_shape(train_rows, test_rows)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(test_rows) if test_rows else None,
                             processing_class=tokenizer, callbacks=callbacks or [])

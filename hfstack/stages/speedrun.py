@@ -1,12 +1,13 @@
 """Speedrun: every stage that exists, in order, on one preset, each step in its folder of RUN
 (hfstack.core.layout.RunLayout names them).
 
-    hfstack speedrun [--preset tiny] [--output_dir runs/tiny]
+    hfstack speedrun [--preset tiny] [--output_dir runs/tiny] [--preference rlhf|dpo]
 
 Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
 rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
 held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
-card (also the final model's README.md).
+card (also the final model's README.md). With `--preference dpo` the tail after rank is dpo
+(RUN/dpo, the final model) instead of reward → rlhf.
 The tiny preset runs offline on CPU. A step that finished with the same settings and inputs (its
 fingerprint, hfstack.core.rundir; its done marker, with the step's seconds, in its output folder) is
 skipped, so rerunning after an interruption continues where it stopped
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hfstack.core.config import (
     ConfigError,
@@ -59,10 +61,12 @@ class SpeedrunConfig:
     output_dir: str | None = None  # default: runs/<preset>
     crawl_pages: int = bounded(300, ge=10)  # size of the synthetic crawl used when the preset has no data input
     force: bool = False  # recompute every stage from scratch (each runs with overwrite)
+    # how the rankings reach the policy: rlhf (rank → reward → rlhf) or dpo (rank → dpo, no reward model)
+    preference: Literal["rlhf", "dpo"] = "rlhf"  # the tail after rank; its model is the run's final model
     # per-stage field overrides on top of the preset's recipes, e.g. for a quick trial:
     #   --overrides '{pretrain: {max_steps: 20}, sft: {max_steps: 10}, eval: {limit: 10}}'
     overrides: dict = field(default_factory=dict)  # stage → {field: value}
-    # training stages (pretrain, sft, rl, reward, rlhf) under `accelerate launch` on N processes
+    # training stages (pretrain, sft, rl, reward, rlhf, dpo) under `accelerate launch` on N processes
     launcher: str = "none"  # none | accelerate
     num_processes: int = bounded(1, ge=1)  # processes per training stage with launcher accelerate
     launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
@@ -194,10 +198,12 @@ def _sft_config(cfg: SpeedrunConfig, run: RunLayout):
                                      "--facts_from", str(run.data)])
 
 
-def _eval_config(model: str, step: str):
-    """The eval stage on the model of step `model`, into the folder of step `step` (eval, final-eval)."""
+def _eval_config(model: str | None, step: str):
+    """The eval stage on the model of step `model` (None: the preference tail's last step, rlhf or dpo),
+    into the folder of step `step` (eval, final-eval)."""
     def build(cfg: SpeedrunConfig, run: RunLayout):
-        return stage_config(cfg, "eval", ["--model_name_or_path", str(run.folder(model)),
+        source = run.folder(model or TAILS[cfg.preference][-1])
+        return stage_config(cfg, "eval", ["--model_name_or_path", str(source),
                                           "--output", str(run.folder(step) / "eval.json")])
 
     return build
@@ -226,6 +232,13 @@ def _rlhf_config(cfg: SpeedrunConfig, run: RunLayout):
 
     return stage_config(cfg, "rlhf", [
         "--model_name_or_path", str(run.rl), "--reward_model_path", str(run.rm), "--output_dir", str(run.rlhf)])
+
+
+def _dpo_config(cfg: SpeedrunConfig, run: RunLayout):
+    """The other tail's one stage: the rankings straight into the RL policy; its model is the final one."""
+
+    return stage_config(cfg, "dpo", [
+        "--model_name_or_path", str(run.rl), "--dataset_name", str(run.prefs), "--output_dir", str(run.dpo)])
 
 
 def _report_config(cfg: SpeedrunConfig, run: RunLayout):
@@ -257,10 +270,15 @@ STAGES = [
     ("rank", Step(_rank_config, _runner("rank"), "rank")),
     ("reward", Step(_reward_config, _runner("reward"), "reward")),
     ("rlhf", Step(_rlhf_config, _runner("rlhf"), "rlhf")),
-    # the final model on the SFT model's held-out sets: what RL and RLHF cost or gained
-    ("final-eval", Step(_eval_config("rlhf", "final-eval"), _runner("eval"), "eval", claims=False)),
+    ("dpo", Step(_dpo_config, _runner("dpo"), "dpo")),
+    # the final model on the SFT model's held-out sets: what RL and RLHF (or DPO) cost or gained
+    ("final-eval", Step(_eval_config(None, "final-eval"), _runner("eval"), "eval", claims=False)),
     ("report", Step(_report_config, _runner("report"), "report")),
 ]
+
+
+# the steps after rank that each `preference` runs; a run skips the other tail's
+TAILS = {"rlhf": ("reward", "rlhf"), "dpo": ("dpo",)}
 
 
 def claim_run(cfg: SpeedrunConfig) -> RunLayout:
@@ -296,8 +314,9 @@ def step_done(run: RunLayout, name: str) -> bool:
 
 def speedrun(cfg: SpeedrunConfig) -> Path:
     run = claim_run(cfg)
+    other_tail = {name for tail in TAILS.values() for name in tail} - set(TAILS[cfg.preference])
     for name, step in STAGES:
-        if name == "crawl" and _default_input(cfg, run) == []:
+        if name == "crawl" and _default_input(cfg, run) == [] or name in other_tail:
             continue
         stage_cfg = step.config(cfg, run)
         folder = run.folder(name)

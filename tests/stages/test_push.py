@@ -102,12 +102,27 @@ def test_push_then_load_back_models_and_datasets(run_dir, tmp_path):
     assert result == {"exit": 0, "weights_equal": True, "sft_differs": True, "chat_template": True,
                       "data_rows_equal": True, "prefs_rows_equal": True}
     card = state.repos["model:tester/tiny"]["README.md"].decode()
-    assert "base_model: tester/tiny-rl\n" in card  # lineage: rlhf ← rl ← sft (no base in this run)
-    assert "base_model: tester/tiny-sft\n" in state.repos["model:tester/tiny-rl"]["README.md"].decode()
-    assert "datasets: [tester/tiny-prefs]" in card and "# report card" in card
+    meta = {key.split(":")[1]: parsed_card(files).data for key, files in state.repos.items()}
+    assert meta["tester/tiny"].base_model == "tester/tiny-rl"  # lineage: rlhf ← rl ← sft (no base in this run)
+    assert meta["tester/tiny-rl"].base_model == "tester/tiny-sft" and meta["tester/tiny-sft"].base_model is None
+    assert meta["tester/tiny"].datasets == ["tester/tiny-prefs"] and "# report card" in card
     assert card.count("---\n") == 2  # the report card's own metadata was replaced, not stacked
-    assert "base_model" not in state.repos["model:tester/tiny-sft"]["README.md"].decode()
     assert "checkpoints" not in " ".join(state.repos["model:tester/tiny"])
+
+
+def parsed_card(files: dict):
+    """A pushed repo's README.md read back with huggingface_hub's own card classes (which refuse a bad model-index)."""
+    from huggingface_hub import DatasetCard, ModelCard
+
+    text = files["README.md"].decode()
+    return (DatasetCard if "configs" in text.split("---\n")[1] else ModelCard)(text)
+
+
+def data_files(card) -> dict[str, list[str]]:
+    """{split: paths} of a dataset card's default config: what the viewer and `load_dataset` read."""
+    (config,) = card.data.configs
+    assert config["config_name"] == "default"
+    return {entry["split"]: entry["path"] for entry in config["data_files"]}
 
 
 def test_push_needs_a_repo_id_and_a_login(tmp_path):
@@ -118,6 +133,10 @@ def test_push_needs_a_repo_id_and_a_login(tmp_path):
         PushConfig(run=str(tmp_path), repo_id="no-slash")
     with pytest.raises(ConfigError, match="--license"):
         PushConfig(run=str(tmp_path), repo_id="tester/tiny", license="Not A License")
+    with pytest.raises(ConfigError, match="^push: --model_license must be a Hub license id"):
+        PushConfig(run=str(tmp_path), repo_id="tester/tiny", model_license="MIT License")
+    with pytest.raises(ConfigError, match="--language"):
+        PushConfig(run=str(tmp_path), repo_id="tester/tiny", language="English")
     assert PushConfig(run=str(tmp_path), repo_id="tester/tiny").private  # new repos are private unless asked
 
 
@@ -179,14 +198,13 @@ def test_push_uploads_only_the_allowlist(seeded_run, tmp_path):
     assert state.repos["model:tester/tiny"]["rm_vs_kl.png"] == (seeded_run / "report" / "rm_vs_kl.png").read_bytes()
     assert sorted(commits(state)) == sorted(f"POST /api/{kind}s/{repo}/commit/main" for kind, repo in
                                             (key.split(":") for key in state.repos))  # one commit per repo
-    data_card = state.repos["dataset:tester/tiny-data"]["README.md"].decode()
-    prefs_card = state.repos["dataset:tester/tiny-prefs"]["README.md"].decode()
+    data_card = parsed_card(state.repos["dataset:tester/tiny-data"])
+    prefs_card = parsed_card(state.repos["dataset:tester/tiny-prefs"])
     for card in (data_card, prefs_card):
-        meta = card.split("---\n")[1]
-        assert card.startswith("---\n") and "license: other\n" in meta and "configs:\n" in meta, card
-        assert "hfstack run `run`" in card and "tester/tiny" in card.split("---\n", 2)[2], card
-    assert "- split: train\n    path: [00000.parquet]\n" in data_card and "train: 7 rows" in data_card
-    assert "path: [data/train.parquet]" in prefs_card and "split: test" not in prefs_card
+        assert card.data.license == "other" and card.data.language == "en", card
+        assert "hfstack run `run`" in card.text and "tester/tiny" in card.text, card
+    assert data_files(data_card) == {"train": ["00000.parquet"]} and "train: 7 rows" in data_card.text
+    assert data_files(prefs_card) == {"train": ["data/train.parquet"]}  # no test split
 
 
 def parse_listing(stdout: str) -> dict[str, dict[str, int]]:
@@ -224,7 +242,7 @@ def test_include_eval_sets_adds_the_held_out_sets(seeded_run, tmp_path):
     assert model["eval_sets.jsonl"] == (seeded_run / "rlhf" / "eval_sets.jsonl").read_bytes()
     prefs = state.repos["dataset:tester/tiny-prefs"]
     assert set(prefs) == {"README.md", "data/train.parquet", "data/test.parquet"}
-    assert "- split: test\n    path: [data/test.parquet]\n" in prefs["README.md"].decode()
+    assert data_files(parsed_card(prefs)) == {"test": ["data/test.parquet"], "train": ["data/train.parquet"]}
 
 
 def test_files_to_push_takes_weights_tokenizer_and_adapters_only(tmp_path):
@@ -327,7 +345,9 @@ def test_push_model_folder_uploads_only_the_allowlist(run_dir, tmp_path):
     assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
     card = files["README.md"].decode()
     assert card.startswith("---\nlibrary_name: transformers") and card.count("---\n") == 2 and "# sft card" in card
-    assert "base_model: tester/tiny-base\n" in card and "datasets: [tester/tiny-data]" in card
+    meta = parsed_card(files).data
+    assert meta.base_model == "tester/tiny-base" and meta.datasets == ["tester/tiny-data"]
+    assert (meta.pipeline_tag, meta.license, meta.tags) == ("text-generation", "apache-2.0", ["hfstack", "trl", "sft"])
     assert len(commits(state)) == 1
 
 
@@ -367,3 +387,4 @@ def test_push_model_folder_is_private_by_default_and_a_dry_run_sends_nothing(run
     with pytest.raises(ConfigError, match=r"^rl: cannot use the Hub .*hf auth login"):
         push_model_folder(folder, "tester/tiny-rl", private=False, who="rl")
     assert calls[-1] == ("whoami",)  # nothing created before the login was checked
+

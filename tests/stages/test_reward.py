@@ -38,13 +38,13 @@ def test_missing_preferences_are_clear_errors(tiny_sft_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "good": "a"}) + "\n")
     with pytest.raises(ConfigError, match="chosen"):
-        from hfstack.stages.reward import load_pairs
+        from hfstack.dataprep.preferences import load_pairs
 
         load_pairs(str(bad), "train")
 
 
 def test_pairs_from_several_sources_take_one_shape():
-    from hfstack.stages.reward import one_shape
+    from hfstack.dataprep.preferences import one_shape
 
     messages = {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
                 "rejected": [{"role": "assistant", "content": "5"}]}

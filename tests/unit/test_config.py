@@ -123,7 +123,8 @@ def _stage_of(recipe):
 STAGE_CONFIGS = {"data": "hfstack.dataprep.config:DataConfig", "tokenizer": "hfstack.stages.tokenizer:TokenizerConfig",
                  "pretrain": "hfstack.stages.pretrain:PretrainConfig", "sft": "hfstack.stages.sft:SFTStageConfig",
                  "rl": "hfstack.stages.rl:RLConfig", "rank": "hfstack.stages.rank:RankConfig",
-                 "reward": "hfstack.stages.reward:RewardStageConfig", "rlhf": "hfstack.stages.rlhf:RLHFConfig"}
+                 "reward": "hfstack.stages.reward:RewardStageConfig", "rlhf": "hfstack.stages.rlhf:RLHFConfig",
+                 "dpo": "hfstack.stages.dpo:DPOStageConfig"}
 REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
 
 
