@@ -67,7 +67,9 @@ STAGES = (
     Stage("push", "push", "push", "PushConfig",
           "push the run's final model (and datasets, intermediate models) to the Hub"),
     Stage("serve", "serve", "serve", "ServeConfig",
-          "chat with the assistant in the browser: streaming, tool calls shown (127.0.0.1:7860)"),
+          "the assistant behind an OpenAI-style API (/v1/chat/completions) and a chat page (127.0.0.1:7860)"),
+    Stage("export", "export", "export", "ExportConfig",
+          "write the model as one GGUF file for llama.cpp: --gguf OUT.gguf [--outtype f32|f16|bf16]"),
 )
 BY_COMMAND = {stage.command: stage for stage in STAGES}
 
