@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -26,7 +25,6 @@ from hfstack.tasks.judges import is_refusal, word_overlap_judge
 from hfstack.tasks.registry import TASKS
 
 pytest.importorskip("lm_eval")
-os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "harness"
 

@@ -85,7 +85,7 @@ def run_dir(tmp_path):
 def hub_env(server, tmp_path, token: str | None = "hf_dummy") -> dict:
     """The clients' environment for the loopback Hub; without a token, an empty HF_HOME holds none either."""
     env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_DISABLE_XET": "1",
-                        "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0",
+                        "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
                         "HF_HUB_DISABLE_TELEMETRY": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
     env.pop("HF_TOKEN", None)
     return env | ({"HF_TOKEN": token} if token else {})

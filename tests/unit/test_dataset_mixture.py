@@ -185,8 +185,8 @@ def test_seeded_draws_are_reproducible_and_the_seed_matters(two_files):
 def test_preferences_match_what_the_reward_stage_loads(tmp_path):
     import pyarrow.parquet as pq
 
+    from hfstack.dataprep.preferences import load_pairs
     from hfstack.stages.rank import PAIR_SCHEMA, ranking_to_pairs
-    from hfstack.stages.reward import load_pairs
 
     ranked = tmp_path / "prefs"
     (ranked / "data").mkdir(parents=True)
