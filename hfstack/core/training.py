@@ -20,7 +20,7 @@ from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, nearest
 from hfstack.core.hub import push_model_folder
-from hfstack.core.launch import print0
+from hfstack.core.launch import print0, process_state
 from hfstack.core.renames import precision_to_bf16, renamed
 from hfstack.core.rundir import finish_output
 from hfstack.core.telemetry import available_trackers
@@ -96,8 +96,12 @@ def common_trainer_args(cfg: TrainConfig, out: str | Path) -> dict:
 
 def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, report_name: str = "eval.json",
                     main: bool = True, **info) -> None:
-    """A training stage's last steps, in order: the main process writes and prints its report, the
-    folder is recorded as finished (hfstack.core.rundir), then the model is pushed when asked."""
+    """A training stage's last steps, in order: the main process writes and prints its report (with the
+    world size and distributed type added), the folder is recorded as finished (hfstack.core.rundir),
+    then the model is pushed when asked."""
+    state = process_state()  # how the run was spread: recorded with its figures
+    report = report | {"world_size": state.num_processes,
+                       "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type))}
     if main:
         (out / report_name).write_text(json.dumps(report, indent=2) + "\n")
         print0(f"[{stage}] done: {json.dumps(report)}")

@@ -1,0 +1,92 @@
+"""Training stages as 2 processes give what 1 process gives: `hfstack <stage> --launcher accelerate
+--num_processes 2` (2 gloo ranks on CPU) against one process with the same global batch, compared
+on the final weights; only the main process writes, and the report says how the run was spread.
+
+    python -m pytest -q tests/e2e/test_multiprocess.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from foreign import build_tiny_base
+from tiny import toy_preferences
+
+pytestmark = pytest.mark.slow
+
+
+def hfstack(*args: str, processes: int = 1) -> None:
+    launch = ["--launcher", "accelerate", "--num_processes", str(processes)] if processes > 1 else []
+    result = subprocess.run([sys.executable, "-m", "hfstack", *args, *launch, "--progress", "false"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def largest_difference(one, two) -> float:
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def moved(folder, start) -> float:
+    a, b = load_file(folder / "model.safetensors"), load_file(start / "model.safetensors")
+    return max(float((a[k] - b[k]).abs().max()) for k in a if k in b and a[k].shape == b[k].shape)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("mp") / "base")
+
+
+def test_sft_on_two_processes_matches_one(base, tmp_path):
+    common = ["sft", "--model_name_or_path", str(base), "--counts", "{arithmetic: 200}", "--max_steps", "6",
+              "--learning_rate", "0.003", "--logging_steps", "1"]
+    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
+    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (two["world_size"], two["distributed_type"]) == (2, "MULTI_CPU")
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["world_size"] == 1
+    difference = largest_difference(tmp_path / "one", tmp_path / "two")
+    print(f"\n[2 processes] sft: largest weight difference {difference:.2e}, "
+          f"moved {moved(tmp_path / 'one', base):.2e}")
+    assert difference < 1e-4 < moved(tmp_path / "one", base)  # the same training, not no training
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 28): 2 processes end 3.3e-3 away from 1 (sft and dpo: 1e-7); the "
+                   "held-out accuracy before training already differs, so the sharding of the pairs differs")
+def test_reward_on_two_processes_matches_one(tiny_sft_model, tmp_path):
+    prefs = toy_preferences(tmp_path / "prefs")
+    common = ["reward", "--model_name_or_path", str(tiny_sft_model), "--dataset_name", str(prefs), "--max_steps", "4",
+              "--learning_rate", "0.003"]
+    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
+    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
+    assert json.loads((tmp_path / "two" / "eval.json").read_text())["world_size"] == 2
+    difference = largest_difference(tmp_path / "one", tmp_path / "two")
+    print(f"\n[2 processes] reward: largest weight difference {difference:.2e}")
+    assert difference < 1e-4
+
+
+def test_dpo_on_two_processes_matches_one(tiny_sft_model, tmp_path):
+    prefs = toy_preferences(tmp_path / "prefs")
+    common = ["dpo", "--model_name_or_path", str(tiny_sft_model), "--dataset_name", str(prefs), "--max_steps", "4",
+              "--learning_rate", "0.003", "--watch_steps", "100"]
+    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
+    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
+    assert json.loads((tmp_path / "two" / "eval.json").read_text())["world_size"] == 2
+    difference = largest_difference(tmp_path / "one", tmp_path / "two")
+    print(f"\n[2 processes] dpo: largest weight difference {difference:.2e}")
+    assert difference < 1e-4
+
+
+def test_only_the_main_process_writes(base, tmp_path):
+    hfstack("sft", "--model_name_or_path", str(base), "--counts", "{arithmetic: 40}", "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two"), processes=2)
+    assert torch.load is not None and (tmp_path / "two" / "summary.json").is_file()
+    lines = (tmp_path / "two" / "eval_sets.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))  # one writer: no rank wrote the held-out sets a second time
