@@ -64,6 +64,8 @@ STAGES = (
           trains=True),
     Stage("report", "report", "report", "ReportConfig",
           "the run's report card (Markdown + HTML + plots); it becomes the final model's card"),
+    Stage("plan", "plan", "plan", "PlanConfig",
+          "plan a preset: parameters, tokens, FLOPs, memory per device, fits, time (--gpus 8 --gpu h100)"),
     Stage("push", "push", "push", "PushConfig",
           "push the run's final model (and datasets, intermediate models) to the Hub"),
     Stage("serve", "serve", "serve", "ServeConfig",
