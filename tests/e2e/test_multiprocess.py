@@ -8,6 +8,7 @@ on the final weights; only the main process writes, and the report says how the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,10 +21,11 @@ from tiny import toy_preferences
 pytestmark = pytest.mark.slow
 
 
-def hfstack(*args: str, processes: int = 1) -> None:
+def hfstack(*args: str, processes: int = 1, cwd=None) -> None:
     launch = ["--launcher", "accelerate", "--num_processes", str(processes)] if processes > 1 else []
+    env = os.environ | ({"PYTHONPATH": f"{cwd}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"} if cwd else {})
     result = subprocess.run([sys.executable, "-m", "hfstack", *args, *launch, "--progress", "false"],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
@@ -90,3 +92,29 @@ def test_only_the_main_process_writes(base, tmp_path):
     assert (tmp_path / "two" / "summary.json").is_file()
     lines = (tmp_path / "two" / "eval_sets.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))  # one writer: no rank wrote the held-out sets a second time
+
+
+@pytest.mark.parametrize("stage", ["rl", "rlhf-grpo", "rlhf-rloo"])
+def test_rollout_stages_train_as_two_processes(stage, tiny_sft_model, tiny_reward_model, tmp_path):
+    """Rollouts are sampled on each rank, so these are not compared with one process: the run trains,
+    on 2 ranks, and says so."""
+    # groups of 4 sampled at temperature 1: some group's answers score differently, so GRPO has a signal
+    sampling = ["--max_steps", "3", "--num_generations", "4", "--prompts_per_step", "2", "--learning_rate", "0.01",
+                "--temperature", "1.0"]
+    if stage == "rl":  # a user task whose reward varies within a group: the share of 'e' in the answer
+        (tmp_path / "toy_reward.py").write_text(
+            "def share_of_e(prompts, completions, **kwargs):\n"
+            "    return [r.count('e') / max(1, len(r)) for r in kwargs['reply']]\n")
+        (tmp_path / "tasks.jsonl").write_text("".join(json.dumps({"prompt": f"Write about {w}."}) + "\n"
+                                                      for w in ("cats", "tea", "rain", "owls")))
+        hfstack("rl", "--model_name_or_path", str(tiny_sft_model), "--output_dir", str(tmp_path / "out"),
+                "--tasks", "{}", "--dataset_name", str(tmp_path / "tasks.jsonl"), "--reward_funcs",
+                "toy_reward:share_of_e", "--use_tools", "false", "--max_completion_length", "16", "--eval_limit",
+                "4", *sampling, processes=2, cwd=tmp_path)
+    else:
+        hfstack("rlhf", "--model_name_or_path", str(tiny_sft_model), "--reward_model_path", str(tiny_reward_model),
+                "--output_dir", str(tmp_path / "out"), "--algo", stage.split("-")[1], "--max_completion_length", "12",
+                *sampling, processes=2)
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert (report["world_size"], report["distributed_type"]) == (2, "MULTI_CPU")
+    assert moved(tmp_path / "out", tiny_sft_model) > 0  # the policy trained
