@@ -36,7 +36,8 @@ def looks_like_hub_id(ref: str) -> bool:
     text = str(ref)
     if not text or Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or ".." in text:
         return False
-    return bool(HUB_ID.match(text)) and not text.endswith((".json", ".jsonl", ".parquet", ".yaml", ".safetensors"))
+    return bool(HUB_ID.match(text)) and not text.endswith((".json", ".jsonl", ".parquet", ".yaml", ".safetensors",
+                                                           ".gz"))
 
 
 def is_local(ref: str) -> bool:

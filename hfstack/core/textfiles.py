@@ -67,8 +67,13 @@ def load_records(source: str, split: str, label: str, limit: int = -1) -> list[d
     return rows
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set to something that means yes."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def check_hub_dataset(dataset: str) -> None:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         raise ConfigError(f"hub_dataset '{dataset}': HF_HUB_OFFLINE is set, so the Hub cannot be read")
     from huggingface_hub import HfApi
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hfstack.core.config import ConfigError
 from hfstack.core.textfiles import load_records
-from hfstack.dataprep.dataset_mixture import load_mixture, to_conversational
+from hfstack.dataprep.dataset_mixture import load_mixture
+from hfstack.dataprep.rows import to_conversational
 
 PAIR_COLUMNS = ("chosen", "rejected")
 
