@@ -56,11 +56,14 @@ def save_tokenizer(tokenizer, folder) -> Path:
     return folder
 
 
-def turn_end_ids(tokenizer) -> list[int]:
+def turn_end_ids(tokenizer, generation_config=None) -> list[int]:
     """The ids that end an assistant turn: hfstack's end-of-turn token when the tokenizer has it as one
-    token, then the tokenizer's eos; deduplicated, ints only."""
+    token, then the tokenizer's eos, then a `generation_config`'s own eos ids (a chat model's turn end,
+    Llama 3's <|eom_id|>); deduplicated, ints only."""
+    configured = getattr(generation_config, "eos_token_id", None)
     ids = []
-    for token_id in (vocab_id(tokenizer, END_OF_TURN), tokenizer.eos_token_id):
+    for token_id in (vocab_id(tokenizer, END_OF_TURN), tokenizer.eos_token_id,
+                     *(configured if isinstance(configured, (list, tuple)) else [configured])):
         if isinstance(token_id, int) and not isinstance(token_id, bool) and token_id not in ids:
             ids.append(token_id)
     return ids
@@ -70,15 +73,11 @@ def set_turn_end(model, tokenizer) -> None:
     """Set the model's generation_config so plain `model.generate` stops where an assistant turn ends:
     `eos_token_id` the turn-end ids (before the model's own, which stay), `pad_token_id` the tokenizer's
     pad (its eos when it has none), and `bos_token_id` when the tokenizer has one."""
-    ends = turn_end_ids(tokenizer)
-    if not ends:
+    if not turn_end_ids(tokenizer):
         raise ConfigError("the tokenizer has neither an end-of-turn token nor an eos token; generation could "
                           "never stop at the end of a turn")
     # the model's own stop ids stay (Llama 3's <|eom_id|>, Qwen's <|endoftext|>): a chat model keeps every one
-    configured = model.generation_config.eos_token_id
-    for token_id in configured if isinstance(configured, (list, tuple)) else [configured]:
-        if isinstance(token_id, int) and not isinstance(token_id, bool) and token_id not in ends:
-            ends.append(token_id)
+    ends = turn_end_ids(tokenizer, model.generation_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     update = {"eos_token_id": ends if len(ends) > 1 else ends[0], "pad_token_id": pad}
     if tokenizer.bos_token_id is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hfstack.core import checkpoint
 from hfstack.core.launch import progress_bar
 from hfstack.core.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
 from hfstack.core.tokens import encode_ordinary, vocab_id
@@ -111,13 +112,9 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
 
 
 def turn_end_ids(model, tokenizer) -> set[int]:
-    """The ids that end an assistant turn, from the tokenizer and model actually loaded: hfstack's
-    end-of-turn token when the tokenizer has it, its eos, and the model's generation_config eos (a
-    chat model's own turn end); never an id the tokenizer does not have."""
-    ids = {vocab_id(tokenizer, END_OF_TURN), tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
-    return {i for i in ids if isinstance(i, int)}
+    """The ids that end an assistant turn, from the tokenizer and model actually loaded (the ones a
+    saved checkpoint's generation_config lists: hfstack.core.checkpoint.turn_end_ids)."""
+    return set(checkpoint.turn_end_ids(tokenizer, getattr(model, "generation_config", None)))
 
 
 def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: int) -> list[int]:
