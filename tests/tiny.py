@@ -97,3 +97,20 @@ def tiny_tool_model(root: Path) -> Path:
     return run_sft(SFTStageConfig(model_name_or_path=str(root / "base"), output_dir=str(root / "sft"), counts={},
                                   chat_files=[str(chats)] * 16, max_steps=80, learning_rate=1e-2, warmup_steps=1,
                                   per_device_train_batch_size=4, max_length=128, progress=False))
+
+
+class Killed(Exception):
+    """Raised by `dies_in_step` in place of a crash."""
+
+
+def dies_in_step(monkeypatch, watch_class, step: int = 3) -> None:
+    """The run is killed when its watch observes `step` (after the previous step's checkpoint): a
+    resume test then reruns it with `monkeypatch.undo()`."""
+    observe = watch_class.observe
+
+    def observe_or_die(watch, at, metrics):
+        if at >= step:
+            raise Killed(at)
+        return observe(watch, at, metrics)
+
+    monkeypatch.setattr(watch_class, "observe", observe_or_die)

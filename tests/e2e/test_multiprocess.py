@@ -40,22 +40,28 @@ def moved(folder, start) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a if k in b and a[k].shape == b[k].shape)
 
 
+def one_against_two(stage: str, tmp_path, *args: str, report: str = "eval.json") -> float:
+    """The stage on 1 process (8 a step) and on 2 (4 each: the same global batch); the largest weight
+    difference between the two results, after checking the 2-process report says how it ran."""
+    hfstack(stage, *args, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
+    hfstack(stage, *args, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
+    two = json.loads((tmp_path / "two" / report).read_text())
+    assert (two["world_size"], two["distributed_type"]) == (2, "MULTI_CPU")
+    assert json.loads((tmp_path / "one" / report).read_text())["world_size"] == 1
+    difference = largest_difference(tmp_path / "one", tmp_path / "two")
+    print(f"\n[2 processes] {stage}: largest weight difference {difference:.2e}")
+    return difference
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return build_tiny_base(tmp_path_factory.mktemp("mp") / "base")
 
 
 def test_sft_on_two_processes_matches_one(base, tmp_path):
-    common = ["sft", "--model_name_or_path", str(base), "--counts", "{arithmetic: 200}", "--max_steps", "6",
-              "--learning_rate", "0.003", "--logging_steps", "1"]
-    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
-    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert (two["world_size"], two["distributed_type"]) == (2, "MULTI_CPU")
-    assert json.loads((tmp_path / "one" / "summary.json").read_text())["world_size"] == 1
-    difference = largest_difference(tmp_path / "one", tmp_path / "two")
-    print(f"\n[2 processes] sft: largest weight difference {difference:.2e}, "
-          f"moved {moved(tmp_path / 'one', base):.2e}")
+    difference = one_against_two("sft", tmp_path, "--model_name_or_path", str(base), "--counts", "{arithmetic: 200}",
+                                 "--max_steps", "6", "--learning_rate", "0.003", "--logging_steps", "1",
+                                 report="summary.json")
     assert difference < 1e-4 < moved(tmp_path / "one", base)  # the same training, not no training
 
 
@@ -64,26 +70,14 @@ def test_sft_on_two_processes_matches_one(base, tmp_path):
                    "0.301), so RewardTrainer's gradient under DDP is not the 1-process one")
 def test_reward_on_two_processes_matches_one(tiny_sft_model, tmp_path):
     prefs = toy_preferences(tmp_path / "prefs")
-    common = ["reward", "--model_name_or_path", str(tiny_sft_model), "--dataset_name", str(prefs), "--max_steps", "4",
-              "--learning_rate", "0.003"]
-    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
-    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
-    assert json.loads((tmp_path / "two" / "eval.json").read_text())["world_size"] == 2
-    difference = largest_difference(tmp_path / "one", tmp_path / "two")
-    print(f"\n[2 processes] reward: largest weight difference {difference:.2e}")
-    assert difference < 1e-4
+    assert one_against_two("reward", tmp_path, "--model_name_or_path", str(tiny_sft_model), "--dataset_name",
+                           str(prefs), "--max_steps", "4", "--learning_rate", "0.003") < 1e-4
 
 
 def test_dpo_on_two_processes_matches_one(tiny_sft_model, tmp_path):
     prefs = toy_preferences(tmp_path / "prefs")
-    common = ["dpo", "--model_name_or_path", str(tiny_sft_model), "--dataset_name", str(prefs), "--max_steps", "4",
-              "--learning_rate", "0.003", "--watch_steps", "100"]
-    hfstack(*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8")
-    hfstack(*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", processes=2)
-    assert json.loads((tmp_path / "two" / "eval.json").read_text())["world_size"] == 2
-    difference = largest_difference(tmp_path / "one", tmp_path / "two")
-    print(f"\n[2 processes] dpo: largest weight difference {difference:.2e}")
-    assert difference < 1e-4
+    assert one_against_two("dpo", tmp_path, "--model_name_or_path", str(tiny_sft_model), "--dataset_name",
+                           str(prefs), "--max_steps", "4", "--learning_rate", "0.003", "--watch_steps", "100") < 1e-4
 
 
 def test_only_the_main_process_writes(base, tmp_path):

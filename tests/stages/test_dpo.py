@@ -22,7 +22,7 @@ from hfstack.stages.dpo import DPOStageConfig, allowed_losses, run_dpo
 from hfstack.stages.report import ReportConfig, report
 from hfstack.stages.speedrun import SpeedrunConfig, speedrun
 
-from tiny import toy_preferences
+from tiny import Killed, dies_in_step, toy_preferences
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +92,7 @@ def test_a_rerun_resumes_from_the_checkpoint_and_keeps_the_watch(dpo_run, tiny_s
                    max_steps=4, save_steps=2, per_device_train_batch_size=4, watch_steps=1, watch_prompts=1,
                    max_completion_length=4, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    observe = DPOWatch.observe
-
-    def dies_in_step_3(watch, step, metrics):
-        if step >= 3:
-            raise Killed(step)
-        return observe(watch, step, metrics)
-
-    monkeypatch.setattr(DPOWatch, "observe", dies_in_step_3)
+    dies_in_step(monkeypatch, DPOWatch, 3)  # after step 2's checkpoint
     with pytest.raises(Killed):
         run_dpo(DPOStageConfig(**options))
     monkeypatch.undo()

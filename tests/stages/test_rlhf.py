@@ -15,6 +15,8 @@ from hfstack.core.config import ConfigError
 from hfstack.rlalgo.watch import HackingWatch
 from hfstack.stages.rlhf import RLHFConfig, run_rlhf
 
+from tiny import Killed, dies_in_step
+
 
 @pytest.mark.parametrize("algo", ["rloo", "grpo", "ppo"])
 def test_rlhf_runs_each_algorithm_and_logs_the_watch(tiny_sft_model, tiny_reward_model, tmp_path, algo):
@@ -92,17 +94,7 @@ def test_ppo_resumes_from_its_checkpoint(tiny_sft_model, tiny_reward_model, tmp_
                    num_generations=2, prompts_per_step=2, max_completion_length=8, num_prompts=6, logging_steps=1,
                    save_steps=2, progress=False, max_steps=4)
 
-    class Killed(Exception):
-        pass
-
-    observe = HackingWatch.observe
-
-    def dies_in_step_3(watch, step, metrics):  # after step 2's checkpoint
-        if step >= 3:
-            raise Killed(step)
-        return observe(watch, step, metrics)
-
-    monkeypatch.setattr(HackingWatch, "observe", dies_in_step_3)
+    dies_in_step(monkeypatch, HackingWatch, 3)  # after step 2's checkpoint
     with pytest.raises(Killed):
         run_rlhf(RLHFConfig(**options))
     monkeypatch.undo()
