@@ -16,11 +16,34 @@ from hfstack.core.recipes import recipes_dir
 
 def process_state():
     """Accelerate's view of this process. Created before any trainer, so that on a CPU machine the
-    processes `accelerate launch` started become gloo ranks (not independent single runs)."""
+    processes `accelerate launch` started become gloo ranks (not independent single runs).
+
+    Launched with an FSDP config on a machine without GPUs, accelerate would quietly train plain data
+    parallel (it shards only on the device types it lists, MULTI_GPU among them), yet FSDP2's
+    `fully_shard` runs over gloo on CPU. So the ranks are declared MULTI_GPU here (the device stays the
+    CPU): the Accelerator a trainer builds then takes the launcher's FSDP plugin and really shards."""
     import torch
     from accelerate import PartialState
+    from accelerate.utils import DistributedType
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.distributed_type == DistributedType.MULTI_CPU and wants_fsdp():
+        state.distributed_type = DistributedType.MULTI_GPU
+    return state
+
+
+def wants_fsdp() -> bool:
+    """The launcher asked for FSDP (an accelerate config of type FSDP sets this for every process)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+
+
+def distributed_type() -> str:
+    """How the run is spread, as the trainer's Accelerator set it up (FSDP, MULTI_GPU, MULTI_CPU, NO...);
+    before any Accelerator exists, the launched processes' own view."""
+    from accelerate.state import AcceleratorState
+
+    kind = AcceleratorState._shared_state.get("distributed_type") or process_state().distributed_type
+    return str(getattr(kind, "value", kind))
 
 
 def is_main_env() -> bool:

@@ -99,13 +99,24 @@ class SampleWriter(TrainerCallback):
         self.tokenizer, self.prompts, self.max_new_tokens, self.logger = tokenizer, prompts, max_new_tokens, logger
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not self.prompts or model is None or not state.is_world_process_zero:
+        # a sharded model's forward needs every rank (each holds a slice of each weight): they all
+        # generate, in step; otherwise the main process does it alone
+        if not self.prompts or model is None or not (state.is_world_process_zero or is_sharded(model)):
             return
         samples = [{"prompt": p, "sample": continue_text(model, self.tokenizer, p, self.max_new_tokens)}
                    for p in self.prompts]
+        if not state.is_world_process_zero:
+            return
         self.logger.write({"step": state.global_step, "samples": samples}, state)
         for sample in samples:
             print0(f"[sample @{state.global_step}] {sample['prompt']!r} → {sample['sample']!r}")
+
+
+def is_sharded(model) -> bool:
+    """The model's weights are split across processes (FSDP2 turns parameters into DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
 
 
 def continue_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -117,6 +128,6 @@ def continue_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, synced_gpus=is_sharded(model))
     model.train(was_training)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, nearest
 from hfstack.core.hub import push_model_folder
-from hfstack.core.launch import print0, process_state
+from hfstack.core.launch import distributed_type, print0, process_state, wants_fsdp
 from hfstack.core.renames import precision_to_bf16, renamed
 from hfstack.core.rundir import finish_output
 from hfstack.core.telemetry import available_trackers
@@ -91,7 +91,18 @@ def common_trainer_args(cfg: TrainConfig, out: str | Path) -> dict:
                 bf16=wants_bf16(cfg.bf16), use_cpu=not torch.cuda.is_available(), seed=cfg.seed,
                 logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
                 report_to=available_trackers(cfg.report_to), run_name=cfg.run_name, disable_tqdm=not cfg.progress,
-                gradient_checkpointing=False)
+                gradient_checkpointing=False) | sharding_on_cpu_args()
+
+
+def sharding_on_cpu_args() -> dict:
+    """FSDP launched on a machine without GPUs: the trainer keeps the launched processes' state (which
+    hfstack.core.launch.process_state declared shardable) instead of resetting it to plain CPU ranks."""
+    import torch
+
+    if torch.cuda.is_available() or not wants_fsdp():
+        return {}
+    process_state()
+    return {"accelerator_config": {"use_configured_state": True}}
 
 
 def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, report_name: str = "eval.json",
@@ -100,13 +111,44 @@ def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, repor
     world size and distributed type added), the folder is recorded as finished (hfstack.core.rundir),
     then the model is pushed when asked."""
     state = process_state()  # how the run was spread: recorded with its figures
-    report = report | {"world_size": state.num_processes,
-                       "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type))}
+    report = report | {"world_size": state.num_processes, "distributed_type": distributed_type()}
     if main:
         (out / report_name).write_text(json.dumps(report, indent=2) + "\n")
         print0(f"[{stage}] done: {json.dumps(report)}")
     finish_output(out, stage, main, **info)
     push_trained(cfg, out, stage, main)
+
+
+def save_trained_model(trainer, folder: str | Path, main: bool, model=None) -> None:
+    """The trained model as a plain `from_pretrained` folder. Every rank calls this: under FSDP each
+    holds a slice of every weight, so the full state dict is gathered (a collective) and the main
+    process writes it; the checkpoints stay sharded, which is what resuming reads. `model` is the
+    model to write when it is not the trainer's own (a merged LoRA)."""
+    model = model or trainer.accelerator.unwrap_model(trainer.model)
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        if main:
+            model.save_pretrained(folder)
+        return
+    trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if main:  # gathered copies no longer share storage: a tied weight is dropped as save_pretrained would
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+        model.save_pretrained(folder, state_dict={k: v for k, v in state_dict.items() if k not in tied})
+
+
+def sharding_report(trainer) -> dict:
+    """Under FSDP, how the weights were spread: the parameter values each rank held (its slices) and
+    the model's total. Every rank calls this (a collective); empty when the weights were not sharded."""
+    import torch.distributed as dist
+
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return {}
+    parameters = list(trainer.model.parameters())
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in parameters)
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, local)
+    return {"fsdp": {"version": trainer.accelerator.state.fsdp_plugin.fsdp_version,
+                     "parameters": sum(p.numel() for p in parameters), "parameters_per_rank": per_rank}}
 
 
 def push_trained(cfg: TrainConfig, folder: str | Path, stage: str, main: bool = True) -> str | None:

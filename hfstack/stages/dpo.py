@@ -32,7 +32,7 @@ from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import process_state
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
-from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, save_trained_model, trainer_config
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs, unpaired
 from hfstack.rlalgo.watch import DPOWatch, StepWatchCallback, read_watch, sample_metrics
@@ -217,7 +217,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     trainer.train(resume_from_checkpoint=resume)
     after = held_out(trainer) if trainer.eval_dataset is not None else None
     set_turn_end(model, tokenizer)
-    trainer.save_model(str(out))
+    save_trained_model(trainer, out, main)
     if not main:
         return out
     save_tokenizer(tokenizer, out)

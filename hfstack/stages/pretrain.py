@@ -32,7 +32,15 @@ from hfstack.core.renames import renamed, scheduler_name
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.telemetry import JsonlLogger, SampleWriter, peak_flops_per_device
 from hfstack.core.tokens import resolve_text_files
-from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config, wants_bf16
+from hfstack.core.training import (
+    TrainConfig,
+    common_trainer_args,
+    finish_training,
+    save_trained_model,
+    sharding_report,
+    trainer_config,
+    wants_bf16,
+)
 from hfstack.dataprep.packing import encode_corpus, load_splits, token_byte_lengths
 
 DEFAULT_PROMPTS = ["The", "In this article we", "The function returns", "Python is"]
@@ -182,8 +190,11 @@ def spread_unseen_tokens(model, unseen) -> int:
     this (with 0.45 and 0.9 of the mean norm), 83%.
     """
     import torch
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
-    weight = model.get_input_embeddings().weight
+    parameter = model.get_input_embeddings().weight
+    sharded = isinstance(parameter, DTensor)  # under FSDP every rank gathers the whole table, spreads the
+    weight = parameter.full_tensor().detach().clone() if sharded else parameter  # same rows, keeps its slice
     with torch.no_grad():
         rows = weight[unseen]
         live = rows.norm(dim=1) > 0  # the padding row starts at zero and stays there
@@ -197,6 +208,8 @@ def spread_unseen_tokens(model, unseen) -> int:
         own = rows - shared
         weight[ids] = (shared / shared.norm() * norm / 2
                        + own / own.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm)
+        if sharded:
+            parameter.copy_(distribute_tensor(weight, parameter.device_mesh, parameter.placements))
     return len(ids)
 
 
@@ -318,11 +331,13 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> Path:
         trainer.evaluate()
     model.generation_config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id)
-    trainer.save_model(str(out))  # safetensors + tokenizer + generation config
-    summary = {"steps": trainer.state.global_step, "seconds": round(time.time() - started, 1),
-               "world_size": state.num_processes,
-               "parameters": count_parameters(model), "train_tokens_available": meta["train_tokens"],
-               "tokens_seen": trainer.state.global_step * tokens_per_step} | logger.last_eval
+    save_trained_model(trainer, out, state.is_main_process)
+    if state.is_main_process:
+        tokenizer.save_pretrained(out)
+    steps = trainer.state.global_step
+    summary = {"steps": steps, "seconds": round(time.time() - started, 1), "parameters": count_parameters(model),
+               "train_tokens_available": meta["train_tokens"], "tokens_seen": steps * tokens_per_step,
+               } | logger.last_eval | sharding_report(trainer)
     finish_training(cfg, out, "pretrain", summary, "summary.json", state.is_main_process,
                     steps=trainer.state.global_step)
     wait_for_all_ranks()

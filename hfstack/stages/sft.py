@@ -35,7 +35,14 @@ from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
 from hfstack.core.tokens import read_texts
-from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.core.training import (
+    TrainConfig,
+    common_trainer_args,
+    finish_training,
+    save_trained_model,
+    sharding_report,
+    trainer_config,
+)
 from hfstack.dataprep import knowledge
 from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
@@ -253,17 +260,18 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     set_turn_end(model, tokenizer)  # plain `generate` and `transformers chat` stop at the end of a turn
     if adopted.get("kept_template"):  # the model's own template, not the marked one it trained with
         tokenizer.chat_template = adopted["kept_template"]
+    save_trained_model(trainer, out, main, model)
     if main:
-        model.save_pretrained(out)
         save_tokenizer(tokenizer, out)  # the inference template; a tokenizer class transformers 4 loads too
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    sharding = sharding_report(trainer)  # every rank takes part
     summary = ({"steps": trainer.state.global_step, "train_conversations": len(train_rows),
                 "held_out": {k: len(v) for k, v in held_out.items()}, "first_loss": losses[:1],
                 "last_loss": losses[-1:], "lora": bool(cfg.peft), "base": {"model": cfg.model_name_or_path}
                 | {k: v for k, v in adopted.items() if k not in ("kept_template", "new_token_ids")}}
                | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
                | ({"dropped_conversations": dropped} if any(dropped.values()) else {})
-               | ({"dataset_mixture": chats.report, "test_loss": test_loss} if chats else {}))
+               | ({"dataset_mixture": chats.report, "test_loss": test_loss} if chats else {}) | sharding)
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
     finish_training(cfg, out, "sft", summary, "summary.json", main, steps=trainer.state.global_step)
@@ -338,10 +346,13 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")
     trainer = train(cfg, model, tokenizer, rows, folder, callbacks, new_token_ids=new_token_ids, **phase.overrides())
     model = trainer.model.merge_and_unload() if cfg.peft else trainer.model
-    if main:  # under a launch, every rank holds the same model; one writes it
-        model.save_pretrained(folder)
+    save_trained_model(trainer, folder, main, model)  # under a launch, one process writes it
+    if main:
         (folder / "summary.json").write_text(json.dumps({"steps": trainer.state.global_step,
                                                            "conversations": len(rows)}) + "\n")
+    if getattr(trainer, "is_fsdp_enabled", False):  # its weights are slices: the next trainer starts from the file
+        wait_for_all_ranks()
+        model = AutoModelForCausalLM.from_pretrained(folder)
     return model, trainer.state.global_step
 
 
