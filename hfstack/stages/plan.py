@@ -3,6 +3,8 @@
     hfstack plan --preset tiny --gpu cpu
     hfstack plan --preset gpu-small --gpus 8 --gpu h100 [--mfu 0.4] [--gradient_checkpointing] [--output plan.json]
 
+`plan_run(RUN)` plans a finished run instead, from each training stage's recorded config.yaml, saved
+config.json and device count, beside what it measured: the report card's "Compute plan" section.
 Arithmetic only: nothing is loaded, trained or measured. The model's size comes from the preset's
 pretrain recipe (the depth dial, the tokenizer recipe's vocabulary) or, for a Hub base, from a
 table of known models. The formulas, each an estimate:
@@ -27,13 +29,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from hfstack.core.config import ConfigError, bounded, check_fields, read_yaml
+from hfstack.core.config import ConfigError, bounded, check_fields, from_dict, read_yaml
 from hfstack.core.model import model_dims
 from hfstack.core.recipes import recipes_dir
+from hfstack.core.rundir import MARKER, read_json
 from hfstack.stages import config_class, recipe
 
 # device: (memory in bytes, peak bf16 dense FLOP/s); cpu: the machine's RAM, and `cpu_flops`
@@ -169,9 +173,10 @@ def preset_model(preset: str) -> tuple[Model, int]:
 def stage_shapes(stage: str, cfg, gpus: int, pretrain_seq: int, n_flops: int) -> dict:
     """Tokens, sequence length, tokens per device micro-batch, the FLOPs outside training, frozen copies."""
     accumulate = getattr(cfg, "gradient_accumulation_steps", None) or 1
-    if stage == "pretrain":
-        return {"tokens": cfg.max_steps * cfg.batch_tokens, "seq_len": pretrain_seq,
-                "micro_tokens": cfg.per_device_train_batch_size * pretrain_seq, "note": "max_steps × batch_tokens"}
+    if stage == "pretrain":  # the stage's own step: accumulation × micro-batch × devices sequences (≈ batch_tokens)
+        micro = cfg.per_device_train_batch_size * pretrain_seq
+        return {"tokens": cfg.max_steps * cfg.accumulation_steps(gpus) * micro * gpus, "seq_len": pretrain_seq,
+                "micro_tokens": micro, "note": "max_steps × accumulation × micro-batch × devices × seq_len"}
     if stage == "sft":
         sequences = cfg.max_steps * cfg.per_device_train_batch_size
         first = getattr(cfg, "first_phase", None)
@@ -220,26 +225,124 @@ def plan_for(preset: str, gpus: int = 1, gpu: str = "h100", mfu: float = 0.4, gr
             "stages": rows, "total_seconds": sum(r["seconds"] for r in rows)}
 
 
-def _n(x: float) -> str:
+def saved_model(config: dict, name: str) -> Model:
+    """A Model from a saved model's config.json (transformers' key names; a KeyError when one is missing)."""
+    heads = config["num_attention_heads"]
+    return Model(name, config["num_hidden_layers"], config["hidden_size"], heads,
+                 config.get("num_key_value_heads") or heads, config["intermediate_size"], config["vocab_size"],
+                 bool(config.get("tie_word_embeddings", False)))
+
+
+def recorded_config(stage: str, folder: Path):
+    """The stage's config as the run resolved it (FOLDER/config.yaml); keys this version no longer has are left out."""
+    cls = config_class(stage)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = read_yaml(folder / "config.yaml")
+    return from_dict(cls, {k: v for k, v in values.items() if k in known}, f"{folder / 'config.yaml'}")
+
+
+def this_device() -> str | None:
+    """The planner's name for this machine's device: cpu without CUDA; None for a GPU missing from DEVICES."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name(0).lower()
+    return next((key for key in DEVICES if re.search(rf"\b{key}\b", name)), None)
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def measured(stage: str, folder: Path, step_seconds=None) -> dict:
+    """What the stage recorded: devices, steps, tokens, parameters, seconds (and what they time), mean MFU."""
+    report = read_json(folder / "summary.json") or read_json(folder / "eval.json") or {}
+    steps = _number(report.get("steps"))
+    got = {"devices": int(_number(report.get("world_size")) or _number(report.get("processes")) or 1), "steps": steps,
+           "tokens": _number(report.get("tokens_seen")), "parameters": _number(report.get("parameters"))}
+    if stage == "pretrain" and _number(report.get("seconds")) is not None:
+        got |= {"seconds": report["seconds"], "timed": "training loop"}
+    elif _number(report.get("seconds_per_step")) and steps:
+        got |= {"seconds": report["seconds_per_step"] * steps, "timed": "training steps"}
+    elif _number(step_seconds) is not None:
+        got |= {"seconds": step_seconds, "timed": "whole step"}
+    lines = (folder / "log.jsonl").read_text().splitlines() if (folder / "log.jsonl").is_file() else []
+    mfus = []
+    for line in lines:
+        try:
+            mfus.append(float(json.loads(line)["mfu"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    if mfus:
+        got["mfu"] = sum(mfus) / len(mfus)
+    return got
+
+
+def plan_run(run_dir: str | Path, seconds: dict | None = None, gpu: str | None = None, mfu: float = 0.4,
+             cpu_flops: float = CPU_FLOPS) -> dict:
+    """The plan of a finished run, stage by stage, from what each training stage recorded (its resolved config,
+    its saved model's config.json, its devices) beside what it measured; `seconds`: the whole steps' times
+    (the speedrun's markers). A stage that did not run is left out; one that cannot be planned says why."""
+    from hfstack.core.layout import RunLayout
+
+    layout, seconds = RunLayout(Path(run_dir)), seconds or {}
+    gpu = gpu or this_device()
+    rows, model = [], None
+    for stage in TRAINING_STAGES:
+        folder = layout.folder(stage)
+        recorded = any((folder / name).is_file() for name in (MARKER, "summary.json", "eval.json", "config.yaml"))
+        if not recorded and stage not in seconds:
+            continue
+        got = measured(stage, folder, seconds.get(stage))
+        config = read_json(folder / "config.json")
+        try:  # a stage without a saved model of its own: the model before it
+            model = saved_model(config, stage) if config else model
+        except (KeyError, TypeError):  # a config.json without a transformer's sizes
+            model = None
+        try:
+            if model is None:
+                raise ValueError("no saved model's config.json gives the model's sizes")
+            if not (folder / "config.yaml").is_file():
+                raise ValueError("no recorded config.yaml")
+            if gpu is None:
+                raise ValueError("the planner has no figures for this machine's GPU")
+            cfg = recorded_config(stage, folder)
+            checkpointing = bool((getattr(cfg, "training_args", None) or {}).get("gradient_checkpointing"))
+            shape = stage_shapes(stage, cfg, got["devices"], getattr(cfg, "seq_len", 0),
+                                 parameters(model)[0] + model.vocab * model.width)
+            row = stage_plan(model, stage, shape["tokens"], shape["seq_len"], shape["micro_tokens"], got["devices"],
+                             gpu, mfu, shape.get("extra", 0), shape.get("frozen", 0), checkpointing, cpu_flops,
+                             shape["note"])
+        except (ConfigError, AttributeError, TypeError, ValueError) as e:  # an old or edited record: said, not raised
+            row = {"stage": stage, "missing": str(e).splitlines()[0] if str(e) else type(e).__name__}
+        rows.append(row | {"measured": got})
+    return {"gpu": gpu, "mfu": mfu, "peak_flops": cpu_flops if gpu == "cpu" else DEVICES.get(gpu, (0, 0))[1],
+            "stages": rows}
+
+
+def human_count(x: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= size:
             return f"{x / size:.3g}{unit}"
     return f"{x:.3g}"
 
 
-def _bytes(x: float) -> str:
+def human_bytes(x: float) -> str:
     return f"{x / 2**30:.2f} GiB" if x >= 2**30 else f"{x / 2**20:.1f} MiB"
 
 
-def _time(s: float) -> str:
+def human_time(s: float) -> str:
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
     return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
 
 
 def format_plan(plan: dict) -> str:
     m = plan["model"]
     device = "CPU" if plan["gpu"] == "cpu" else plan["gpu"].upper()
-    lines = [f"plan for preset '{plan['preset']}': {m['name']} ({_n(m['parameters'])} parameters + "
-             f"{_n(m['embedding_parameters'])} in embeddings; width {m['width']}, {m['layers']} layers, "
+    lines = [f"plan for preset '{plan['preset']}': {m['name']} ({human_count(m['parameters'])} parameters + "
+             f"{human_count(m['embedding_parameters'])} in embeddings; width {m['width']}, {m['layers']} layers, "
              f"vocab {m['vocab']}) on {plan['gpus']}× {device} at {plan['mfu']:.0%} MFU "
              f"(peak {plan['peak_flops']:.3g} FLOP/s a device)"]
     header = ("stage", "tokens", "FLOPs", "memory/device", "with FSDP", "fits", "time", "tokens/param")
@@ -247,12 +350,13 @@ def format_plan(plan: dict) -> str:
     for r in plan["stages"]:
         ratio = r.get("tokens_per_parameter")
         per_device = r["memory_per_device"]
-        table.append((r["stage"], _n(r["tokens"]), f"{r['total_flops']:.3g}", _bytes(per_device["replicated"]),
-                      _bytes(per_device["fsdp"]), r["fits"], _time(r["seconds"]),
+        table.append((r["stage"], human_count(r["tokens"]), f"{r['total_flops']:.3g}",
+                      human_bytes(per_device["replicated"]), human_bytes(per_device["fsdp"]), r["fits"],
+                      human_time(r["seconds"]),
                       f"{ratio:.1f} (Chinchilla ~{CHINCHILLA})" if ratio is not None else ""))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    lines.append(f"total: {_time(plan['total_seconds'])}; activations "
+    lines.append(f"total: {human_time(plan['total_seconds'])}; activations "
                  f"{'with' if plan['gradient_checkpointing'] else 'without'} gradient checkpointing")
     lines += [f"  {r['stage']}: {r['note']}" for r in plan["stages"]]
     return "\n".join(lines)

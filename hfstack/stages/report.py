@@ -6,7 +6,9 @@ Reads what the stages left in the run directory and writes `RUN/report/report.md
 and the plots: the data funnel; tokenizer compression against GPT-4's cl100k and a coloured token
 sample; pretraining loss and bits-per-byte; sample generations; the SFT, RL and RLHF evaluations
 before and after; the RM score against the KL during RLHF; DPO's held-out margins before and after and
-its watch (when the run took that tail; both tails when both ran); time per stage; versions and hardware.
+its watch (when the run took that tail; both tails when both ran); time per stage; the compute plan for the
+run (`hfstack plan`'s arithmetic from each training stage's recorded config) against what it measured;
+versions and hardware.
 The Markdown, with model-card metadata on top, also becomes the final model's `README.md`.
 A stage that did not run is left out. Where each stage's outputs are: hfstack.core.layout.RunLayout.
 Tests: python -m pytest -q tests/stages/test_report.py
@@ -280,7 +282,8 @@ def dpo_section(report: Report, run: RunLayout):
                        round(r["length"], 1), r.get("alarm") or ""] for r in watch])
 
 
-def timing_section(report: Report, run: RunLayout):
+def step_seconds(run: RunLayout) -> dict[str, object]:
+    """Each finished step's seconds, as the speedrun recorded them in its done markers ("-" where none did)."""
     seconds: dict[str, object] = {}
     for marker in sorted(run.root.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
         info = read_json(marker)
@@ -293,7 +296,11 @@ def timing_section(report: Report, run: RunLayout):
         stage = info.get("step") or info.get("stage", marker.parent.name)
         if seconds.get(stage, "-") == "-":
             seconds[stage] = info.get("seconds", "-")
-    rows = [[stage, took] for stage, took in seconds.items()]
+    return seconds
+
+
+def timing_section(report: Report, run: RunLayout):
+    rows = [[stage, took] for stage, took in step_seconds(run).items()]
     if rows:
         report.heading("Time per stage")
         report.table(["stage", "seconds"], rows)
@@ -301,6 +308,45 @@ def timing_section(report: Report, run: RunLayout):
         speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
         if speeds:
             report.text(f"Pretraining throughput: {sum(speeds) / len(speeds):,.0f} tokens/s on average.")
+
+
+def plan_section(report: Report, run: RunLayout):
+    """`hfstack plan`'s arithmetic for this run, from each training stage's recorded config, beside its figures."""
+    from hfstack.stages.plan import CHINCHILLA, human_bytes, human_time, plan_run
+
+    plan = plan_run(run.root, step_seconds(run))
+    if not plan["stages"]:  # no training stage ran
+        return
+    report.heading("Compute plan against the run")
+    if all("missing" in r for r in plan["stages"]):
+        report.text("No compute plan: " + "; ".join(f"{r['stage']}: {r['missing']}" for r in plan["stages"]) + ".")
+        return
+    report.text(f"`hfstack plan`'s arithmetic from each stage's recorded config, on its devices ({plan['gpu'].upper()}"
+                f", peak {plan['peak_flops']:.3g} FLOP/s, {plan['mfu']:.0%} MFU); planned time: training FLOPs only.")
+    rows, notes = [], []
+    for r in plan["stages"]:
+        got = r["measured"]
+        took = f"{human_time(got['seconds'])} ({got['timed']})" if "seconds" in got else "-"
+        trained = f"{got['tokens']:,}" if got["tokens"] is not None else "-"
+        mfu = f"{got['mfu']:.1%}" if "mfu" in got else "-"
+        if "missing" in r:  # what it measured, and why there is no plan
+            rows.append([r["stage"], got["devices"], got["parameters"] or "-", "-", trained, "-", "-", "-", "-", took,
+                         "-", mfu])
+            notes.append(f"{r['stage']}: not planned ({r['missing']})")
+            continue
+        total = r["parameters"] + r["embedding_parameters"]
+        counted = f" (counted {got['parameters']:,})" if got["parameters"] not in (None, total) else ""
+        ratio = r.get("tokens_per_parameter")
+        ratio = f"{ratio:.2g} (Chinchilla ~{CHINCHILLA})" if ratio is not None else "-"
+        versus = f"{got['seconds'] / r['seconds']:.3g}×" if "seconds" in got and r["seconds"] > 0 else "-"
+        rows.append([r["stage"], got["devices"], f"{total:,}{counted}", f"{r['tokens']:,}", trained, ratio,
+                     human_bytes(r["memory_per_device"]["replicated"]), r["fits"], human_time(r["seconds"]), took,
+                     versus, mfu])
+        notes.append(f"{r['stage']}: {r['note']}")
+    report.table(["stage", "devices", "parameters", "tokens planned", "tokens trained", "tokens/parameter",
+                  "memory/device", "fits", "time planned", "time measured", "measured ÷ planned", "MFU measured"],
+                 rows)
+    report.text("Planned tokens: " + "; ".join(notes) + ".")
 
 
 def environment_section(report: Report):
@@ -326,7 +372,8 @@ def report(cfg: ReportConfig) -> Path:
     # always drawn afresh: report's own earlier files go, others stay; another stage's folder is refused
     out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or run.report)
     card = Report(out)
-    for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section):
+    for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section,
+                    plan_section):
         section(card, run)
     environment_section(card)
     title = f"hfstack run {run.root.name}"

@@ -26,6 +26,7 @@ from hfstack.stages.plan import (
     plan_for,
     run_plan,
     stage_plan,
+    stage_shapes,
     tokenizer_vocab,
 )
 
@@ -61,6 +62,18 @@ def test_flops_and_parameters_equal_the_model_code_for_the_tiny_recipe():
     assert pretrain["stage"] == "pretrain" and pretrain["flops_per_token"] == flops_per_token(m, seq_len)
     assert pretrain["tokens"] == 300 * 4096  # the recipe's max_steps × batch_tokens
     assert pretrain["training_flops"] == pretrain["tokens"] * flops_per_token(m, seq_len)
+
+
+def test_pretrain_tokens_are_the_steps_the_stage_takes():
+    """`hfstack pretrain` trains max_steps × accumulation × micro-batch × devices sequences: batch_tokens only sets
+    the accumulation (rounded, at least 1), and an explicit gradient_accumulation_steps overrides it."""
+    cfg = recipe("pretrain", "tiny")
+    micro = cfg.per_device_train_batch_size * cfg.seq_len
+    assert plan_for("tiny", gpu="cpu")["stages"][0]["tokens"] == cfg.max_steps * cfg.batch_tokens  # 2 × 2048 a step
+    eight = plan_for("tiny", gpus=8, gpu="cpu")["stages"][0]
+    assert eight["tokens"] == cfg.max_steps * 8 * micro > cfg.max_steps * cfg.batch_tokens  # one micro-batch each
+    explicit = recipe("pretrain", "tiny", gradient_accumulation_steps=3)
+    assert stage_shapes("pretrain", explicit, 2, cfg.seq_len, 0)["tokens"] == cfg.max_steps * 3 * micro * 2
 
 
 def test_an_untied_gqa_model_counts_like_transformers():
