@@ -17,7 +17,7 @@ import sys
 from hfstack import __version__
 from hfstack.core.config import ConfigError, _field_types, _type_name, field_default, load_config
 from hfstack.core.fields import field_range
-from hfstack.core.launch import launch_command
+from hfstack.core.launch import launch_command, launch_config_file, packaged_launch_configs
 from hfstack.stages import BY_COMMAND, STAGES, load
 
 
@@ -31,7 +31,9 @@ def usage() -> str:
 USAGE_TAIL = """Run `hfstack <command> --help` to list a command's fields and defaults,
 `hfstack --version` for the version.
 Any stage runs on N processes with `--launcher accelerate --num_processes N [--launch_config FILE]`
-(default FILE: recipes/accelerate/multi_gpu.yaml with GPUs, recipes/accelerate/cpu.yaml without).
+(default FILE: recipes/accelerate/multi_gpu.yaml with GPUs, recipes/accelerate/cpu.yaml without; FILE can
+also name one of those recipes: fsdp2, multi_node, zero3, ...). Across machines, add accelerate's own
+--num_machines M --machine_rank R --main_process_ip HOST [--main_process_port P] on each.
 """
 
 
@@ -99,11 +101,16 @@ DISTRIBUTED = {stage.command for stage in STAGES if stage.trains}  # stages that
 # the speedrun's config has launcher/num_processes/launch_config fields of its own: it launches each
 # training stage itself, so the flags are its fields rather than a relaunch of the whole run
 SELF_LAUNCHING = {"speedrun"}
-LAUNCH_FLAGS = ("--launcher", "--num_processes", "--launch_config")
+# accelerate's own launcher flags, passed on as they are: how many processes and machines, this machine's
+# rank and where rank 0 listens (a multi-node run), the precision
+LAUNCHER_FLAGS = {"num_processes": "a whole number >= 1", "num_machines": "a whole number >= 1",
+                  "machine_rank": "a whole number >= 0", "main_process_ip": "an address",
+                  "main_process_port": "a port number", "mixed_precision": "no, fp16 or bf16"}
+LAUNCH_FLAGS = ("--launcher", "--launch_config", *(f"--{name}" for name in LAUNCHER_FLAGS))
 
 
 def _pop_launch_flags(args: list[str]) -> tuple[dict, list[str]]:
-    """Take `--launcher accelerate --num_processes N --launch_config FILE` out of a stage's flags."""
+    """Take `--launcher accelerate --launch_config FILE --num_processes N ...` out of a stage's flags."""
     launch, rest, i = {}, [], 0
     while i < len(args):
         flag = args[i].split("=", 1)[0]
@@ -117,22 +124,37 @@ def _pop_launch_flags(args: list[str]) -> tuple[dict, list[str]]:
     return launch, rest
 
 
+def _launch_problem(launch: dict) -> str | None:
+    """What is wrong with the launch flags, in one line; None when nothing is."""
+    if launch.get("launcher") != "accelerate":
+        return f"--launcher must be 'accelerate', got '{launch.get('launcher')}'"
+    if "launch_config" in launch and not launch_config_file(launch["launch_config"]):
+        return (f"--launch_config '{launch['launch_config']}' is neither a file (an accelerate config YAML) nor "
+                f"one of hfstack's: {', '.join(packaged_launch_configs())}")
+    for name, expected in LAUNCHER_FLAGS.items():
+        value = launch.get(name)
+        if value is None:
+            continue
+        number = value.isdigit() and (int(value) >= 1 or name == "machine_rank")
+        good = {"main_process_ip": bool(value) and not value.startswith("-"),
+                "mixed_precision": value in ("no", "fp16", "bf16"),
+                "main_process_port": value.isdigit() and 0 < int(value) < 65536}.get(name, number)
+        if not good:
+            return f"--{name} must be {expected}, got '{value}'"
+    return None
+
+
 def _launch(command: str, launch: dict, args: list[str]) -> int:
-    """Re-run this stage under `accelerate launch` on N processes."""
+    """Re-run this stage under `accelerate launch`."""
     import subprocess
 
-    problem = None
-    processes, config = launch.get("num_processes", ""), launch.get("launch_config")
-    if launch.get("launcher") != "accelerate":
-        problem = f"--launcher must be 'accelerate', got '{launch.get('launcher')}'"
-    elif "num_processes" in launch and not (processes.isdigit() and int(processes) >= 1):
-        problem = f"--num_processes must be a whole number >= 1, got '{processes}'"
-    elif "launch_config" in launch and not (config and os.path.isfile(config)):
-        problem = f"--launch_config '{config}' is not a file (an accelerate config YAML)"
+    problem = _launch_problem(launch)
     if problem:
         print(f"hfstack {command}: error: {problem}", file=sys.stderr)
         return 2
-    return subprocess.call(launch_command(command, int(processes or 0), config, args))
+    options = {name: launch[name] for name in LAUNCHER_FLAGS if name in launch and name != "num_processes"}
+    return subprocess.call(launch_command(command, int(launch.get("num_processes") or 0),
+                                          launch_config_file(launch.get("launch_config")), args, **options))
 
 
 def main(argv: list[str] | None = None) -> int:

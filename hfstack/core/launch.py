@@ -46,6 +46,13 @@ def distributed_type() -> str:
     return str(getattr(kind, "value", kind))
 
 
+def num_machines(world_size: int) -> int:
+    """How many machines the launched processes span: the world over the processes on this machine
+    (torchrun, and so accelerate, sets LOCAL_WORLD_SIZE); 1 when not launched."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(1, world_size // int(local)) if local.isdigit() and int(local) > 0 else 1
+
+
 def is_main_env() -> bool:
     """Rank 0 as the launcher's environment says (RANK, else LOCAL_RANK; absent is rank 0)."""
     rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
@@ -146,9 +153,26 @@ def wait_for_all_ranks() -> None:
         process_state().wait_for_everyone()
 
 
-def launch_command(command: str, num_processes: int, config: str | None, args: list[str]) -> list[str]:
-    """`accelerate launch --config_file CONFIG [--num_processes N] -m hfstack COMMAND ARGS`; the default
-    config is recipes/accelerate/multi_gpu.yaml on a GPU machine and cpu.yaml (gloo ranks) without."""
+def packaged_launch_configs() -> list[str]:
+    """The accelerate configs hfstack ships (recipes/accelerate/NAME.yaml), by name."""
+    return sorted(path.stem for path in (recipes_dir() / "accelerate").glob("*.yaml"))
+
+
+def launch_config_file(name: str | None) -> str | None:
+    """An accelerate config: a file, or the name of one hfstack ships (`fsdp2` for
+    recipes/accelerate/fsdp2.yaml); None for the default, and for a name that is neither."""
+    if not name:
+        return None
+    if Path(name).is_file():
+        return name
+    packaged = recipes_dir() / "accelerate" / f"{Path(name).stem}.yaml"
+    return str(packaged) if name in (packaged.stem, packaged.name) and packaged.is_file() else None
+
+
+def launch_command(command: str, num_processes: int, config: str | None, args: list[str], **launcher) -> list[str]:
+    """`accelerate launch --config_file CONFIG [--num_processes N] [--NAME VALUE ...] -m hfstack COMMAND ARGS`;
+    the default config is recipes/accelerate/multi_gpu.yaml on a GPU machine and cpu.yaml (gloo ranks)
+    without. `launcher` holds accelerate's own flags (num_machines, machine_rank, main_process_ip, ...)."""
     if not config:
         import torch
 
@@ -156,4 +180,6 @@ def launch_command(command: str, num_processes: int, config: str | None, args: l
     line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
     if num_processes:
         line += ["--num_processes", str(num_processes)]
+    for name, value in launcher.items():
+        line += [f"--{name}", str(value)]
     return line + ["-m", "hfstack", command, *args]

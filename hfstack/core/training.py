@@ -20,7 +20,7 @@ from typing import Literal
 
 from hfstack.core.config import ConfigError, bounded, nearest
 from hfstack.core.hub import push_model_folder
-from hfstack.core.launch import distributed_type, print0, process_state, wants_fsdp
+from hfstack.core.launch import distributed_type, num_machines, print0, process_state, wants_fsdp
 from hfstack.core.renames import precision_to_bf16, renamed
 from hfstack.core.rundir import finish_output
 from hfstack.core.telemetry import available_trackers
@@ -111,7 +111,8 @@ def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, repor
     world size and distributed type added), the folder is recorded as finished (hfstack.core.rundir),
     then the model is pushed when asked."""
     state = process_state()  # how the run was spread: recorded with its figures
-    report = report | {"world_size": state.num_processes, "distributed_type": distributed_type()}
+    report = report | {"world_size": state.num_processes, "num_machines": num_machines(state.num_processes),
+                       "distributed_type": distributed_type()}
     if main:
         (out / report_name).write_text(json.dumps(report, indent=2) + "\n")
         print0(f"[{stage}] done: {json.dumps(report)}")

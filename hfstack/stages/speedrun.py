@@ -36,7 +36,7 @@ from hfstack.core.config import (
     read_yaml,
     save_config,
 )
-from hfstack.core.launch import launch_command
+from hfstack.core.launch import launch_command, launch_config_file, packaged_launch_configs
 from hfstack.core.layout import RunLayout
 from hfstack.core.recipes import recipes_dir
 from hfstack.core.renames import current_names
@@ -69,12 +69,13 @@ class SpeedrunConfig:
     # training stages (pretrain, sft, rl, reward, rlhf, dpo) under `accelerate launch` on N processes
     launcher: str = "none"  # none | accelerate
     num_processes: int = bounded(1, ge=1)  # processes per training stage with launcher accelerate
-    launch_config: str | None = None  # default: recipes/accelerate/multi_gpu.yaml (GPUs) or cpu.yaml
+    launch_config: str | None = None  # a file or a recipe name (fsdp2); default: multi_gpu.yaml (GPUs) or cpu.yaml
 
     def __post_init__(self):
         check_fields(self, "speedrun")
-        if self.launch_config is not None and not Path(self.launch_config).is_file():
-            raise ConfigError(f"speedrun: 'launch_config' '{self.launch_config}' is not a file (an accelerate config)")
+        if self.launch_config is not None and not launch_config_file(self.launch_config):
+            raise ConfigError(f"speedrun: 'launch_config' '{self.launch_config}' is neither a file (an accelerate "
+                              f"config) nor one of hfstack's: {', '.join(packaged_launch_configs())}")
         if not (recipes_dir() / self.preset).is_dir():
             presets = sorted(p.name for p in recipes_dir().iterdir() if (p / "data.yaml").is_file())
             raise ConfigError(f"speedrun: unknown preset '{self.preset}'; available: {', '.join(presets)}")
@@ -115,7 +116,8 @@ def train(cfg: SpeedrunConfig, command: str, stage_cfg, runner) -> None:
     import subprocess
 
     recipe_file = save_config(stage_cfg, RunLayout(Path(cfg.output_dir)).launch, f"{command}.yaml")
-    line = launch_command(command, cfg.num_processes, cfg.launch_config, ["--config", str(recipe_file)])
+    line = launch_command(command, cfg.num_processes, launch_config_file(cfg.launch_config),
+                          ["--config", str(recipe_file)])
     print(f"[speedrun] {' '.join(line[2:])}", flush=True)
     if subprocess.call(line) != 0:
         raise ConfigError(f"speedrun: `{' '.join(line[2:])}` failed; see its output above")
