@@ -160,3 +160,34 @@ def test_print0_prints_on_the_main_process_only(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "1")  # no RANK: the local rank decides
     print0("[stage] local rank 1 says nothing")
     assert capsys.readouterr().out == "[stage] not launched\n[stage] rank 0\n"
+
+
+def test_launch_flags_reach_accelerate_and_bad_ones_are_one_line_errors(monkeypatch, capsys):
+    """`--launcher accelerate` passes accelerate's own multi-node flags on, takes a shipped config by name,
+    and refuses a bad value in one line before anything starts."""
+    import subprocess
+
+    from hfstack import cli
+
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda line: launched.append(line) or 0)
+    assert cli.main(["pretrain", "--max_steps", "3", "--launcher", "accelerate", "--launch_config", "multi_node",
+                     "--num_processes", "4", "--num_machines", "2", "--machine_rank", "1",
+                     "--main_process_ip", "10.0.0.1", "--main_process_port=29555", "--mixed_precision", "no"]) == 0
+    line = launched[0]
+    assert line[line.index("--config_file") + 1].endswith("recipes/accelerate/multi_node.yaml")
+    for flag, value in (("--num_processes", "4"), ("--num_machines", "2"), ("--machine_rank", "1"),
+                        ("--main_process_ip", "10.0.0.1"), ("--main_process_port", "29555"),
+                        ("--mixed_precision", "no")):
+        assert line[line.index(flag) + 1] == value
+    assert line[line.index("-m", 3):] == ["-m", "hfstack", "pretrain", "--max_steps", "3"]
+    for bad, why in ((["--num_machines", "0"], "--num_machines must be a whole number >= 1, got '0'"),
+                     (["--machine_rank", "-1"], "--machine_rank must be a whole number >= 0"),
+                     (["--main_process_port", "70000"], "--main_process_port must be a port number"),
+                     (["--mixed_precision", "fp8"], "--mixed_precision must be no, fp16 or bf16"),
+                     (["--launch_config", "fsdp9"], "neither a file (an accelerate config YAML) nor one of "
+                                                    "hfstack's: cpu, fsdp2, multi_gpu, multi_node, zero2, zero3")):
+        assert cli.main(["sft", "--launcher", "accelerate", *bad]) == 2
+        error = capsys.readouterr().err
+        assert why in error and error.count("\n") == 1, error
+    assert len(launched) == 1
