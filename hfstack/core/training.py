@@ -120,6 +120,28 @@ def finish_training(cfg: TrainConfig, out: Path, stage: str, report: dict, repor
     push_trained(cfg, out, stage, main)
 
 
+def evaluate_before_training(trainer) -> dict:
+    """`trainer.evaluate()` on the starting model, leaving the model as `train()` needs it on N processes.
+
+    Upstream cause (transformers 5.24 Trainer with accelerate 1.15): `evaluate()` before `train()`, with no
+    model yet registered with the accelerator, runs `accelerator.prepare_model(model, evaluation_mode=True)`,
+    which leaves the bare model marked `_is_accelerate_prepared`; `train()`'s `accelerator.prepare(model,
+    optimizer)` then returns it as it is, never wrapped in DistributedDataParallel. Each rank then stepped on
+    its own half-batch's gradient (no all-reduce), the ranks drifted apart and rank 0 saved its own weights:
+    the reward model ended 3.3e-3 away from 1 process after 4 steps (tests/e2e/test_multiprocess.py). A
+    trainer with a reference model prepared first (DPO) escapes it; one without (ORPO) would not. So the
+    evaluation-only preparation is undone here (an autocast wrapper on forward too, as unwrap_model does)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    metrics = trainer.evaluate()
+    model, accelerator = trainer.model, trainer.accelerator
+    if trainer.model_wrapped is model and getattr(model, "_is_accelerate_prepared", False):
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
+        del model._is_accelerate_prepared
+        accelerator._models = [m for m in accelerator._models if m is not model]
+    return metrics
+
+
 def save_trained_model(trainer, folder: str | Path, main: bool, model=None) -> None:
     """The trained model as a plain `from_pretrained` folder. Every rank calls this: under FSDP each
     holds a slice of every weight, so the full state dict is gathered (a collective) and the main

@@ -32,7 +32,14 @@ from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import process_state
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
-from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, save_trained_model, trainer_config
+from hfstack.core.training import (
+    TrainConfig,
+    common_trainer_args,
+    evaluate_before_training,
+    finish_training,
+    save_trained_model,
+    trainer_config,
+)
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs, unpaired
 from hfstack.rlalgo.watch import DPOWatch, StepWatchCallback, read_watch, sample_metrics
@@ -170,10 +177,10 @@ def make_trainer(cfg: DPOStageConfig, policy, tokenizer, train_rows: list[dict],
                           ) from None
 
 
-def held_out(trainer) -> dict:
+def held_out(trainer, before_training: bool = False) -> dict:
     """TRL's figures on the held-out pairs (the trainer's eval set), under TRL's names, and the mean
     log-prob margin of the chosen answers over the rejected ones (the policy's own preference)."""
-    metrics = trainer.evaluate()
+    metrics = evaluate_before_training(trainer) if before_training else trainer.evaluate()
     figures = {name: round(float(metrics[f"eval_{name}"]), 5) if f"eval_{name}" in metrics else None
                for name in HELD_OUT}
     chosen, rejected = figures["logps/chosen"], figures["logps/rejected"]
@@ -207,7 +214,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=cfg.load_dtype())
     trainer = make_trainer(cfg, policy, tokenizer, train_rows, test_rows, out)
-    before = held_out(trainer) if trainer.eval_dataset is not None else None
+    before = held_out(trainer, before_training=True) if trainer.eval_dataset is not None else None
     resume = newest_checkpoint(out / "checkpoints")
     watch = DPOWatch(cfg, out / "watch.jsonl", record=main, resuming=bool(resume))
     prompts = watch_prompts(test_rows or train_rows, cfg.watch_prompts)

@@ -21,7 +21,14 @@ from hfstack.core.model import load_reward_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import newest_checkpoint, start_output
-from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.core.training import (
+    TrainConfig,
+    common_trainer_args,
+    evaluate_before_training,
+    finish_training,
+    save_trained_model,
+    trainer_config,
+)
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs
 
@@ -75,11 +82,11 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(test_rows) if test_rows else None,
                             processing_class=tokenizer, callbacks=callbacks or [])
-    before = trainer.evaluate()["eval_accuracy"] if test_rows else None
+    before = evaluate_before_training(trainer)["eval_accuracy"] if test_rows else None
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     after = trainer.evaluate()["eval_accuracy"] if test_rows else None
     trainer.model.config.pad_token_id = tokenizer.pad_token_id
-    trainer.save_model(str(out))
+    save_trained_model(trainer, out, main)
     if not main:
         return out
     save_tokenizer(tokenizer, out)

@@ -121,6 +121,22 @@ def sft_ddp(root, ddp) -> Path:
     return root / "sft-ddp"
 
 
+def test_pretraining_on_two_processes_matches_one(root, ddp, tmp_path):
+    """The same global batch: 4 sequences a step on 1 process, 2 on each of 2."""
+    from hfstack.core.config import load_config
+    from hfstack.stages.pretrain import PretrainConfig, run_pretrain
+
+    args = pretrain_args(root, tmp_path / "one")
+    args[args.index("--per_device_train_batch_size") + 1] = "4"
+    run_pretrain(load_config(PretrainConfig, cli_args=[*args, "--progress", "false"]))
+    assert summary(tmp_path / "one")["world_size"] == 1 and summary(ddp)["world_size"] == 2
+    one, two = losses(tmp_path / "one"), losses(ddp)
+    assert max(abs(one[s] - two[s]) for s in one) < 1e-4
+    difference = largest_difference(tmp_path / "one", ddp)
+    print(f"\n[2 processes] pretrain: largest weight difference to 1 process {difference:.2e}")
+    assert difference < 1e-4
+
+
 def assert_sharded_in_half(report: dict) -> None:
     assert (report["world_size"], report["distributed_type"]) == (2, "FSDP")
     total, per_rank = report["fsdp"]["parameters"], report["fsdp"]["parameters_per_rank"]

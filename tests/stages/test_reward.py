@@ -29,6 +29,27 @@ def test_reward_model_learns_a_scripted_preference(tiny_sft_model, tmp_path):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
+def test_the_evaluation_before_training_leaves_the_model_to_be_wrapped(tiny_sft_model, tmp_path):
+    """Trainer.evaluate() before train() marks the bare model as prepared, and train() then never wraps it in
+    DistributedDataParallel (ranks step apart; tests/e2e/test_multiprocess.py): the held-out accuracy before
+    training is measured without leaving that mark."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from hfstack.core.adopt import turn_end_token
+    from hfstack.core.model import load_reward_model
+    from hfstack.core.training import evaluate_before_training
+
+    model, tokenizer = load_reward_model(str(tiny_sft_model))
+    pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Say {i}."}],
+                                "chosen": [{"role": "assistant", "content": f"{i}"}],
+                                "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)])
+    trainer = RewardTrainer(model=model, processing_class=tokenizer, train_dataset=pairs, eval_dataset=pairs,
+                            args=RewardConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1,
+                                              per_device_eval_batch_size=2, eos_token=turn_end_token(tokenizer)))
+    assert 0 <= evaluate_before_training(trainer)["eval_accuracy"] <= 1
+    assert not getattr(trainer.model, "_is_accelerate_prepared", False)
+    assert all(m is not trainer.model for m in trainer.accelerator._models)
 
 
 def test_missing_preferences_are_clear_errors(tiny_sft_model, tmp_path):
