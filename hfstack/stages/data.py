@@ -10,11 +10,15 @@ Everything is a datatrove step run by a datatrove executor, in up to eight stage
 Each stage logs under DIR/logs/<stage>/ with datatrove's completion markers, so rerunning the same
 command skips finished tasks; other inputs or settings into the same DIR are refused (--overwrite
 starts afresh: hfstack.core.rundir). DIR/stats.json holds the funnel (docs and bytes in/out per step).
+`executor: ray` runs the stages in order on a Ray cluster; `executor: slurm` submits them as chained job
+arrays and returns (rerun once they finish to write the funnel). Tested on real clusters by
+tests/stages/test_data_engines.py.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,8 +209,30 @@ class DataPipeline:
         return stages
 
 
+# set by hfstack for every stage; executor_options cannot override them
+_RESERVED_OPTIONS = ("pipeline", "tasks", "logging_dir", "depends", "skip_completed", "workers", "job_name")
+
+
+def _check_options(cls, options: dict, executor: str) -> None:
+    import inspect
+
+    reserved = sorted(set(options) & set(_RESERVED_OPTIONS))
+    if reserved:
+        raise ConfigError(f"data: executor_options {', '.join(reserved)} are set by hfstack (use tasks/workers)")
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"data: executor_options {', '.join(unknown)} not accepted by the {executor} executor "
+                          f"(datatrove {cls.__name__}: {', '.join(sorted(accepted - set(_RESERVED_OPTIONS)))})")
+
+
 def make_executor(cfg: DataConfig, stage: Stage, logging_dir: Path, depends=None):
-    """The configured datatrove executor for one stage. Slurm/Ray options come from cfg.executor_options."""
+    """The configured datatrove executor for one stage. Slurm/Ray options come from cfg.executor_options.
+
+    Slurm: `partition` and `time` are required; the jobs run this Python's virtualenv unless
+    `venv_path`, `condaenv` or `env_command` says otherwise. Ray: `address` (for `ray.init`, e.g. "auto")
+    is hfstack's; the rest (cpus_per_task, mem_per_cpu_gb, ...) goes to datatrove's RayPipelineExecutor.
+    """
 
     options = dict(cfg.executor_options)
     common = dict(pipeline=stage.pipeline, tasks=stage.tasks, logging_dir=str(logging_dir), depends=depends,
@@ -214,29 +240,59 @@ def make_executor(cfg: DataConfig, stage: Stage, logging_dir: Path, depends=None
     if cfg.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
 
+        _check_options(LocalPipelineExecutor, options, "local")
         workers = stage.tasks if cfg.workers < 1 else min(cfg.workers, stage.tasks)
         return LocalPipelineExecutor(**common, workers=workers, **options)
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
+        _check_options(SlurmPipelineExecutor, options, "slurm")
         missing = [k for k in ("partition", "time") if k not in options]
         if missing:
             raise ConfigError(f"data: executor 'slurm' needs executor_options {', '.join(missing)}")
+        if sys.prefix != sys.base_prefix and not {"venv_path", "condaenv", "env_command"} & set(options):
+            options["venv_path"] = str(Path(sys.prefix) / "bin" / "activate")  # not the node's default python
         return SlurmPipelineExecutor(**common, job_name=f"hfstack-{stage.name}",
                                      workers=cfg.workers, **options)
     from datatrove.executor import RayPipelineExecutor
 
+    options.pop("address", None)
+    _check_options(RayPipelineExecutor, options, "ray")
     return RayPipelineExecutor(**common, workers=cfg.workers, **options)
 
 
 def build_executors(cfg: DataConfig, stages: list[Stage]) -> list:
-    """One executor per stage; each depends on the previous one (Slurm/Ray schedule the chain)."""
+    """One executor per stage. Slurm's depend on the previous one (sbatch --dependency schedules the chain);
+    local and Ray stages are run in order by run_data, which stops at the first stage with failed tasks."""
     executors, previous = [], None
     for stage in stages:
-        chained = previous if cfg.executor != "local" else None  # locally we simply run them in order
+        chained = previous if cfg.executor == "slurm" else None
         previous = make_executor(cfg, stage, Path(cfg.output_dir).absolute() / "logs" / stage.name, chained)
         executors.append(previous)
     return executors
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address` ("auto": the one `ray start` runs here; None: RAY_ADDRESS, else a
+    cluster started for this process). A driver that already called ray.init keeps its cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("data: executor 'ray' needs Ray: pip install 'hfstack[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address)
+
+
+def submit_slurm(executors: list, stages: list[Stage], out: Path) -> dict | None:
+    """Submit the chain of Slurm jobs and return their ids, or None when every stage had already finished
+    (a rerun of the same command after the jobs end: run_data then writes the funnel)."""
+    executors[-1].run()  # launches every stage's job array, each depending on the previous stage's
+    jobs = {stage.name: executor.job_id for stage, executor in zip(stages, executors) if executor.job_id != -1}
+    if not jobs:
+        return None
+    print(f"Submitted {len(jobs)} Slurm stage(s) (jobs {', '.join(map(str, jobs.values()))}); logs under "
+          f"{out / 'logs'}. Rerun the same command once they finish to write stats.json.", flush=True)
+    return {"slurm_jobs": jobs}
 
 
 def run_data(cfg: DataConfig) -> dict:
@@ -252,16 +308,18 @@ def run_data(cfg: DataConfig) -> dict:
     out = claim_output("data", cfg).absolute()
     stages = DataPipeline(cfg).stages()
     executors = build_executors(cfg, stages)
-    if cfg.executor == "slurm":
-        executors[-1].run()  # submits the whole dependency chain and returns
-        print(f"Submitted {len(stages)} Slurm stages; logs under {out / 'logs'}")
-        return {}
+    if cfg.executor == "slurm" and (submitted := submit_slurm(executors, stages, out)) is not None:
+        return submitted
     if cfg.executor == "ray":
-        executors[-1].run()
-    else:
+        connect_ray(cfg.executor_options.get("address"))
+    if cfg.executor != "slurm":
         for stage, executor in zip(stages, executors):
             print(f"[data] stage {stage.name} ({stage.tasks} task(s))", flush=True)
             executor.run()
+            failed = executor.get_incomplete_ranks(skip_completed=True) if cfg.executor == "ray" else []
+            if failed:  # Ray logs failed tasks and returns; the next stage must not read a partial output
+                raise RuntimeError(f"data: stage {stage.name}: {len(failed)}/{stage.tasks} task(s) failed "
+                                   f"(ranks {failed[:10]}); see {out / 'logs' / stage.name / 'logs'}")
     rows = build_funnel([(out / "logs" / s.name, s.funnel_labels, s.funnel_offset) for s in stages])
     shards = sorted(str(p.name) for p in out.glob("*.parquet"))
     write_funnel(rows, out / "stats.json", {"shards": shards, "columns": list(OUTPUT_COLUMNS)})
