@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config_cls, cli_args=args)
         runner(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; checkpoints and done markers stay
+        print(f"\nhfstack {command}: stopped (Ctrl-C); the same command continues from the last checkpoint",
+              file=sys.stderr)
+        return 130
     except user_errors() as e:
         if os.environ.get("HFSTACK_DEBUG", "0") not in ("0", ""):
             raise  # the traceback, for whoever debugs hfstack itself

@@ -53,6 +53,7 @@ from hfstack.core.rundir import (
 )
 from hfstack.dataprep.synthetic import write_crawl
 from hfstack.stages import BY_COMMAND, config_class, load
+from hfstack.ui.console import Watch, previous_times, quiet_libraries
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SpeedrunConfig:
     launcher: str = "none"  # none | accelerate
     num_processes: int = bounded(1, ge=1)  # processes per training stage with launcher accelerate
     launch_config: str | None = None  # a file or a recipe name (fsdp2); default: multi_gpu.yaml (GPUs) or cpu.yaml
+    verbose: bool = False  # show library warnings and every per-pass progress bar (quiet by default)
 
     def __post_init__(self):
         check_fields(self, "speedrun")
@@ -314,41 +316,60 @@ def step_done(run: RunLayout, name: str) -> bool:
     return info is not None and info.get("stage") == name and "seconds" in info
 
 
+def planned_steps(cfg: SpeedrunConfig, run: RunLayout) -> list[tuple[str, Step]]:
+    """The steps this run takes: the crawl only when the preset has no data input, one preference tail."""
+    other_tail = {name for tail in TAILS.values() for name in tail} - set(TAILS[cfg.preference])
+    return [(name, step) for name, step in STAGES
+            if not (name == "crawl" and _default_input(cfg, run) == [] or name in other_tail)]
+
+
 def speedrun(cfg: SpeedrunConfig) -> Path:
     run = claim_run(cfg)
-    other_tail = {name for tail in TAILS.values() for name in tail} - set(TAILS[cfg.preference])
-    for name, step in STAGES:
-        if name == "crawl" and _default_input(cfg, run) == [] or name in other_tail:
-            continue
-        stage_cfg = step.config(cfg, run)
-        folder = run.folder(name)
-        # without --force a step is skipped only when done with the same settings and inputs, and
-        # one whose folder holds a different run stops the speedrun rather than mixing the two
-        stored = "none" if cfg.force else stored_run(step.stage, stage_cfg, folder)  # "none", "same", or fields
-        if stored not in ("none", "same"):
-            raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(stored)}); "
-                              "rerun with --force to recompute, or choose another --output_dir")
-        if stored == "same" and step_done(run, name):
-            print(f"[speedrun] {name}: already done, skipping ({folder})")
-            continue
-        print(f"[speedrun] {name}: starting", flush=True)
-        started = time.time()
-        clear_done(folder)  # a kill from here on leaves the step not done
-        old = run.old_marker(name)
-        if old is not None:  # a run of the previous layout: its marker there would outlive this attempt
-            clear_done(old)
-            with contextlib.suppress(OSError):  # the folder held nothing else: it goes (only when empty)
-                old.rmdir()
-        if not step.claims:  # --force recomputes: the earlier run's files go, unknown ones stay
-            claim_output(step.stage, stage_cfg, overwrite=cfg.force, folder=folder)
-        step.run(cfg, run, stage_cfg)
-        if not step.claims:
-            finish_output(folder, step.stage)
-        if is_done(folder):  # the stage finished: its marker gets the step's name and time (kept by mark_done)
-            mark_done(folder, step.stage, step=name, seconds=round(time.time() - started, 1))
-        print(f"[speedrun] {name}: done in {time.time() - started:.1f}s", flush=True)
-    print(f"[speedrun] finished: {run.root}")
+    steps = planned_steps(cfg, run)
+    layout_folders = lambda root: {name: RunLayout(root).folder(name) for name, _ in steps}  # noqa: E731
+    watch = Watch([name for name, _ in steps], previous_times(run.root, cfg.preset, layout_folders))
+    name = None
+    try:
+        with quiet_libraries(enabled=not cfg.verbose):
+            for name, step in steps:
+                run_step(cfg, run, name, step, watch)
+    except KeyboardInterrupt:  # Ctrl-C: a clean stop; the step's own checkpoints and the done markers stay
+        print(f"\n[speedrun] stopped during {name}; the same command resumes from there", flush=True)
+        raise SystemExit(130) from None
+    report = run.folder("report") / "report.html"
+    watch.summary(run.root, report if report.is_file() else None)
     return run.root
+
+
+def run_step(cfg: SpeedrunConfig, run: RunLayout, name: str, step: Step, watch: Watch) -> None:
+    """One step: skipped when done with the same settings and inputs, else run and marked done."""
+    stage_cfg = step.config(cfg, run)
+    folder = run.folder(name)
+    # without --force a step is skipped only when done with the same settings and inputs, and
+    # one whose folder holds a different run stops the speedrun rather than mixing the two
+    stored = "none" if cfg.force else stored_run(step.stage, stage_cfg, folder)  # "none", "same", or fields
+    if stored not in ("none", "same"):
+        raise ConfigError(f"speedrun: {name}: {folder} was made with different settings ({', '.join(stored)}); "
+                          "rerun with --force to recompute, or choose another --output_dir")
+    if stored == "same" and step_done(run, name):
+        watch.skipped(name, folder)
+        return
+    watch.started(name)
+    started = time.time()
+    clear_done(folder)  # a kill from here on leaves the step not done
+    old = run.old_marker(name)
+    if old is not None:  # a run of the previous layout: its marker there would outlive this attempt
+        clear_done(old)
+        with contextlib.suppress(OSError):  # the folder held nothing else: it goes (only when empty)
+            old.rmdir()
+    if not step.claims:  # --force recomputes: the earlier run's files go, unknown ones stay
+        claim_output(step.stage, stage_cfg, overwrite=cfg.force, folder=folder)
+    step.run(cfg, run, stage_cfg)
+    if not step.claims:
+        finish_output(folder, step.stage)
+    if is_done(folder):  # the stage finished: its marker gets the step's name and time (kept by mark_done)
+        mark_done(folder, step.stage, step=name, seconds=round(time.time() - started, 1))
+    watch.finished(name, folder, time.time() - started)
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

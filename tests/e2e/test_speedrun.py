@@ -45,7 +45,7 @@ def test_speedrun_tiny_runs_and_skips_finished_stages(tmp_path):
             QUICK.replace("sft: {max_steps: 10", "sft: {max_steps: 10, save_steps: 4")]
     killed = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     for line in killed.stdout:
-        if "[speedrun] sft: starting" in line:
+        if "] sft: starting" in line:
             break
     deadline = time.time() + 120
     while not list((run / "sft" / "checkpoints").glob("checkpoint-*")) and time.time() < deadline:
