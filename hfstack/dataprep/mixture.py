@@ -25,7 +25,7 @@ from hfstack.tasks.registry import TASKS
 # The tasks generated from the identity card alone (no corpus, no model), each with the offset of its
 # own seeded stream (seed + offset), so that changing one source's count leaves the others'
 # conversations as they were. Knowledge and search need the corpus: they come in through `extra`.
-SEED_OFFSETS = {"identity": 0, "arithmetic": 1, "counting": 2, "spelling": 3}
+SEED_OFFSETS = {"identity": 0, "arithmetic": 1, "counting": 2, "spelling": 3, "multiturn": 4}
 GENERATED_SOURCES = tuple(SEED_OFFSETS)
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

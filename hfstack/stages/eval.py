@@ -46,6 +46,7 @@ from hfstack.tasks.base import one_answer_baseline
 from hfstack.tasks.conversation import prompt_of
 from hfstack.tasks.harness import KNOWLEDGE, export_tasks, print_summary, run_lm_eval
 from hfstack.tasks.judges import is_refusal, word_overlap_judge
+from hfstack.tasks.multiturn import MultiTurnTask, later_turn_report
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
 from hfstack.tools.search import index_of_model
@@ -184,7 +185,13 @@ def evaluate(cfg: EvalConfig) -> dict:
             entry["one_answer_baseline"] = one_answer_baseline(rows)
         entry["examples"] = [{"question": task.prompt(r)[-1]["content"], "answer": reply.answer,
                               "tool_calls": reply.tool_calls} for r, reply in list(zip(rows, replies))[:3]]
+        if name == MultiTurnTask.name:  # scored per last task, against single turns once those are known
+            entry["correct"] = [task.score(r, reply.answer) for r, reply in zip(rows, replies)]
         results[name] = entry
+    if MultiTurnTask.name in results:  # the later turns against the same tasks asked alone
+        entry = results[MultiTurnTask.name]
+        entry["later_turns"] = later_turn_report(by_task[MultiTurnTask.name], entry.pop("correct"),
+                                                 {n: e["accuracy"] for n, e in results.items() if "accuracy" in e})
     output = Path(cfg.output or beside_model(cfg.model_name_or_path, "heldout_eval.json"))
     kept = {k: v for k, v in previous_report(output).items() if k == "harness"}  # an lm_eval run's results stay
     output.write_text(json.dumps(results | kept, indent=2) + "\n")
@@ -201,6 +208,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         tool_use = f"{entry['tool_use_rate']:.1%}" if "tool_use_rate" in entry else "-"
         baseline = f"{entry['one_answer_baseline']:.1%}" if "one_answer_baseline" in entry else "-"
         print(f"{task:<12} {entry['items']:>6} {entry['accuracy']:>9.1%} {no_tools:>9} {tool_use:>9} {baseline:>10}")
+    for last, figures in results.get(MultiTurnTask.name, {}).get("later_turns", {}).items():
+        alone = figures["single_turn_accuracy"]
+        print(f"  later turn {last}: {figures['accuracy']:.1%} of {figures['items']}"
+              + (f", {figures['ratio']:.0%} of its single-turn {alone:.1%}" if figures["ratio"] is not None else ""))
     print(f"→ {output}")
     return results
 

@@ -210,6 +210,9 @@ def evals_section(report: Report, run: RunLayout):
                 rows.append([task, entry["accuracy"], entry.get("accuracy_without_tools", "-"),
                              entry.get("one_answer_baseline", "-")])
         report.table(["task", "accuracy", "without tools", "one-answer baseline"], rows)
+        if later := (sft.get("multiturn") or {}).get("later_turns"):
+            pairs = [f"{t} {_number(v['accuracy'])} vs {_number(v['single_turn_accuracy'])}" for t, v in later.items()]
+            report.text("Later turns of the multi-turn set against the same task asked alone: " + "; ".join(pairs))
     if rl:
         report.heading("RL on verifiable tasks (GRPO): pass@1 before and after")
         report.table(["task", "SFT", "after RL"], [[t, rl["pass@1_before"][t], rl["pass@1_after"].get(t, "-")]

@@ -14,8 +14,9 @@ from hfstack.tasks.arithmetic import ArithmeticTask
 from hfstack.tasks.base import Task
 from hfstack.tasks.counting import CountingTask
 from hfstack.tasks.identity import IdentityTask
+from hfstack.tasks.multiturn import MultiTurnTask
 from hfstack.tasks.search import SearchTask
 from hfstack.tasks.spelling import SpellingTask
 
 TASKS: dict[str, Task] = {task.name: task for task in (IdentityTask(), ArithmeticTask(), CountingTask(),
-                                                       SpellingTask(), SearchTask())}
+                                                       SpellingTask(), SearchTask(), MultiTurnTask())}

@@ -45,7 +45,12 @@ CORRUPTIONS = {  # a wrong answer for each task, as close to the right one as th
     "counting": other_last_number,
     "spelling": misspelled,
     "search": lambda answer: "I don't know.",
+    "multiturn": None,  # the last turn's own task's corruption (corrupted)
 }
+
+
+def corrupted(name: str, row: dict, answer: str) -> str:
+    return CORRUPTIONS[row["last_task"] if name == "multiturn" else name](answer)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +66,7 @@ def generated(search_settings):
 
 
 def test_every_task_is_registered_under_its_name_with_a_corruption_here():
-    assert set(TASKS) == {"identity", "arithmetic", "counting", "spelling", "search"} == set(CORRUPTIONS)
+    assert set(TASKS) == {"identity", "arithmetic", "counting", "spelling", "search", "multiturn"} == set(CORRUPTIONS)
     assert all(task.name == name for name, task in TASKS.items())
     assert BUILTIN_TASKS == ("arithmetic", "counting")  # RL trains on the tasks with an answer form
 
@@ -71,10 +76,10 @@ def test_references_score_right_corruptions_wrong_and_reward_agrees(name, genera
     task, rows = TASKS[name], generated[name]["eval"]
     assert rows and all(r["task"] == name for r in rows)
     for row in rows:
-        reference, corrupted = final(row), CORRUPTIONS[name](final(row))
+        reference, wrong = final(row), corrupted(name, row, final(row))
         assert task.score(row, reference), (row, reference)
-        assert not task.score(row, corrupted), (row, corrupted)
-        assert task.reward(row, reference) == 1.0 and task.reward(row, corrupted) == 0.0
+        assert not task.score(row, wrong), (row, wrong)
+        assert task.reward(row, reference) == 1.0 and task.reward(row, wrong) == 0.0
         assert task.prompt(row)[-1]["role"] == "user" and reference not in str(task.prompt(row))
     if task.answer_form:  # RL's reward sees only the expected answer; its format reward, the phrasing
         assert all(re.match(task.answer_form, final(r)) for r in rows)
@@ -145,7 +150,10 @@ def test_the_mixture_generates_each_task_from_its_own_stream():
 
 
 def question_key(name: str, row: dict) -> str:
-    """What must never be in both splits: the item, or for identity the question's phrasing."""
+    """What must never be in both splits: the item, or for identity the question's phrasing (for a
+    multi-turn conversation, its last part's)."""
+    if name == "multiturn":
+        return question_key(row["last_task"], row["last"])
     if name in ("counting", "spelling"):
         return row["word"]
     if name == "arithmetic":
@@ -221,3 +229,63 @@ def test_a_small_set_holds_out_its_quota_and_the_rest_trains():
     assert held_out_quota(list(reversed(ARITHMETIC_PHRASINGS)), 0.3) == set(eval_templates)  # order does not matter
     assert held_out_quota(["only"], 0.3) == set() and phrasings(["only"], "eval") == ["only"]
     assert len(held_out_quota(["a", "b"], 0.9)) == 1  # never all of them
+
+
+def test_multiturn_conversations_mix_tasks_keep_tool_history_and_hold_out_every_part(generated):
+    from hfstack.tasks.multiturn import PARTS, later_turn_report
+
+    rows = generated["multiturn"]
+    for split in ("train", "eval"):
+        for row in rows[split]:
+            users = [m for m in row["messages"] if m["role"] == "user"]
+            assert row["turns"] in (2, 3) and len(users) >= row["turns"] and row["last_task"] in PARTS
+            assert [m["role"] for m in row["messages"]].count("system") <= 1
+            assert row["messages"][0]["role"] in ("system", "user") and row["messages"][-1]["role"] == "assistant"
+            tail = [m for m in row["last"]["messages"] if m["role"] != "system"]
+            assert row["messages"][-len(tail):] == tail  # the conversation ends on the part it is scored by
+    # earlier parts' tool calls and outputs stay in the history the last question is asked after
+    assert any(m["role"] == "tool" for r in rows["eval"] for m in TASKS["multiturn"].prompt(r))
+    assert {r["last_task"] for r in rows["eval"]} == set(PARTS) and {r["turns"] for r in rows["eval"]} == {2, 3}
+    questions = {s: {m["content"] for r in rows[s] for m in r["messages"] if m["role"] == "user"}
+                 for s in ("train", "eval")}
+    assert not questions["train"] & questions["eval"]  # no held-out part, in any position, is trained on
+    report = later_turn_report(rows["eval"], [r["last_task"] != "counting" for r in rows["eval"]],
+                               {"arithmetic": 0.5, "identity": 1.0, "counting": 0.4})
+    assert report["arithmetic"]["ratio"] == 2.0 and report["identity"]["ratio"] == 1.0
+    assert report["counting"]["accuracy"] == 0.0 and report["counting"]["ratio"] == 0.0
+
+
+def test_eval_scores_the_later_turns_against_the_same_tasks_asked_alone(tmp_path, monkeypatch, capsys):
+    """`hfstack eval` on a multi-turn set: accuracy on the last turn per task, beside that task's own accuracy,
+    and their ratio. The stand-in model answers every single-turn question right, and a later turn only
+    when it is arithmetic."""
+    from hfstack.stages import eval as eval_stage
+    from hfstack.tasks import base
+    from hfstack.tools.loop import Reply
+
+    rows = TASKS["multiturn"].generate(40, 0)["eval"] + TASKS["arithmetic"].generate(20, 0)["eval"] + \
+        TASKS["counting"].generate(20, 0)["eval"] + TASKS["identity"].generate(20, 0)["eval"]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (model / "model.safetensors").write_bytes(b"")
+    (model / "eval_sets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reference = {json.dumps(TASKS[r["task"]].prompt(r)): (r, final(r)) for r in rows}
+
+    def replies(model, tokenizer, prompts, *a, prefill="", **k):
+        out = []
+        for prompt in prompts:
+            row, answer = reference[json.dumps(prompt)]
+            later = row["task"] == "multiturn" and row["last_task"] != "arithmetic"
+            out.append(Reply(answer=prefill or ("I am not sure." if later else answer)))
+        return out
+
+    monkeypatch.setattr(eval_stage, "load_model", lambda path: (None, None))
+    monkeypatch.setattr(base, "assistant_replies", replies)
+    report = eval_stage.evaluate(eval_stage.EvalConfig(model=str(model)))
+    later = report["multiturn"]["later_turns"]
+    assert later["arithmetic"] == {"items": later["arithmetic"]["items"], "accuracy": 1.0,
+                                   "single_turn_accuracy": 1.0, "ratio": 1.0}
+    assert later["counting"]["accuracy"] == later["identity"]["accuracy"] == 0.0 == later["counting"]["ratio"]
+    assert sum(v["items"] for v in later.values()) == report["multiturn"]["items"] == 8
+    assert "later turn arithmetic: 100.0%" in capsys.readouterr().out
