@@ -1,4 +1,7 @@
-"""How much of its training documents a model recites word for word, against held-out documents.
+"""How much of its training documents a model recites word for word, against held-out documents;
+and two probes of its working memory, which later copying (operands, tool outputs) rests on: a
+held-out passage shown once before its own opening, and random tokens repeated (induction: the
+second copy is predictable only by looking back at the first).
 
     hfstack regurgitation --model runs/tiny/base --data runs/tiny/data
 """
@@ -6,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,8 @@ class RegurgitationConfig:
     continuation_tokens: int = bounded(32, ge=1)  # M: greedy tokens compared with the document's next M
     num_docs: int = bounded(40, ge=1)  # per side (training and held-out)
     val_fraction: float = bounded(0.02, gt=0, lt=1)  # the pretraining run's held-out choice
+    induction_sequences: int = bounded(32, ge=0, why="0 skips the probe")  # random sequences shown twice
+    induction_tokens: int = bounded(24, ge=2)  # tokens in each (drawn from the training documents' tokens)
     output: str | None = None  # default: <model>/regurgitation.json
 
     def __post_init__(self):
@@ -63,6 +69,9 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
         matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
         report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),
                         "exact_continuations": sum(run == cfg.continuation_tokens for run in matched)}
+    if cfg.induction_sequences and 2 * cfg.induction_tokens <= model.config.max_position_embeddings:
+        seen = sorted({token for ids in sides["train"] for token in ids} - set(tokenizer.all_special_ids))
+        report["induction"] = induction_probe(model, seen, cfg.induction_sequences, cfg.induction_tokens)
     output = Path(cfg.output or beside_model(cfg.model_name_or_path, "regurgitation.json"))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -71,13 +80,34 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
           f"({report['train']['exact_continuations']}/{report['train']['docs']} exact), held-out docs "
           f"{report['heldout']['mean_matched_tokens']} ({report['heldout']['exact_continuations']}/"
           f"{report['heldout']['docs']} exact), held-out docs already in the context "
-          f"{report['heldout_in_context']['mean_matched_tokens']} → {output}")
+          f"{report['heldout_in_context']['mean_matched_tokens']}"
+          + (f"; random tokens repeated: {report['induction']['repeat_accuracy']:.0%} of the second copy predicted "
+             f"(first copy {report['induction']['first_copy_accuracy']:.0%})" if "induction" in report else "")
+          + f" → {output}")
     return report
 
 
 def in_context_probe(ids: list[int], prefix_tokens: int, separator: int) -> tuple[list[int], list[int]]:
     """(prompt, truth): the whole passage, a document boundary, then its first K tokens again."""
     return ids + [separator] + ids[:prefix_tokens], ids[prefix_tokens:]
+
+
+def induction_probe(model, vocabulary: list[int], sequences: int, length: int, seed: int = 0) -> dict:
+    """Random sequences of `length` tokens, each shown twice in a row: the share of tokens the model
+    predicts (greedy) in the second copy, where looking back at the first tells them, against the first
+    copy, where nothing does (about chance). The first token of the second copy is left out of both
+    counts: nothing before it says the sequence restarts."""
+    import torch
+
+    rng = random.Random(seed)
+    rows = [[rng.choice(vocabulary) for _ in range(length)] for _ in range(sequences)]
+    batch = torch.tensor([row + row for row in rows], device=model.device)
+    with torch.inference_mode():
+        predicted = model(input_ids=batch).logits.argmax(-1)[:, :-1]
+    hits = predicted == batch[:, 1:]  # position t predicts token t + 1
+    return {"sequences": sequences, "tokens": length,
+            "first_copy_accuracy": round(hits[:, :length - 1].float().mean().item(), 4),
+            "repeat_accuracy": round(hits[:, length:].float().mean().item(), 4)}
 
 
 def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:

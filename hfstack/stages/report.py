@@ -188,6 +188,10 @@ def pretrain_section(report: Report, run: RunLayout):
         report.table(["documents", "count", "mean matched tokens", "exact continuations"],
                      [[label, recital[key]["docs"], recital[key]["mean_matched_tokens"],
                        recital[key]["exact_continuations"]] for label, key in sides if key in recital])
+        if induction := recital.get("induction"):
+            report.text(f"Random tokens shown twice ({induction['sequences']} × {induction['tokens']}): "
+                        f"{induction['repeat_accuracy']:.0%} of the second copy predicted, against "
+                        f"{induction['first_copy_accuracy']:.0%} of the first (induction).")
     samples = _json(run.generate / "samples.json") or []
     if samples:
         report.heading("Samples from the base model")

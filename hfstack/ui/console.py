@@ -89,8 +89,12 @@ def _pretrain(folder: Path) -> str | None:
 
 
 def _regurgitation(folder: Path) -> str | None:
-    train = (read_json(folder / "report.json") or {}).get("train") or {}
-    return f"recites {train['exact_continuations']} of {train['docs']} training documents" if "docs" in train else None
+    report = read_json(folder / "report.json") or {}
+    train, induction = report.get("train") or {}, report.get("induction") or {}
+    if "docs" not in train:
+        return None
+    repeated = f", repeats {induction['repeat_accuracy']:.0%} of random tokens" if induction else ""
+    return f"recites {train['exact_continuations']} of {train['docs']} training documents{repeated}"
 
 
 def _sft(folder: Path) -> str | None:

@@ -284,4 +284,34 @@ def test_regurgitation_separates_memorised_from_unseen_documents(tmp_path):
                                                prefix_tokens=16,
                                                continuation_tokens=15, val_fraction=0.5))
     assert report["train"]["docs"] == 6 and report["heldout"]["docs"] == report["heldout_in_context"]["docs"] == 6
+    assert report["induction"]["sequences"] == 32 and 0 <= report["induction"]["repeat_accuracy"] <= 1
     assert report["train"]["mean_matched_tokens"] > report["heldout"]["mean_matched_tokens"] + 4, report
+
+
+def test_the_induction_probe_credits_looking_back_and_nothing_else():
+    """Random tokens shown twice: a model that copies from one sequence back predicts the whole second
+    copy and none of the first; one that always says the same token scores alike on both (chance)."""
+    import torch
+
+    from hfstack.stages.regurgitation import induction_probe
+
+    class Stub(torch.nn.Module):
+        def __init__(self, looks_back: bool, length: int, vocab: int = 50):
+            super().__init__()
+            self.looks_back, self.length, self.vocab = looks_back, length, vocab
+            self.device = torch.device("cpu")
+
+        def forward(self, input_ids):
+            batch, width = input_ids.shape
+            guess = torch.full_like(input_ids, 7)
+            if self.looks_back:  # position t predicts the token one sequence-length back from t + 1
+                back = torch.arange(width) + 1 - self.length
+                guess[:, back >= 0] = input_ids[:, back[back >= 0]]
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(guess, self.vocab).float()})
+
+    vocabulary = list(range(8, 50))
+    copying = induction_probe(Stub(True, 24), vocabulary, sequences=16, length=24)
+    assert copying == {"sequences": 16, "tokens": 24, "first_copy_accuracy": 0.0, "repeat_accuracy": 1.0}
+    constant = induction_probe(Stub(False, 24), vocabulary + [7], sequences=16, length=24)
+    first, repeat = constant["first_copy_accuracy"], constant["repeat_accuracy"]
+    assert repeat < 0.2 and abs(repeat - first) < 0.1
