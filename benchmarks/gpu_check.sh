@@ -9,6 +9,7 @@
 #   sft-lora, sft-qlora  recipes/gpu-small/sft.yaml on that base, 20 steps, LoRA r 16 / the same in 4 bits (QLoRA)
 #   rl                   recipes/gpu-small/rl.yaml (GRPO, Python tool in the rollouts) on the LoRA SFT model, 5 steps
 #   pretrain-fsdp2       the pretraining under recipes/accelerate/fsdp2.yaml on 1 process, 10 steps, not compiled
+#   pretrain-zero2/3     the same under DeepSpeed ZeRO-2 and ZeRO-3 (recipes/accelerate/zero2.yaml, zero3.yaml)
 # then prints: | stage | what | status | tokens/s | steps/s | MFU | peak memory | wall |
 # (tokens/s and MFU from pretrain's log.jsonl, the first logging interval left out; steps/s over the
 # Trainer's train() calls only; peak memory: torch.cuda.max_memory_allocated of the stage's process).
@@ -83,7 +84,7 @@ timeout $((120 * SCALE)) hfstack tokenizer --config recipes/gpu-small/tokenizer.
 PRETRAIN=(pretrain --config recipes/gpu-small/pretrain.yaml --data "$RUN/corpus.jsonl" --tokenizer "$RUN/tokenizer"
           --batch_tokens 131072 --warmup_steps 5 --logging_steps 5 --eval_steps 1000 --eval_batches 10
           --save_steps 1000 --num_proc 8 --report_to none)
-run_stage 150 pretrain "gpu-small 110M, bf16, compiled, 30 steps × 128k tokens" "$RUN/base" python -- \
+run_stage 120 pretrain "gpu-small 110M, bf16, compiled, 30 steps × 128k tokens" "$RUN/base" python -- \
     "${PRETRAIN[@]}" --max_steps 30 --output_dir "$RUN/base"
 
 # --- SFT, LoRA and QLoRA, on that base
@@ -112,9 +113,9 @@ save_steps: 1000
 report_to: none
 YAML
 if [ -f "$RUN/base/summary.json" ]; then
-    run_stage 75 sft-lora "LoRA r 16, 20 steps × 32 conversations" "$RUN/sft-lora" python -- \
+    run_stage 60 sft-lora "LoRA r 16, 20 steps × 32 conversations" "$RUN/sft-lora" python -- \
         sft --config "$RUN/sft-lora.yaml" --model_name_or_path "$RUN/base" --output_dir "$RUN/sft-lora"
-    run_stage 75 sft-qlora "QLoRA (4-bit base) r 16, 20 steps × 32 conversations" "$RUN/sft-qlora" python -- \
+    run_stage 60 sft-qlora "QLoRA (4-bit base) r 16, 20 steps × 32 conversations" "$RUN/sft-qlora" python -- \
         sft --config "$RUN/sft-qlora.yaml" --model_name_or_path "$RUN/base" --output_dir "$RUN/sft-qlora"
 else
     skip_stage sft-lora "LoRA r 16" "no pretrained base"
@@ -123,16 +124,24 @@ fi
 
 # --- GRPO on the LoRA SFT model
 if [ -f "$RUN/sft-lora/summary.json" ]; then
-    run_stage 90 rl "GRPO, 5 steps × 8 prompts × 16 answers, tool rollouts" "$RUN/rl" python -- \
+    run_stage 75 rl "GRPO, 5 steps × 8 prompts × 16 answers, tool rollouts" "$RUN/rl" python -- \
         rl --config "$RUN/rl.yaml" --model_name_or_path "$RUN/sft-lora" --output_dir "$RUN/rl"
 else
     skip_stage rl "GRPO" "no SFT model"
 fi
 
 # --- FSDP2 on one process: the sharded code path (wrapping, sharded state, saving) on this GPU
-run_stage 90 pretrain-fsdp2 "FSDP2 (recipes/accelerate/fsdp2.yaml), 1 process, 10 steps, not compiled" \
+run_stage 45 pretrain-fsdp2 "FSDP2 (recipes/accelerate/fsdp2.yaml), 1 process, 10 steps, not compiled" \
     "$RUN/base-fsdp2" python -m accelerate.commands.launch --config_file recipes/accelerate/fsdp2.yaml \
     --num_processes 1 -- "${PRETRAIN[@]}" --max_steps 10 --torch_compile false --output_dir "$RUN/base-fsdp2"
+
+# --- DeepSpeed ZeRO-2 and ZeRO-3 on one process (pip install -e ".[gpu]"): sharded optimizer state, and for
+# --- ZeRO-3 partitioned weights gathered into a plain model at the end
+for stage in 2 3; do
+    run_stage 60 "pretrain-zero$stage" "DeepSpeed ZeRO-$stage (recipes/accelerate/zero$stage.yaml), 1 process, 10 steps" \
+        "$RUN/base-zero$stage" python -m accelerate.commands.launch --config_file "recipes/accelerate/zero$stage.yaml" \
+        --num_processes 1 -- "${PRETRAIN[@]}" --max_steps 10 --torch_compile false --output_dir "$RUN/base-zero$stage"
+done
 
 echo
 status=0

@@ -147,6 +147,9 @@ def save_trained_model(trainer, folder: str | Path, main: bool, model=None) -> N
     holds a slice of every weight, so the full state dict is gathered (a collective) and the main
     process writes it; the checkpoints stay sharded, which is what resuming reads. `model` is the
     model to write when it is not the trainer's own (a merged LoRA)."""
+    if getattr(trainer, "is_deepspeed_enabled", False):  # ZeRO-3 gathers its partitions (zero3_save_16bit_model)
+        trainer.save_model(str(folder))
+        return
     model = model or trainer.accelerator.unwrap_model(trainer.model)
     if not getattr(trainer, "is_fsdp_enabled", False):
         if main:
