@@ -91,7 +91,7 @@ def common_trainer_args(cfg: TrainConfig, out: str | Path) -> dict:
                 bf16=wants_bf16(cfg.bf16), use_cpu=not torch.cuda.is_available(), seed=cfg.seed,
                 logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
                 report_to=available_trackers(cfg.report_to), run_name=cfg.run_name, disable_tqdm=not cfg.progress,
-                gradient_checkpointing=False) | sharding_on_cpu_args()
+                activation_checkpointing=False) | sharding_on_cpu_args()
 
 
 def sharding_on_cpu_args() -> dict:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from hfstack.core.config import ConfigError, bounded, check_fields, from_dict, read_yaml
+from hfstack.core.layout import RunLayout
 from hfstack.core.model import model_dims
 from hfstack.core.recipes import recipes_dir
 from hfstack.core.rundir import MARKER, read_json
@@ -284,7 +285,6 @@ def plan_run(run_dir: str | Path, seconds: dict | None = None, gpu: str | None =
     """The plan of a finished run, stage by stage, from what each training stage recorded (its resolved config,
     its saved model's config.json, its devices) beside what it measured; `seconds`: the whole steps' times
     (the speedrun's markers). A stage that did not run is left out; one that cannot be planned says why."""
-    from hfstack.core.layout import RunLayout
 
     layout, seconds = RunLayout(Path(run_dir)), seconds or {}
     gpu = gpu or this_device()

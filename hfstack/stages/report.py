@@ -27,6 +27,7 @@ from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
 from hfstack.core.textfiles import read_jsonl
+from hfstack.stages import load
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
 
@@ -319,9 +320,9 @@ def timing_section(report: Report, run: RunLayout):
 
 def plan_section(report: Report, run: RunLayout):
     """`hfstack plan`'s arithmetic for this run, from each training stage's recorded config, beside its figures."""
-    from hfstack.stages.plan import CHINCHILLA, human_bytes, human_time, plan_run
+    planner = load("plan")  # another stage: through the registry
 
-    plan = plan_run(run.root, step_seconds(run))
+    plan = planner.plan_run(run.root, step_seconds(run))
     if not plan["stages"]:  # no training stage ran
         return
     report.heading("Compute plan against the run")
@@ -333,7 +334,7 @@ def plan_section(report: Report, run: RunLayout):
     rows, notes = [], []
     for r in plan["stages"]:
         got = r["measured"]
-        took = f"{human_time(got['seconds'])} ({got['timed']})" if "seconds" in got else "-"
+        took = f"{planner.human_time(got['seconds'])} ({got['timed']})" if "seconds" in got else "-"
         trained = f"{got['tokens']:,}" if got["tokens"] is not None else "-"
         mfu = f"{got['mfu']:.1%}" if "mfu" in got else "-"
         if "missing" in r:  # what it measured, and why there is no plan
@@ -344,11 +345,11 @@ def plan_section(report: Report, run: RunLayout):
         total = r["parameters"] + r["embedding_parameters"]
         counted = f" (counted {got['parameters']:,})" if got["parameters"] not in (None, total) else ""
         ratio = r.get("tokens_per_parameter")
-        ratio = f"{ratio:.2g} (Chinchilla ~{CHINCHILLA})" if ratio is not None else "-"
+        ratio = f"{ratio:.2g} (Chinchilla ~{planner.CHINCHILLA})" if ratio is not None else "-"
         versus = f"{got['seconds'] / r['seconds']:.3g}×" if "seconds" in got and r["seconds"] > 0 else "-"
-        rows.append([r["stage"], got["devices"], f"{total:,}{counted}", f"{r['tokens']:,}", trained, ratio,
-                     human_bytes(r["memory_per_device"]["replicated"]), r["fits"], human_time(r["seconds"]), took,
-                     versus, mfu])
+        memory = planner.human_bytes(r["memory_per_device"]["replicated"])
+        rows.append([r["stage"], got["devices"], f"{total:,}{counted}", f"{r['tokens']:,}", trained, ratio, memory,
+                     r["fits"], planner.human_time(r["seconds"]), took, versus, mfu])
         notes.append(f"{r['stage']}: {r['note']}")
     report.table(["stage", "devices", "parameters", "tokens planned", "tokens trained", "tokens/parameter",
                   "memory/device", "fits", "time planned", "time measured", "measured ÷ planned", "MFU measured"],

@@ -13,7 +13,7 @@ import pytest
 from hfstack.core.config import save_config
 from hfstack.stages import plan as planner
 from hfstack.stages import recipe
-from hfstack.stages.plan import plan_for, plan_run
+from hfstack.stages.plan import human_time, plan_for, plan_run
 from hfstack.stages.report import ReportConfig, report
 
 HEADING = "## Compute plan against the run"
@@ -54,7 +54,7 @@ def test_the_tiny_runs_plan_trains_the_tokens_and_parameters_it_measured(tiny_ru
     assert row[2] == f"{summary['parameters']:,}"  # no "(counted …)": the planner's count is the model's
     assert row[3] == row[4] == f"{summary['tokens_seen']:,}"  # planned tokens, tokens trained
     assert "Chinchilla ~20" in row[5] and row[7] == "yes"
-    assert row[9] == f"{summary['seconds']:.1f} s (training loop)"
+    assert row[9] == f"{human_time(summary['seconds'])} (training loop)"
     assert float(row[10].rstrip("×")) == pytest.approx(summary["seconds"] / pretrain["seconds"], rel=0.01)
     assert "<h2>Compute plan against the run</h2>" in (out / "report.html").read_text()
 
