@@ -23,8 +23,9 @@ from hfstack.core.rundir import MARKER, read_json
 
 @contextlib.contextmanager
 def quiet_libraries(enabled: bool = True):
-    """While it lasts: library deprecation notices and the datasets/transformers per-pass bars and info
-    logs off, here and in the processes a launch starts (through the environment); all as before after."""
+    """While it lasts: library deprecation notices, the datasets/transformers per-pass bars and info logs,
+    and datatrove's per-task log, off here and in the processes a launch starts (through the environment);
+    all as before after. The stages' own lines, the data funnel and each training bar stay."""
     if not enabled:
         yield
         return
@@ -34,6 +35,8 @@ def quiet_libraries(enabled: bool = True):
     quiet = "ignore::FutureWarning,ignore::DeprecationWarning"
     environment = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
                    "PYTHONWARNINGS": ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))}
+    from loguru import logger  # datatrove's logger: its per-task pipeline and stats dumps
+
     saved = {name: os.environ.get(name) for name in environment}
     bars = datasets.utils.logging.is_progress_bar_enabled()
     verbosity = (datasets.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity())
@@ -46,9 +49,11 @@ def quiet_libraries(enabled: bool = True):
         datasets.disable_progress_bars()
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+        logger.disable("datatrove")
         try:
             yield
         finally:
+            logger.enable("datatrove")
             for name, value in saved.items():
                 os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
             if bars:

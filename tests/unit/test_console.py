@@ -115,6 +115,8 @@ def test_library_notices_are_quiet_unless_asked_for():
             "with quiet_libraries(sys.argv[1] == 'quiet'):\n"
             "    warnings.warn('from a library', FutureWarning)\n"
             "    warnings.warn_explicit('ours', UserWarning, 'hfstack/x.py', 1, module='hfstack.x')\n"
+            "    exec('from loguru import logger; logger.info(\"datatrove per-task log\")', "
+            "{'__name__': 'datatrove.executor.local'})\n"
             "    import datasets\n"
             "    state = lambda: (datasets.utils.logging.is_progress_bar_enabled(), "
             "os.environ.get('HF_DATASETS_DISABLE_PROGRESS_BARS'))\n"
@@ -122,6 +124,7 @@ def test_library_notices_are_quiet_unless_asked_for():
             "print(*state())")
     loud = subprocess.run([sys.executable, "-c", code, "loud"], capture_output=True, text=True, timeout=120)
     quiet = subprocess.run([sys.executable, "-c", code, "quiet"], capture_output=True, text=True, timeout=120)
+    assert "datatrove per-task log" in loud.stderr and "datatrove per-task log" not in quiet.stderr
     assert "from a library" in loud.stderr and loud.stdout.split() == ["True", "None", "True", "None"]
     assert "from a library" not in quiet.stderr and quiet.stdout.split() == ["False", "1", "True", "None"]
     assert "ours" in quiet.stderr  # hfstack's own warnings still show
