@@ -79,6 +79,24 @@ def clear_done(output_dir: str | Path) -> None:
     (Path(output_dir) / MARKER).unlink(missing_ok=True)
 
 
+def step_seconds(run_root: str | Path) -> dict[str, object]:
+    """Each finished step of the run under `run_root` and its seconds, as the speedrun recorded them in
+    its done markers ("-" where none did), oldest first."""
+    seconds: dict[str, object] = {}
+    for marker in sorted(Path(run_root).glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
+        info = read_json(marker)
+        if info is None:  # torn or edited: that stage is not done
+            continue
+        # the speedrun adds its step's name and seconds to the marker in the step's output folder (two steps
+        # run the eval stage: the step tells them apart); a stage run alone names only its stage. A run of the
+        # previous layout also has the speedrun's own markers in RUN/<step name> (named by "stage", with the
+        # seconds) beside the stage's marker, which has none: the one with the seconds wins.
+        stage = info.get("step") or info.get("stage", marker.parent.name)
+        if seconds.get(stage, "-") == "-":
+            seconds[stage] = info.get("seconds", "-")
+    return seconds
+
+
 def checkpoint_step(path: Path, prefix: str = "checkpoint-") -> int | None:
     """The step in a checkpoint folder's name; None for a name that is not PREFIX<digits> (a user's
     `checkpoint-5-backup` is not a checkpoint, and must not stop every resume)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from hfstack.core.cards import eval_reports, model_card
 from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
-from hfstack.core.rundir import MARKER, claim_output, finish_output, read_json
+from hfstack.core.rundir import claim_output, finish_output, step_seconds
 from hfstack.core.textfiles import read_jsonl
 from hfstack.stages import load
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
@@ -290,25 +290,8 @@ def dpo_section(report: Report, run: RunLayout):
                        round(r["length"], 1), r.get("alarm") or ""] for r in watch])
 
 
-def step_seconds(run: RunLayout) -> dict[str, object]:
-    """Each finished step's seconds, as the speedrun recorded them in its done markers ("-" where none did)."""
-    seconds: dict[str, object] = {}
-    for marker in sorted(run.root.glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime):
-        info = read_json(marker)
-        if info is None:  # torn or edited: that stage is not done
-            continue
-        # the speedrun adds its step's name and seconds to the marker in the step's output folder (two steps
-        # run the eval stage: the step tells them apart); a stage run alone names only its stage. A run of the
-        # previous layout also has the speedrun's own markers in RUN/<step name> (named by "stage", with the
-        # seconds) beside the stage's marker, which has none: the one with the seconds wins.
-        stage = info.get("step") or info.get("stage", marker.parent.name)
-        if seconds.get(stage, "-") == "-":
-            seconds[stage] = info.get("seconds", "-")
-    return seconds
-
-
 def timing_section(report: Report, run: RunLayout):
-    rows = [[stage, took] for stage, took in step_seconds(run).items()]
+    rows = [[stage, took] for stage, took in step_seconds(run.root).items()]
     if rows:
         report.heading("Time per stage")
         report.table(["stage", "seconds"], rows)
@@ -322,7 +305,7 @@ def plan_section(report: Report, run: RunLayout):
     """`hfstack plan`'s arithmetic for this run, from each training stage's recorded config, beside its figures."""
     planner = load("plan")  # another stage: through the registry
 
-    plan = planner.plan_run(run.root, step_seconds(run))
+    plan = planner.plan_run(run.root, step_seconds(run.root))
     if not plan["stages"]:  # no training stage ran
         return
     report.heading("Compute plan against the run")

@@ -326,8 +326,7 @@ def planned_steps(cfg: SpeedrunConfig, run: RunLayout) -> list[tuple[str, Step]]
 def speedrun(cfg: SpeedrunConfig) -> Path:
     run = claim_run(cfg)
     steps = planned_steps(cfg, run)
-    layout_folders = lambda root: {name: RunLayout(root).folder(name) for name, _ in steps}  # noqa: E731
-    watch = Watch([name for name, _ in steps], previous_times(run.root, cfg.preset, layout_folders))
+    watch = Watch([name for name, _ in steps], previous_times(run.root, cfg.preset))
     name = None
     try:
         with quiet_libraries(enabled=not cfg.verbose):

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from hfstack.core.rundir import MARKER, read_json
+from hfstack.core.rundir import read_json, step_seconds
 
 
 @contextlib.contextmanager
@@ -164,23 +164,15 @@ def key_figure(step: str, folder: Path) -> str | None:
         return None
 
 
-def step_seconds(folders: dict[str, Path]) -> dict[str, float]:
-    """The seconds each step took, from the speedrun's done markers in the steps' folders."""
-    seconds = {}
-    for step, folder in folders.items():
-        info = read_json(folder / MARKER) or {}
-        if info.get("step") == step and isinstance(info.get("seconds"), (int, float)):
-            seconds[step] = float(info["seconds"])
-    return seconds
-
-
-def previous_times(run_root: Path, preset: str, folders: Callable[[Path], dict[str, Path]]) -> dict[str, float]:
+def previous_times(run_root: Path, preset: str) -> dict[str, float]:
     """Each step's seconds in the last run of `preset`: this run folder's own markers first (a rerun), then
-    the newest sibling run of the same preset for the steps it lacks. `folders(root)` maps a run root to
-    its steps' folders."""
+    the newest sibling run of the same preset for the steps it lacks."""
     import yaml
 
-    times = step_seconds(folders(run_root))
+    def timed(root: Path) -> dict[str, float]:
+        return {step: float(took) for step, took in step_seconds(root).items() if isinstance(took, (int, float))}
+
+    times = timed(run_root)
     siblings = []
     for candidate in run_root.parent.glob("*/speedrun.yaml") if run_root.parent.is_dir() else []:
         if candidate.parent.resolve() == run_root.resolve():
@@ -192,7 +184,7 @@ def previous_times(run_root: Path, preset: str, folders: Callable[[Path], dict[s
         if same:
             siblings.append(candidate.parent)
     for sibling in sorted(siblings, key=lambda p: p.stat().st_mtime, reverse=True)[:1]:
-        times = step_seconds(folders(sibling)) | times
+        times = timed(sibling) | times
     return times
 
 

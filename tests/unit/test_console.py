@@ -74,7 +74,6 @@ def mark(run, step: str, seconds: float) -> None:
 
 
 def test_previous_times_are_this_runs_then_the_newest_sibling_of_the_same_preset(tmp_path):
-    folders = lambda root: {s: RunLayout(root).folder(s) for s in ("data", "pretrain", "sft")}  # noqa: E731
     for name, preset, seconds in (("old", "tiny", 50), ("other", "gpu-small", 7), ("run", "tiny", None)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "speedrun.yaml").write_text(yaml.safe_dump({"preset": preset}))
@@ -82,8 +81,8 @@ def test_previous_times_are_this_runs_then_the_newest_sibling_of_the_same_preset
             for step in ("data", "pretrain", "sft"):
                 mark(tmp_path / name, step, seconds)
     mark(tmp_path / "run", "data", 3)  # this run's own marker wins
-    assert previous_times(tmp_path / "run", "tiny", folders) == {"data": 3.0, "pretrain": 50.0, "sft": 50.0}
-    assert previous_times(tmp_path / "other", "gpu-small", folders) == {s: 7.0 for s in ("data", "pretrain", "sft")}
+    assert previous_times(tmp_path / "run", "tiny") == {"data": 3.0, "pretrain": 50.0, "sft": 50.0}
+    assert previous_times(tmp_path / "other", "gpu-small") == {s: 7.0 for s in ("data", "pretrain", "sft")}
 
 
 def test_ctrl_c_stops_in_one_line_and_the_same_command_resumes(tmp_path, fake_steps, monkeypatch,  # noqa: F811
