@@ -203,8 +203,30 @@ def check_training_args(config_cls, extra: dict, stage: str) -> None:
             raise ConfigError(f"{stage}: training_args: unknown key '{key}' for {config_cls.__name__}{hint}")
 
 
+def score_labelled_positions_on_cpu() -> bool:
+    """Every TRL trainer's loss goes through TRL's fused LM head. On Triton devices it projects only
+    the positions that carry a label; elsewhere it projects every position, so that compilers for
+    other accelerators see fixed tile shapes. On a CPU nothing compiles that head, and most positions
+    are the system message, the prompt or padding: hfstack has it score the labelled positions there
+    too. Same loss and gradients (tests/unit/test_training_head.py); an SFT step on the tiny preset
+    takes half the time (benchmarks/sft_step.py). Returns whether the switch is in place (False on a
+    TRL without that hook: the slower, equal path stays)."""
+    try:
+        import trl.trainer.utils as trl_utils
+        from trl.kernels import chunked_logprob
+    except ImportError:
+        return False
+    if not hasattr(trl_utils, "_use_triton") or not hasattr(chunked_logprob, "_use_triton"):
+        return False
+    on_triton = chunked_logprob._use_triton  # the kernel keeps its own choice: torch ops on a CPU
+    trl_utils._use_triton = lambda device: on_triton(device) or device.type == "cpu"
+    return True
+
+
 def trainer_config(config_cls, stage: str, extra: dict, **ours):
     """The trainer's config: hfstack's settings, then the user's `training_args` on top, unchanged."""
+    if config_cls.__module__.startswith("trl.") and not (extra or {}).get("torch_compile"):
+        score_labelled_positions_on_cpu()  # compiled: fixed shapes, TRL's own choice
     if not extra:
         return config_cls(**ours)
     check_training_args(config_cls, extra, stage)
