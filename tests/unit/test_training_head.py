@@ -45,7 +45,10 @@ def test_labelled_positions_only_give_the_same_loss_and_gradients(monkeypatch):
     labels[:, :12] = -100  # the prompt: context only
     labels[2, 16:] = -100  # padding at the end of one row
     model = tiny_model()
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    from trl.kernels import chunked_logprob
+
+    # TRL's own choice for the baseline (an earlier test's trainer config may have switched it already)
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)  # restored after the test
     every_rows, compact_rows = [], []
     every_loss, every_grads = loss_and_grads(model, ids, labels, every_rows)
     assert score_labelled_positions_on_cpu()
