@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 
-def corpus(workdir: Path) -> tuple[Path, Path]:
-    """Standard-library prose and a 2k-vocab tokenizer trained on it."""
+def corpus(workdir: Path, vocab_size: int = 2048) -> tuple[Path, Path]:
+    """Standard-library prose and a tokenizer trained on it (2k tokens unless told)."""
     from hfstack.core.stdlib_text import stdlib_articles
     from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
@@ -32,7 +32,7 @@ def corpus(workdir: Path) -> tuple[Path, Path]:
     with data.open("w") as handle:
         for title, paragraphs in stdlib_articles():
             handle.write(json.dumps({"text": title + "\n\n" + "\n\n".join(paragraphs)}) + "\n")
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(workdir / "tok"), vocab_size=2048,
+    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(workdir / "tok"), vocab_size=vocab_size,
                                   compare_cl100k=False, progress=False))
     return data, workdir / "tok"
 

@@ -20,19 +20,12 @@ from pathlib import Path
 
 def make_base(workdir: Path, depth: int) -> str:
     """A fresh model of the tiny preset's shape with hfstack's tokenizer, saved as a base folder."""
-    import json
+    from pretrain_throughput import corpus  # benchmarks/ is on the path when a script here runs
 
-    from hfstack.core.stdlib_text import stdlib_articles
     from hfstack.stages.pretrain import PretrainConfig, run_pretrain
-    from hfstack.stages.tokenizer import TokenizerConfig, run_tokenizer
 
-    data = workdir / "docs.jsonl"
-    with data.open("w") as handle:
-        for title, paragraphs in stdlib_articles():
-            handle.write(json.dumps({"text": title + "\n\n" + "\n\n".join(paragraphs)}) + "\n")
-    run_tokenizer(TokenizerConfig(input=[str(data)], output_dir=str(workdir / "tok"), vocab_size=3072,
-                                  compare_cl100k=False, progress=False))
-    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(workdir / "tok"), output_dir=str(workdir / "base"),
+    data, tokenizer = corpus(workdir, vocab_size=3072)
+    run_pretrain(PretrainConfig(data=[str(data)], tokenizer=str(tokenizer), output_dir=str(workdir / "base"),
                                 depth=depth, num_heads=4, max_steps=1, progress=False))
     return str(workdir / "base")
 
