@@ -16,8 +16,6 @@ Tests: python -m pytest -q tests/stages/test_report.py
 
 from __future__ import annotations
 
-import html
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,8 @@ from hfstack.core.cards import eval_reports, model_card
 from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import claim_output, finish_output, step_seconds
-from hfstack.core.textfiles import read_jsonl
 from hfstack.stages import load
+from hfstack.ui.card import Report, number, read_json, read_jsonl_rows
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
 
@@ -42,94 +40,11 @@ class ReportConfig:
             raise ConfigError(f"report: no run directory at '{self.run}'")
 
 
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _number(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [row for _, row in read_jsonl(str(path), "log")] if path.is_file() else []
-
-
-class Report:
-    """Sections of headings, paragraphs, tables and images, rendered to Markdown and to HTML."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.parts = folder, []
-
-    def heading(self, text: str):
-        self.parts.append(("h", text))
-
-    def text(self, text: str):
-        self.parts.append(("p", text))
-
-    def table(self, header: list[str], rows: list[list]):
-        self.parts.append(("t", (header, [[str(c) for c in r] for r in rows])))
-
-    def code(self, text: str, html_body: str | None = None):
-        self.parts.append(("c", (text, html_body)))
-
-    def plot(self, name: str, draw) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(figsize=(6.4, 3.6))
-        draw(axes)
-        figure.tight_layout()
-        figure.savefig(self.folder / f"{name}.png", dpi=100)
-        plt.close(figure)
-        self.parts.append(("i", name))
-
-    def markdown(self) -> str:
-        out = []
-        for kind, value in self.parts:
-            if kind == "h":
-                out.append(f"## {value}")
-            elif kind == "p":
-                out.append(value)
-            elif kind == "t":
-                header, rows = value
-                out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                     + ["| " + " | ".join(r) + " |" for r in rows]))
-            elif kind == "c":
-                out.append("```\n" + value[0] + "\n```")
-            else:
-                out.append(f"![{value}]({value}.png)")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        out = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>body{{font-family:"
-               "sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse}"
-               "td,th{border:"
-               "1px solid #ccc;padding:.2rem .5rem}pre,.tokens{background:#f6f6f6;padding:.5rem;white-space:pre-wrap}"
-               f"</style><h1>{html.escape(title)}</h1>"]
-        for kind, value in self.parts:
-            if kind == "h":
-                out.append(f"<h2>{html.escape(value)}</h2>")
-            elif kind == "p":
-                out.append(f"<p>{html.escape(value)}</p>")
-            elif kind == "t":
-                header, rows = value
-                out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-                           + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                           + "</table>")
-            elif kind == "c":
-                out.append(value[1] or f"<pre>{html.escape(value[0])}</pre>")
-            else:
-                out.append(f'<img src="{value}.png" alt="{value}">')
-        return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------- sections
 
 
 def data_section(report: Report, run: RunLayout):
-    stats = _json(run.data / "stats.json")
+    stats = read_json(run.data / "stats.json")
     if not stats:
         return
     report.heading("Data: the funnel")
@@ -142,7 +57,7 @@ def data_section(report: Report, run: RunLayout):
 
 
 def tokenizer_section(report: Report, run: RunLayout):
-    stats = _json(run.tokenizer / "eval.json")
+    stats = read_json(run.tokenizer / "eval.json")
     if not stats:
         return
     report.heading("Tokenizer")
@@ -157,8 +72,8 @@ def tokenizer_section(report: Report, run: RunLayout):
 
 
 def pretrain_section(report: Report, run: RunLayout):
-    log = _jsonl(run.base / "log.jsonl")
-    summary = _json(run.base / "summary.json")
+    log = read_jsonl_rows(run.base / "log.jsonl")
+    summary = read_json(run.base / "summary.json")
     if not log or not summary:
         return
     report.heading("Pretraining")
@@ -177,7 +92,7 @@ def pretrain_section(report: Report, run: RunLayout):
         ax.legend()
 
     report.plot("pretraining", draw)
-    recital = _json(run.regurgitation / "report.json")
+    recital = read_json(run.regurgitation / "report.json")
     if recital:
         report.heading("Recitation and working memory")
         report.text(f"After the first {recital['prefix_tokens']} tokens of a document, greedy tokens that match its "
@@ -193,7 +108,7 @@ def pretrain_section(report: Report, run: RunLayout):
             report.text(f"Random tokens shown twice ({induction['sequences']} × {induction['tokens']}): "
                         f"{induction['repeat_accuracy']:.0%} of the second copy predicted, against "
                         f"{induction['first_copy_accuracy']:.0%} of the first (induction).")
-    samples = _json(run.generate / "samples.json") or []
+    samples = read_json(run.generate / "samples.json") or []
     if samples:
         report.heading("Samples from the base model")
         report.code("\n\n".join(f"{s.get('prompt', s.get('as_assistant'))!r} → {s.get('sample', s.get('answer'))}"
@@ -201,8 +116,8 @@ def pretrain_section(report: Report, run: RunLayout):
 
 
 def evals_section(report: Report, run: RunLayout):
-    sft = _json(run.eval / "eval.json")
-    rl = _json(run.rl / "eval.json")
+    sft = read_json(run.eval / "eval.json")
+    rl = read_json(run.rl / "eval.json")
     if sft:
         report.heading("Assistant (SFT), held-out sets")
         rows = []
@@ -216,15 +131,15 @@ def evals_section(report: Report, run: RunLayout):
                              entry.get("one_answer_baseline", "-")])
         report.table(["task", "accuracy", "without tools", "one-answer baseline"], rows)
         if later := (sft.get("multiturn") or {}).get("later_turns"):
-            pairs = [f"{t} {_number(v['accuracy'])} vs {_number(v['single_turn_accuracy'])}" for t, v in later.items()]
+            pairs = [f"{t} {number(v['accuracy'])} vs {number(v['single_turn_accuracy'])}" for t, v in later.items()]
             report.text("Later turns of the multi-turn set against the same task asked alone: " + "; ".join(pairs))
     if rl:
         report.heading("RL on verifiable tasks (GRPO): pass@1 before and after")
         report.table(["task", "SFT", "after RL"], [[t, rl["pass@1_before"][t], rl["pass@1_after"].get(t, "-")]
                                                    for t in rl["pass@1_before"]])
-        report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {_number(rl['reward_first'])} → "
-                    f"{_number(rl['reward_last'])}.")
-    final = _json(run.final_eval / "eval.json")
+        report.text(f"{rl['steps']} steps, {rl['seconds_per_step']} s/step; reward {number(rl['reward_first'])} → "
+                    f"{number(rl['reward_last'])}.")
+    final = read_json(run.final_eval / "eval.json")
     if sft and final:
         report.heading("The final model against the SFT model, same held-out sets")
         rows = []
@@ -236,15 +151,15 @@ def evals_section(report: Report, run: RunLayout):
                          sft[task][key], final[task][key]])
         tail = "DPO" if run.final_step() == "dpo" else "RLHF"
         report.table(["task", "SFT", f"final (after RL and {tail})"], rows)
-    rm = _json(run.rm / "eval.json")
+    rm = read_json(run.rm / "eval.json")
     if rm:
         report.heading("Reward model")
-        report.text(f"Held-out pairwise accuracy {_number(rm['held_out_accuracy_before'])} before training, "
-                    f"{_number(rm['held_out_accuracy_after'])} after ({rm['train_pairs']} training pairs, "
+        report.text(f"Held-out pairwise accuracy {number(rm['held_out_accuracy_before'])} before training, "
+                    f"{number(rm['held_out_accuracy_after'])} after ({rm['train_pairs']} training pairs, "
                     f"{rm['test_pairs']} held out).")
-    watch = _jsonl(run.rlhf / "watch.jsonl")
+    watch = read_jsonl_rows(run.rlhf / "watch.jsonl")
     if watch:
-        rlhf = _json(run.rlhf / "eval.json") or {}
+        rlhf = read_json(run.rlhf / "eval.json") or {}
         report.heading(f"RLHF ({rlhf.get('algo', '?')}, KL penalty {rlhf.get('beta', '?')})")
         report.table(["step", "RM score", "KL", "judge", "distinct-2", "length", "alarm"],
                      [[r["step"], round(r["rm_score"], 3), round(r["kl"], 4) if "kl" in r else "-",
@@ -270,23 +185,23 @@ DPO_FIGURES = [("reward margin", "rewards/margins"), ("reward accuracy", "reward
 
 
 def dpo_section(report: Report, run: RunLayout):
-    dpo = _json(run.dpo / "eval.json")
+    dpo = read_json(run.dpo / "eval.json")
     if not dpo:
         return
     report.heading(f"Preferences without a reward model ({dpo.get('algo', 'dpo').upper()}, beta {dpo.get('beta')})")
     held = dpo.get("held_out") or {}
     if held.get("before") and held.get("after"):
-        report.table(["held-out pairs", "before", "after"], [[label, _number(held["before"].get(key)),
-                                                             _number(held["after"].get(key))]
+        report.table(["held-out pairs", "before", "after"], [[label, number(held["before"].get(key)),
+                                                             number(held["after"].get(key))]
                                                             for label, key in DPO_FIGURES])
     report.text(f"{dpo['steps']} steps on {dpo['train_pairs']} training pairs, {dpo['test_pairs']} held out. The "
                 "reward is implicit: beta times how much more the policy than the starting one favours an answer.")
-    watch = _jsonl(run.dpo / "watch.jsonl")
+    watch = read_jsonl_rows(run.dpo / "watch.jsonl")
     if watch:
         report.table(["step", "margin", "log-prob chosen", "log-prob rejected", "judge", "distinct-2", "length",
                       "alarm"],
-                     [[r["step"], _number(r.get("margin")), _number(r.get("logp_chosen")),
-                       _number(r.get("logp_rejected")), round(r["judge"], 3), round(r["distinct2"], 3),
+                     [[r["step"], number(r.get("margin")), number(r.get("logp_chosen")),
+                       number(r.get("logp_rejected")), round(r["judge"], 3), round(r["distinct2"], 3),
                        round(r["length"], 1), r.get("alarm") or ""] for r in watch])
 
 
@@ -295,7 +210,7 @@ def timing_section(report: Report, run: RunLayout):
     if rows:
         report.heading("Time per stage")
         report.table(["stage", "seconds"], rows)
-        log = _jsonl(run.base / "log.jsonl")
+        log = read_jsonl_rows(run.base / "log.jsonl")
         speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
         if speeds:
             report.text(f"Pretraining throughput: {sum(speeds) / len(speeds):,.0f} tokens/s on average.")
