@@ -37,7 +37,7 @@ also name one of those recipes: fsdp2, multi_node, zero3, ...). Across machines,
 """
 
 
-POSITIONAL = {"tokenize": "text"}  # commands whose first bare argument fills a field
+POSITIONAL = {"tokenize": "text", "trace": "text"}  # commands whose first bare argument fills a field
 
 
 def _with_positional(command: str, args: list[str]) -> list[str]:

@@ -1,7 +1,10 @@
 """How much of its training documents a model recites word for word, against held-out documents;
 and two probes of its working memory, which later copying (operands, tool outputs) rests on: a
 held-out passage shown once before its own opening, and random tokens repeated (induction: the
-second copy is predictable only by looking back at the first).
+second copy is predictable only by looking back at the first). What the base recites is traced back to
+the crawl (hfstack.tools.provenance, as `hfstack trace` does): every greedy continuation of a training or
+held-out document is searched in the data's parquet, and the longest spans a crawl document holds verbatim
+are the report's `sources` (url, id, matched characters, span), which the report card lists.
 
     hfstack regurgitation --model runs/tiny/base --data runs/tiny/data
 """
@@ -19,6 +22,7 @@ from hfstack.core.pretrained import beside_model, resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.splits import stable_split
 from hfstack.core.tokens import read_texts
+from hfstack.tools.provenance import Provenance
 
 
 @renamed(model="model_name_or_path")
@@ -34,6 +38,8 @@ class RegurgitationConfig:
     val_fraction: float = bounded(0.02, gt=0, lt=1)  # the pretraining run's held-out choice
     induction_sequences: int = bounded(32, ge=0, why="0 skips the probe")  # random sequences shown twice
     induction_tokens: int = bounded(24, ge=2)  # tokens in each (drawn from the training documents' tokens)
+    sources: int = bounded(10, ge=0, why="0: trace nothing")  # the longest recitations traced back to the crawl
+    source_min_chars: int = bounded(24, ge=1)  # a continuation recites a document that holds this many chars of it
     output: str | None = None  # default: <model>/regurgitation.json
 
     def __post_init__(self):
@@ -65,10 +71,18 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
               for side, docs in sides.items()}
     probes["heldout_in_context"] = [in_context_probe(ids, cfg.prefix_tokens, tokenizer.eos_token_id)
                                     for ids in sides["heldout"]]
+    continuations = []  # (side, prompt, matched tokens, greedy text) of the documents' own continuations
     for side, pairs in probes.items():
-        matched = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
+        runs = [matched_run(model, tokenizer, prompt, truth) for prompt, truth in pairs]
+        matched = [count for count, _ in runs]
         report[side] = {"docs": len(pairs), "mean_matched_tokens": round(sum(matched) / max(1, len(pairs)), 2),
                         "exact_continuations": sum(run == cfg.continuation_tokens for run in matched)}
+        if side != "heldout_in_context":  # that one copies from its context, not from the crawl
+            continuations += [(side, tokenizer.decode(prompt, skip_special_tokens=True), count,
+                               tokenizer.decode(new, skip_special_tokens=True))
+                              for (prompt, _), (count, new) in zip(pairs, runs)]
+    if cfg.sources:
+        report["sources"] = traced_sources(cfg, continuations)
     if cfg.induction_sequences and 2 * cfg.induction_tokens <= model.config.max_position_embeddings:
         seen = sorted({token for ids in sides["train"] for token in ids} - set(tokenizer.all_special_ids))
         report["induction"] = induction_probe(model, seen, cfg.induction_sequences, cfg.induction_tokens)
@@ -84,7 +98,36 @@ def regurgitation(cfg: RegurgitationConfig) -> dict:
           + (f"; random tokens repeated: {report['induction']['repeat_accuracy']:.0%} of the second copy predicted "
              f"(first copy {report['induction']['first_copy_accuracy']:.0%})" if "induction" in report else "")
           + f" → {output}")
+    for source in report.get("sources", [])[:3]:
+        print(f"[regurgitation]   recited {source['matched_chars']} characters of {source['url'] or source['id']} "
+              f"({source['id']}): {' '.join(source['span'].split())[:100]!r}")
     return report
+
+
+def traced_sources(cfg: RegurgitationConfig, continuations: list[tuple[str, str, int, str]]) -> list[dict]:
+    """The continuations a crawl document holds at least `source_min_chars` characters of, longest first (the
+    most matched tokens first among equals), each with that document's url, id and the span, once per span
+    (`continuations`: how many recite it); [] when the data has no parquet (text files carry no url or id)."""
+    try:
+        index = Provenance.open(cfg.data, cfg.text_column, log=lambda line: None)
+    except ConfigError as e:
+        print(f"[regurgitation] recitations not traced to the crawl: {e}")
+        return []
+    found = []
+    for side, prompt, matched_tokens, text in continuations:
+        best = index.trace(text, top_k=1, min_chars=cfg.source_min_chars) if text.strip() else []
+        if best and best[0].matched_chars >= cfg.source_min_chars:
+            match = best[0]
+            found.append({"url": match.url, "id": match.id, "matched_chars": match.matched_chars, "span": match.span,
+                          "start": match.start, "end": match.end, "side": side, "matched_tokens": matched_tokens,
+                          "prompt": prompt, "continuation": text})
+    found.sort(key=lambda s: (s["matched_chars"], s["matched_tokens"]), reverse=True)
+    print(f"[regurgitation] {len(found)} of {len(continuations)} greedy continuations recite at least "
+          f"{cfg.source_min_chars} characters of a crawl document")
+    unique: dict[tuple[str, str], dict] = {}  # one row per recited span of a document, however often recited
+    for source in found:
+        unique.setdefault((source["id"], source["span"]), source | {"continuations": 0})["continuations"] += 1
+    return list(unique.values())[:cfg.sources]
 
 
 def in_context_probe(ids: list[int], prefix_tokens: int, separator: int) -> tuple[list[int], list[int]]:
@@ -110,8 +153,9 @@ def induction_probe(model, vocabulary: list[int], sequences: int, length: int, s
             "repeat_accuracy": round(hits[:, length:].float().mean().item(), 4)}
 
 
-def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:
-    """Greedy tokens after `prompt` reproduced verbatim before the first difference from `truth`."""
+def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> tuple[int, list[int]]:
+    """Greedy tokens after `prompt` reproduced verbatim before the first difference from `truth`, and the
+    greedy tokens themselves."""
     import torch
 
     ids = torch.tensor([prompt], device=model.device)
@@ -119,7 +163,7 @@ def matched_run(model, tokenizer, prompt: list[int], truth: list[int]) -> int:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(truth),
                              min_new_tokens=len(truth), pad_token_id=tokenizer.pad_token_id)
     new = out[0, len(prompt):].tolist()
-    return next((i for i, (a, b) in enumerate(zip(new, truth)) if a != b), len(truth))
+    return next((i for i, (a, b) in enumerate(zip(new, truth)) if a != b), len(truth)), new
 
 
 # the registry's names for this stage (hfstack.stages): its config and its runner

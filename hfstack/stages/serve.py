@@ -1,6 +1,6 @@
 """Chat with the assistant: a web page, and the OpenAI chat-completions API any OpenAI client can use.
 
-    hfstack serve --model runs/tiny/rlhf [--port 7860] [--host 127.0.0.1] [--api_key KEY]
+    hfstack serve --model runs/tiny/rlhf [--port 7860] [--host 127.0.0.1] [--api_key KEY] [--run RUN | --data DIR]
 
 A standard-library HTTP server (bound to 127.0.0.1 unless `host` says otherwise). It serves:
 
@@ -12,7 +12,12 @@ A standard-library HTTP server (bound to 127.0.0.1 unless `host` says otherwise)
   assistant turns, answered with newline-delimited JSON events: `{"type": "text", "text"}` as the
   answer's tokens arrive, `{"type": "call", "tool", "text"}` as the model writes a tool call,
   `{"type": "tool", "tool", "input", "output"}` when the tool has run, and `{"type": "done",
-  "answer"}` (with `"error"` if the generation failed).
+  "answer"}` (with `"error"` if the generation failed);
+- `POST /v1/trace {"text"}`: "where did this come from?", the crawl documents an answer's text is most
+  like, with the span each shares with it (hfstack.tools.provenance, as `hfstack trace`), and `GET
+  /v1/trace`: whether there is crawl data. The page offers it under each answer when there is. The crawl
+  is `--data`, else `--run`'s RUN/data, else the model's own run's (the model is RUN/rlhf, RUN/sft, ...);
+  the index is kept in RUN/trace. Without one the endpoint answers a "no_crawl_data" error.
 
 Requests are answered one at a time (one model). Every request passes hfstack.ui.http's checks
 (Host, Origin, JSON body, size), and no text may spell out a protocol token. With `--api_key`, the
@@ -29,14 +34,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote
 
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
+from hfstack.core.layout import RunLayout
 from hfstack.core.model import load_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
 from hfstack.core.renames import renamed
 from hfstack.tools.loop import assistant_replies, default_tools
+from hfstack.tools.provenance import SharedIndex, parquet_files, run_of_model
 from hfstack.tools.search import index_of_model
 from hfstack.ui import openai_api as api
 from hfstack.ui.http import GuardedHandler, GuardedHTTPServer, Refused, page, serve_until_interrupted
@@ -58,11 +66,48 @@ class ServeConfig:
     temperature: float = bounded(0.0, ge=0, why="0 = greedy")  # sampling temperature (an API request may set its own)
     max_tool_calls: int = bounded(3, ge=0, why="0: answer without tools")  # tool calls per reply
     api_key: str | None = None  # when set, /v1/* and /api/chat need 'Authorization: Bearer <api_key>'
+    run: str | None = None  # the run whose crawl (RUN/data) answers "where did this come from?" (default: the model's)
+    data: str | None = None  # ...or a data-stage folder or parquet file to trace answers in
 
     def __post_init__(self):
         check_fields(self, "serve")  # the model folder too: config.json, weights
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("serve: 'api_key' is empty; leave it out for no key, or give one")
+        if self.run is not None and not Path(self.run).is_dir():
+            raise ConfigError(f"serve: no run directory at '{self.run}' (--run)")
+        if self.run is not None or self.data is not None:  # asked for: there must be parquet to trace in
+            parquet_files(self.data if self.data is not None else RunLayout(Path(self.run)).data, "serve")
+
+
+def crawl_index(cfg: ServeConfig, model_folder) -> SharedIndex:
+    """The documents "where did this come from?" searches: --data, else --run's RUN/data, else the data of the
+    run the model folder belongs to; the index is kept in that run's RUN/trace (built in memory without a run)."""
+    run = Path(cfg.run) if cfg.run is not None else run_of_model(model_folder)
+    index_dir = RunLayout(run).trace if run is not None else None
+    if cfg.data is not None:
+        return SharedIndex(Path(cfg.data), index_dir if cfg.run is not None else None)
+    if run is None:
+        return SharedIndex(None, None, "no crawl data to trace answers in: the model is not in a run with the data "
+                                       "stage's parquet (RUN/data); start serve with --run RUN or --data DIR")
+    return SharedIndex(RunLayout(run).data, index_dir)
+
+
+def trace_answer(sources: SharedIndex, text: str, top_k: int) -> dict:
+    """POST /v1/trace's answer (hfstack.ui.openai_api), or a "no_crawl_data" error saying why there is none."""
+    try:
+        matches = sources.trace(text, top_k)
+    except ConfigError as e:  # no data, or it went away or was replaced by something unreadable
+        raise api.ApiError(404, str(e), code="no_crawl_data") from None
+    except Exception as e:  # the client is told in one line; the server keeps serving
+        raise api.ApiError(500, f"tracing failed: {type(e).__name__}: {e}") from None
+    return {"object": "trace", "data": str(sources.data), "matches": [m.as_dict() for m in matches]}
+
+
+def trace_status(sources: SharedIndex) -> dict:
+    try:
+        return {"object": "trace.status", "available": True, "documents": sources.documents(), "reason": None}
+    except ConfigError as e:
+        return {"object": "trace.status", "available": False, "documents": 0, "reason": str(e)}
 
 
 @dataclass
@@ -123,6 +168,7 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     folder = resolve_model(cfg.model_name_or_path, cfg.model_revision, "serve")
     model, tokenizer = load_model(folder)
     tools = default_tools(index_of_model(folder)) if tools is None else tools
+    sources = crawl_index(cfg, folder)  # opened on the first "where did this come from?", so serving starts at once
     one_at_a_time = threading.Lock()
     model_id, started = cfg.model_name_or_path, int(time.time())
 
@@ -197,6 +243,9 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
                         raise api.ApiError(404, f"this server serves the model {model_id!r} only", "model",
                                        "model_not_found")
                     self.send_json(200, api.model_card(model_id, started))
+                elif self.path == "/v1/trace":
+                    api.check_api_key(self.headers.get("Authorization"), cfg.api_key)
+                    self.send_json(200, trace_status(sources))
                 else:
                     self.send_error(404)  # quietly: a browser asks for /favicon.ico
             except Refused as refusal:
@@ -204,6 +253,10 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
 
         def do_POST(self):  # noqa: N802
             try:
+                if self.path == "/v1/trace":  # the same key, Origin and body checks as a chat request
+                    api.check_api_key(self.headers.get("Authorization"), cfg.api_key)
+                    self.send_json(200, trace_answer(sources, *api.trace_request(self.read_json_object())))
+                    return
                 if self.path not in ("/api/chat", "/v1/chat/completions"):
                     raise api.ApiError(404, f"no {self.path[:80]!r} here")
                 api.check_api_key(self.headers.get("Authorization"), cfg.api_key)

@@ -32,6 +32,13 @@ only). The answer's `model` is the served model's id whatever the request named.
 ignored: `stop` (the turn ends at the model's end-of-turn token), `tools` and `tool_choice` (the
 model has its own tools and is trained to call them itself), `top_p`, `seed` and any other field.
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the HTTP status.
+
+Beside OpenAI's API, hfstack's own "where did this come from?": `POST /v1/trace {"text", "top_k": 3}`
+answers `{"object": "trace", "data": <the crawl's folder>, "matches": [{"url", "id", "bm25",
+"matched_chars", "span", "start", "end", "text_start", "before", "after", "verbatim"}, ...]}` best first
+(hfstack.tools.provenance), and `GET /v1/trace` says whether there is crawl data to trace in:
+`{"object": "trace.status", "available", "documents", "reason"}`. Without crawl data a POST is a 404
+error with the code "no_crawl_data".
 """
 
 from __future__ import annotations
@@ -78,6 +85,23 @@ def models_list(model_id: str, created: int) -> dict:
 
 def model_card(model_id: str, created: int) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "hfstack"}
+
+
+MAX_TRACE_CHARS = 20_000  # an answer or a page of text: the span search is quadratic in the worst case
+MAX_TRACE_SOURCES = 20
+
+
+def trace_request(body: dict) -> tuple[str, int]:
+    """hfstack's own POST /v1/trace {"text", "top_k"?}: the text whose sources to find and how many, or
+    ApiError(400) naming the field."""
+    text, top_k = body.get("text"), body.get("top_k", 3)
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'text' must be a non-empty string: the answer to trace back to the crawl", "text")
+    if len(text) > MAX_TRACE_CHARS:
+        raise ApiError(400, f"'text' is {len(text):,} characters; trace at most {MAX_TRACE_CHARS:,}", "text")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TRACE_SOURCES:
+        raise ApiError(400, f"'top_k' must be a whole number from 1 to {MAX_TRACE_SOURCES}", "top_k")
+    return text, top_k
 
 
 @dataclass
