@@ -35,9 +35,10 @@ from hfstack.core.renames import current_names
 SMALL_FILE = 4 * 2**20  # files up to 4 MB are identified by content; larger ones by size and mtime
 # Inside a folder input, what a stage works with or writes about it, not what it hands on: a resumed
 # or re-reported stage changes these without changing what the next stage reads.
-WORKING_STATE = {"checkpoints", "cache", "logs", "work", "excluded", "first_phase"}
+WORKING_STATE = {"checkpoints", "cache", "logs", "work", "excluded", "first_phase", "curve"}
 NOTES = ("config.yaml", "launch.yaml", "README.md", "*.png", "eval.json", "heldout_eval.json", "regurgitation.json",
-         "summary.json", "log.jsonl", "watch.jsonl", "stats.json")
+         "summary.json", "log.jsonl", "watch.jsonl", "stats.json", "attacks.jsonl",
+         "curve.jsonl")
 
 # What `save_pretrained` writes for a model and its tokenizer (report adds README.md and its plots).
 MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
@@ -83,21 +84,26 @@ STAGES = {
                           "data/test.parquet", "data/*.parquet.tmp", ".hfstack-pairs.json", "summary.json")),
     "reward": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences", "dataset_mixture"),
                    ignored=("save_steps", "save_total_limit", "logging_steps"),
-                   outputs=MODEL_FILES + ("checkpoints", "eval.json")),
+                   outputs=MODEL_FILES + ("checkpoints", "eval.json", "attacks.jsonl")),
     # rlhf's logging_steps stays in: the reward-hacking watch looks (and may stop the run) at each log
     "rlhf": Spec(inputs=("model_name_or_path", "reward_model_path", "prompts_file"),
                  ignored=("save_steps", "save_total_limit"),
-                 outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
+                 outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json",
+                                        "curve", "curve.jsonl")),
     # dpo's logging_steps only changes what is printed: its watch looks every watch_steps, which stays in
-    "dpo": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences", "dataset_mixture"),
+    "dpo": Spec(inputs=("model_name_or_path", "dataset_name", "test_preferences", "dataset_mixture",
+                        "reward_model_path"),
                 ignored=("save_steps", "save_total_limit", "logging_steps"),
-                outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json")),
+                outputs=MODEL_FILES + ("checkpoints", "watch.jsonl", "search_index", "eval_sets.jsonl", "eval.json",
+                                       "curve", "curve.jsonl")),
     "report": Spec(outputs=("report.md", "report.html", "*.png")),
     # the speedrun's own steps (hfstack.stages.speedrun claims their folders for them)
     "crawl": Spec(outputs=("*.warc.gz",)),
     "generate": Spec(inputs=("model",), outputs=("samples.json",)),
     "regurgitation": Spec(inputs=("model_name_or_path", "data"), outputs=("report.json",)),
     "eval": Spec(inputs=("model_name_or_path", "eval_sets"), outputs=("eval.json",)),
+    # every model of the run asked the held-out facts, and the alignment tax (hfstack honesty)
+    "honesty": Spec(inputs=("models", "eval_sets"), outputs=("boundary.json", "tax-*.json")),
 }
 
 

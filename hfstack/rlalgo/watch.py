@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from hfstack.core.launch import print0
 from hfstack.core.textfiles import read_jsonl
+from hfstack.rlalgo.attacks import looks_like_an_attack
 from hfstack.tasks.judges import distinct_n
 from hfstack.tools.loop import assistant_replies
 
@@ -55,18 +56,23 @@ class HackingWatch:
         elif self.first["distinct2"] > 0 and row["distinct2"] < self.cfg.distinct_floor * self.first["distinct2"]:
             alarm = (f"reward hacking? step {step}: repetition spiked, distinct bigrams {row['distinct2']:.2f} "
                      f"(from {self.first['distinct2']:.2f})")
+        elif (share := getattr(self.cfg, "attack_share", None)) is not None and row.get("attack_like") is not None \
+                and row["attack_like"] >= share > (self.first.get("attack_like") or 0.0):
+            alarm = (f"reward hacking? step {step}: {row['attack_like']:.0%} of answers look like an attack found on "
+                     f"the reward model before training (from {self.first.get('attack_like') or 0.0:.0%})")
         row["alarm"] = alarm
         if alarm:
             self.alarms.append(alarm)
         if not self.record:
-            return alarm is not None and self.cfg.on_hack == "stop"
+            return alarm is not None and self.cfg.on_hack in ("stop", "rollback")
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+        attacks = f"  attack-like {row['attack_like']:.0%}" if row.get("attack_like") is not None else ""
         print0(f"[{self.stage}] step {step}: {self.line(row)}  judge {row['judge']:.3f}  len {row['length']:.1f}  "
-               f"distinct2 {row['distinct2']:.2f}  e.g. {row.get('sample', '')[:60]!r}")
+               f"distinct2 {row['distinct2']:.2f}{attacks}  e.g. {row.get('sample', '')[:60]!r}")
         if alarm:
             print0(f"[{self.stage}] WARNING {alarm}")
-        return alarm is not None and self.cfg.on_hack == "stop"
+        return alarm is not None and self.cfg.on_hack in ("stop", "rollback")
 
     def rise(self) -> float:
         """How far the optimised score must climb above its first log, with the judge down, to alarm."""
@@ -158,15 +164,18 @@ class WatchCallback(TrainerCallback):
                    "length": float(logs.get("completions/mean_length", 0.0))}
         if "kl" in logs:
             metrics["kl"] = float(logs["kl"])
+        if "rewards/attack_like/mean" in logs:
+            metrics["attack_like"] = float(logs["rewards/attack_like/mean"])
         if self.samples:
             metrics["sample"] = self.samples[-1]
         if self.watch.observe(state.global_step, metrics):
             control.should_training_stop = True
 
 
-def metric_rewards(judge, samples: list):
+def metric_rewards(judge, samples: list, probes: list[dict] | None = None):
     """Zero-weight 'rewards' so TRL computes and logs them per step: the held-out judge and distinct-2
-    (the newest answer is kept in `samples` for the watch's log)."""
+    (the newest answer is kept in `samples` for the watch's log), and with `probes` (attacks found on the
+    reward model: hfstack.rlalgo.attacks) whether each answer looks like one of them."""
 
     def text_of(completion):
         return completion[-1]["content"] if isinstance(completion, list) else completion
@@ -179,4 +188,8 @@ def metric_rewards(judge, samples: list):
         samples[:] = [text_of(completions[0])]
         return [distinct_n(text_of(c)) for c in completions]
 
-    return [judge_score, distinct2]
+    def attack_like(prompts, completions, **_):
+        return [float(looks_like_an_attack(p[-1]["content"] if isinstance(p, list) else p, text_of(c), probes))
+                for p, c in zip(prompts, completions)]
+
+    return [judge_score, distinct2] + ([attack_like] if probes else [])

@@ -17,6 +17,9 @@ are scored by TRL before and after training: the reward margin and accuracy, and
 rejected log-probs, in `output_dir/eval.json`. The hacking watch (hfstack.rlalgo.watch.DPOWatch)
 logs, every `watch_steps`, TRL's margins and log-probs, and the held-out judge's score, length and
 distinct-2 of greedy answers to a few held-out prompts, to `output_dir/watch.jsonl`.
+Every `curve_steps` the over-optimisation curve (hfstack.rlalgo.overopt) scores sampled answers to held-out
+prompts with the judge, the KL to the starting policy and, given `reward_model_path`, a reward model, into
+`output_dir/curve.jsonl`; `on_hack: rollback` ends the run at the first alarm and saves the best-judged point.
 Tests: python -m pytest -q tests/stages/test_dpo.py
 """
 
@@ -42,6 +45,8 @@ from hfstack.core.training import (
 )
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs, unpaired
+from hfstack.rlalgo.attacks import Scorer
+from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve
 from hfstack.rlalgo.watch import DPOWatch, StepWatchCallback, read_watch, sample_metrics
 from hfstack.tasks.judges import load_judge
 
@@ -84,14 +89,21 @@ class DPOStageConfig(TrainConfig):
     margin_rise: float = bounded(2.0, ge=0)  # reward margin up by at least this much over the first look ...
     judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
     distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
-    on_hack: str = "warn"  # warn | stop
+    on_hack: str = "warn"  # warn | stop | rollback (stop, then save the curve's best-judged checkpoint)
+    # --- the over-optimisation curve: judge, KL (and a reward model's score) of sampled answers every curve_steps
+    curve_steps: int = bounded(10, ge=0, why="0: no curve (and no rollback)")  # steps between points
+    curve_prompts: int = bounded(8, ge=1)  # held-out prompts each point samples answers to
+    curve_samples: int = bounded(2, ge=1)  # answers per prompt per point
+    reward_model_path: str | None = None  # a reward model to score the curve with too (DPO trains without one)
 
     def __post_init__(self):
         check_fields(self, "dpo")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"dpo: unknown algo '{self.algo}'; choose from {', '.join(ALGORITHMS)}")
-        if self.on_hack not in ("warn", "stop"):
-            raise ConfigError(f"dpo: on_hack must be 'warn' or 'stop', got '{self.on_hack}'")
+        if self.on_hack not in ("warn", "stop", "rollback"):
+            raise ConfigError(f"dpo: on_hack must be 'warn', 'stop' or 'rollback', got '{self.on_hack}'")
+        if self.on_hack == "rollback" and not self.curve_steps:
+            raise ConfigError("dpo: on_hack 'rollback' goes back along the over-optimisation curve; set curve_steps")
         if not (self.dataset_name or self.dataset_mixture):
             raise ConfigError("dpo: no preference pairs: set dataset_name (a rank folder, file or Hub dataset) "
                               "and/or dataset_mixture")
@@ -202,6 +214,29 @@ def watch_prompts(rows: list[dict], count: int) -> list[list[dict]]:
     return prompts
 
 
+def dpo_curve(cfg: DPOStageConfig, out: Path, policy, tokenizer, rows: list[dict], judge, reward_folder: str | None,
+              main: bool, resuming: bool):
+    """The over-optimisation curve from the starting policy (a frozen copy: the KL's reference)."""
+    import copy
+
+    if not cfg.curve_steps:
+        return None
+    rm_score = None
+    if reward_folder:
+        from hfstack.core.model import load_reward_model
+
+        reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
+        scorer = Scorer(reward_model.to(policy.device), reward_tokenizer, judge, cfg.max_length)
+
+        def rm_score(conversations, answers):
+            return scorer.rm([c[-1]["content"] for c in conversations], answers)
+
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    return Curve(out / "curve", reference, tokenizer, watch_prompts(rows, cfg.curve_prompts), judge, rm_score,
+                 samples=cfg.curve_samples, max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main,
+                 resuming=resuming)
+
+
 def run_dpo(cfg: DPOStageConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -209,6 +244,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     train_rows, test_rows = preference_pairs("dpo", cfg.dataset_name, cfg.test_preferences, cfg.dataset_mixture,
                                              cfg.dataset_rows)
     judge = load_judge(cfg.judge)
+    reward_folder = cfg.reward_model_path and resolve_model(cfg.reward_model_path, None, "dpo", "reward model")
     out, main = start_output("dpo", cfg)  # after the inputs are checked: a bad one writes nothing
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -221,8 +257,12 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainer.add_callback(StepWatchCallback(watch, cfg.watch_steps, lambda: sample_metrics(
         model, tokenizer, prompts, judge, cfg.max_completion_length)))
+    curve = dpo_curve(cfg, out, policy, tokenizer, test_rows or train_rows, judge, reward_folder, main, bool(resume))
+    if curve is not None:
+        trainer.add_callback(CurveCallback(curve, cfg.curve_steps, trainer))
     trainer.train(resume_from_checkpoint=resume)
     after = held_out(trainer) if trainer.eval_dataset is not None else None
+    curve_summary = finish_curve(curve, watch, "dpo", model) if curve is not None and main else None
     set_turn_end(model, tokenizer)
     save_trained_model(trainer, out, main)
     if not main:
@@ -236,7 +276,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
               "test_pairs": len(test_rows), "steps": trainer.state.global_step,
               "held_out": {"before": before, "after": after}, "first_loss": losses[:1], "last_loss": losses[-1:],
               "watch": {"steps_logged": len(rows), "first": rows[0] if rows else None,
-                        "last": rows[-1] if rows else None, "alarms": watch.alarms}}
+                        "last": rows[-1] if rows else None, "alarms": watch.alarms}, "curve": curve_summary}
     finish_training(cfg, out, "dpo", report, steps=trainer.state.global_step)
     return out
 

@@ -7,6 +7,10 @@ Step 2 of RLHF in the notes. The reward model is the policy's own network with a
 learns from the ranking stage's pairs (Bradley-Terry loss: the chosen answer should score higher
 than the rejected one). Its held-out pairwise accuracy (pairs from prompts it never trained on)
 is measured before and after training and written to `output_dir/eval.json`.
+
+It ends with a red-team of the model it trained (`attack: true`, as `hfstack rm-attack` does): answers it
+over-scores relative to the held-out judge, in `output_dir/attacks.jsonl`, which `hfstack rlhf`'s watch
+reads back as probes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hfstack.core.training import (
 )
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs
+from hfstack.rlalgo.attacks import AttackSettings, print_attacks, red_team, write_attacks
 
 
 @renamed(model="model_name_or_path", micro_batch_size="per_device_train_batch_size", preferences="dataset_name")
@@ -54,6 +59,9 @@ class RewardStageConfig(TrainConfig):
     center_rewards_coefficient: float | None = bounded(0.01, ge=0)  # keeps scores near 0, so RL sees a stable scale
     logging_steps: int = bounded(20, ge=1)  # log loss and metrics every this many steps
     save_steps: int = bounded(200, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
+    # --- the red-team at the end (hfstack rm-attack): needs held-out pairs
+    attack: bool = True  # search for answers the trained model over-scores; writes attacks.jsonl
+    judge: str = "hfstack.tasks.judges:reference_judge"  # the held-out judge the attacks are measured against
 
     def __post_init__(self):
         check_fields(self, "reward")
@@ -90,10 +98,17 @@ def run_reward(cfg: RewardStageConfig, callbacks: list | None = None) -> Path:
     if not main:
         return out
     save_tokenizer(tokenizer, out)
+    found = None
+    if cfg.attack and test_rows:
+        rows, baseline = red_team(trainer.model, tokenizer, test_rows,
+                                  AttackSettings(judge=cfg.judge, max_length=cfg.max_length, seed=cfg.seed))
+        write_attacks(rows, baseline, out / "attacks.jsonl")
+        print_attacks(rows, baseline, "reward")
+        found = [r["attack"] for r in rows if r["found"]]
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     report = {"held_out_accuracy_before": before, "held_out_accuracy_after": after, "train_pairs": len(train_rows),
               "test_pairs": len(test_rows), "steps": trainer.state.global_step, "first_loss": losses[:1],
-              "last_loss": losses[-1:]}
+              "last_loss": losses[-1:], "attacks_found": found}
     finish_training(cfg, out, "reward", report, steps=trainer.state.global_step)
     return out
 

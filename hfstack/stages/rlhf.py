@@ -14,11 +14,18 @@ The reward-hacking watch logs, at every logging step, the RM score, the KL to th
 the algorithm computes it), the answer length, repetition (distinct bigrams) and a held-out judge's
 score (a function by import path; default the scripted person of `hfstack rank`). When the RM score
 has risen while the judge's score fell, or repetition spiked, it warns, or stops the run when
-`on_hack: stop`. Everything goes to `output_dir/watch.jsonl` and `eval.json`.
+`on_hack: stop`. Everything goes to `output_dir/watch.jsonl` and `eval.json`. When the reward model was
+red-teamed (`attacks.jsonl` beside it: `hfstack reward` or `hfstack rm-attack`), the watch also logs the share
+of answers that look like a found attack (`attack_like`) and alarms when it reaches `attack_share`.
+
+Every `curve_steps` the over-optimisation curve (hfstack.rlalgo.overopt) scores sampled answers with the RM,
+the judge and the KL to the starting policy, into `output_dir/curve.jsonl`, keeping the best-judged weights;
+`on_hack: rollback` ends the run at the first alarm and saves that checkpoint as the model.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,8 @@ from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
+from hfstack.rlalgo.attacks import Scorer, looks_like_an_attack, probes_of, read_attacks
+from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
 from hfstack.rlalgo.watch import HackingWatch, WatchCallback, metric_rewards, read_watch
 from hfstack.tasks.judges import distinct_n, load_judge
@@ -65,7 +74,12 @@ class RLHFConfig(TrainConfig):
     rm_rise: float = bounded(0.5, ge=0)  # RM score up by at least this much over the first log ...
     judge_drop: float = bounded(0.1, ge=0)  # ... while the judge's score went down by at least this much
     distinct_floor: float = bounded(0.5, ge=0, le=1)  # or distinct bigrams fell below this share of their first value
-    on_hack: str = "warn"  # warn | stop
+    attack_share: float = bounded(0.5, gt=0, le=1)  # or this share of answers looks like an attack found on the RM
+    on_hack: str = "warn"  # warn | stop | rollback (stop, then save the curve's best-judged checkpoint)
+    # --- the over-optimisation curve: RM, judge and KL of sampled answers every curve_steps
+    curve_steps: int = bounded(10, ge=0, why="0: no curve (and no rollback)")  # steps between points
+    curve_prompts: int = bounded(8, ge=1)  # prompts each point samples answers to (after the training ones if any)
+    curve_samples: int = bounded(2, ge=1)  # answers per prompt per point
     logging_steps: int = bounded(5, ge=1)  # the watch looks (and may stop the run) at each log
     save_steps: int = bounded(20, ge=1)  # checkpoint interval; a rerun continues from the newest checkpoint
     save_total_limit: int = bounded(1, ge=1)  # checkpoints kept
@@ -81,8 +95,10 @@ class RLHFConfig(TrainConfig):
         if self.algo != "ppo" and self.num_generations < 2:
             raise ConfigError(f"rlhf: algo {self.algo} needs num_generations >= 2 (it compares answers within a "
                               f"group), got {self.num_generations}")
-        if self.on_hack not in ("warn", "stop"):
-            raise ConfigError(f"rlhf: on_hack must be 'warn' or 'stop', got '{self.on_hack}'")
+        if self.on_hack not in ("warn", "stop", "rollback"):
+            raise ConfigError(f"rlhf: on_hack must be 'warn', 'stop' or 'rollback', got '{self.on_hack}'")
+        if self.on_hack == "rollback" and not self.curve_steps:
+            raise ConfigError("rlhf: on_hack 'rollback' goes back along the over-optimisation curve; set curve_steps")
         if self.algo != "ppo" and self.kl_target is not None:
             raise ConfigError("rlhf: kl_target (adaptive KL) is for algo ppo; rloo and grpo use a fixed beta")
 
@@ -93,9 +109,13 @@ class RLHFConfig(TrainConfig):
 # ----------------------------------------------------------------------------- the stage
 
 
-def rlhf_prompts(cfg: RLHFConfig) -> list[list[dict]]:
-    texts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed + 1, "rlhf")
-    return [[{"role": "user", "content": t}] for t in texts]
+def rlhf_prompts(cfg: RLHFConfig) -> tuple[list[list[dict]], list[list[dict]]]:
+    """The training prompts, and the curve's: the next ones when the source has them, else training ones."""
+    texts = open_prompts(cfg.prompts_file, cfg.num_prompts + cfg.curve_prompts, cfg.seed + 1, "rlhf")
+    train, rest = texts[:cfg.num_prompts], texts[cfg.num_prompts:]
+    curve = rest if len(rest) == cfg.curve_prompts else train[::max(1, len(train) // cfg.curve_prompts)]
+    return ([[{"role": "user", "content": t}] for t in train],
+            [[{"role": "user", "content": t}] for t in curve[:cfg.curve_prompts]])
 
 
 def run_rlhf(cfg: RLHFConfig) -> Path:
@@ -109,29 +129,42 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=cfg.load_dtype())
     reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
     judge = load_judge(cfg.judge)
-    prompts = rlhf_prompts(cfg)
+    prompts, curve_prompts = rlhf_prompts(cfg)
     checkpoints = out / "checkpoints"
     resuming = bool(newest_ppo_checkpoint(checkpoints) if cfg.algo == "ppo" else newest_checkpoint(checkpoints))
     watch = HackingWatch(cfg, out / "watch.jsonl", record=main, resuming=resuming)
+    probes = probes_of(read_attacks(reward_folder))
+    if probes and main:
+        print(f"[rlhf] watching for {len(probes)} attack(s) found on the reward model: "
+              + ", ".join(f"{p['attack']} (RM {p['rm']:+.2f}, judge {p['judge']:.2f})" for p in probes))
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the start: PPO's KL leash, the curve's origin
+    scorer = Scorer(reward_model, reward_tokenizer, judge, 4 * cfg.max_completion_length + 256)
+    curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, lambda conversations, answers: scorer.rm(
+        [c[-1]["content"] for c in conversations], answers), samples=cfg.curve_samples,
+        max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main, resuming=resuming) \
+        if cfg.curve_steps else None
     if cfg.algo == "ppo":
-        policy = run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, reward_folder)
+        policy = run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
+                         reward_folder, probes, curve)
     else:
-        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch)
+        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve)
     if not main:
         return out
+    rows = read_watch(out / "watch.jsonl")
+    curve_summary = finish_curve(curve, watch, "rlhf", policy) if curve else None
     set_turn_end(policy, tokenizer)
     policy.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     carry_run_files(Path(folder), out)
-    rows = read_watch(out / "watch.jsonl")
     report = {"algo": cfg.algo, "beta": cfg.beta, "processes": process_state().num_processes,
               "steps_logged": len(rows), "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
-              "alarms": watch.alarms}
+              "alarms": watch.alarms, "curve": curve_summary,
+              "probes": [{k: p[k] for k in ("attack", "rm", "judge", "example")} for p in probes]}
     finish_training(cfg, out, "rlhf", report, steps=len(rows))
     return out
 
 
-def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch):
+def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -139,23 +172,25 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     args = trainer_config(config_cls, "rlhf", cfg.training_args, **common_trainer_args(cfg, cfg.output_dir),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0])
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0] + [0.0] * bool(probes))
     samples: list[str] = []
-    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metric_rewards(judge, samples)], args=args,
+    metrics = metric_rewards(judge, samples, probes)  # zero-weight: logged, not optimised
+    trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metrics], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                          processing_class=tokenizer, reward_processing_classes=[reward_tokenizer, None, None])
+                          processing_class=tokenizer,
+                          reward_processing_classes=[reward_tokenizer] + [None] * len(metrics))
     trainer.add_callback(WatchCallback(watch, trainer.reward_func_names[0], samples))
+    if curve is not None:
+        trainer.add_callback(CurveCallback(curve, cfg.curve_steps, trainer))
     trainer.train(resume_from_checkpoint=newest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, reward_folder: str):
-    import copy
-
+def run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
+            reward_folder: str, probes, curve):
     import torch
     from transformers import AutoModelForTokenClassification, set_seed
 
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
     critic = AutoModelForTokenClassification.from_pretrained(reward_folder, num_labels=1, dtype=cfg.load_dtype())
     reward_model.eval().requires_grad_(False)
     # a seed per process, as TRL's GRPO/RLOO trainers set (seed + process index): with run_rlhf's one seed on
@@ -173,12 +208,19 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
 
     def answer_metrics(batch_prompts, answers):  # per process; train_ppo averages them over processes
         return {"judge": sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers),
-                "distinct2": sum(distinct_n(a) for a in answers) / len(answers)}
+                "distinct2": sum(distinct_n(a) for a in answers) / len(answers)} | ({"attack_like": sum(
+                    looks_like_an_attack(p[-1]["content"], a, probes) for p, a in zip(batch_prompts, answers))
+                    / len(answers)} if probes else {})
 
     def on_log(step, metrics, batch_prompts, answers):
+        if curve is not None and step % cfg.curve_steps == 0:
+            curve.measure(step, policy)
         if step % cfg.logging_steps and step != cfg.max_steps:
             return False
-        return watch.observe(step, metrics | {"sample": answers[0]})
+        stop = watch.observe(step, metrics | {"sample": answers[0]})
+        if curve is not None and (stop or step == cfg.max_steps) and curve.rows[-1]["step"] != step:
+            curve.measure(step, policy)
+        return stop
 
     settings = PPOSettings(steps=cfg.max_steps, batch_size=cfg.prompts_per_step * cfg.num_generations,
                            minibatch_size=max(1, cfg.prompts_per_step * cfg.num_generations // 2),
@@ -186,6 +228,8 @@ def run_ppo(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
                            critic_learning_rate=cfg.learning_rate, max_new_tokens=cfg.max_completion_length,
                            temperature=cfg.temperature, beta=cfg.beta, kl_target=cfg.kl_target, seed=cfg.seed,
                            progress=cfg.progress)
+    if curve is not None and not curve.earlier:  # the curve's origin (a resumed run has it already)
+        curve.measure(0, policy)
     return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
                      answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
                      save_every=cfg.save_steps)
