@@ -11,8 +11,10 @@ beat their group's average. Nobody writes the ideal solution: the model finds wh
   columns its `reward_funcs` (import paths, TRL's reward-function signature) read.
 - Rewards: correctness (the right number in the final answer) and format (the turn ends properly,
   tool calls run without error, the answer is stated in the protocol's phrasing).
-- Tools in rollouts: TRL's `rollout_func` runs hfstack's tool loop; tool output tokens are masked
-  out of the loss (`env_mask`), so the model is trained only on what it wrote.
+- Tools in rollouts: TRL's `rollout_func` runs hfstack's tool loop, with Python and, when the starting
+  model has one (`MODEL/search_index`, from `hfstack sft`), the search tool over its index, so a policy
+  can learn to look things up; tool output tokens are masked out of the loss (`env_mask`), so the model
+  is trained only on what it wrote. The index goes on with the trained policy, for the next stage.
 - Results: greedy pass@1 on the SFT run's held-out items before and after, in `eval.json`.
 """
 
@@ -33,6 +35,7 @@ from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.rlalgo.rewards import BUILTIN_TASKS, correctness_reward, format_reward, load_reward_func
 from hfstack.tasks.registry import TASKS
 from hfstack.tools.loop import assistant_replies, default_tools
+from hfstack.tools.search import index_of_model
 
 
 @renamed(model="model_name_or_path", dataset="dataset_name")
@@ -89,18 +92,22 @@ class RLConfig(TrainConfig):
 # ------------------------------------------------------------------------------------------ rollouts
 
 
-def tool_rollout(max_new_tokens: int, temperature: float, use_tools: bool):
-    """A TRL `rollout_func` that answers with hfstack's tool loop: the Python tool runs inside the
-    rollout, and its output tokens get env_mask 0 so they carry no gradient."""
+def rollout_tools(model_dir: str | Path, use_tools: bool) -> dict:
+    """The tools a rollout (and pass@1) may call: Python, and search over the model's index when it has one;
+    none without `use_tools`."""
+    return default_tools(index_of_model(model_dir)) if use_tools else {}
 
-    tools = default_tools() if use_tools else {}
+
+def tool_rollout(max_new_tokens: int, temperature: float, tools: dict):
+    """A TRL `rollout_func` that answers with hfstack's tool loop: the tools run inside the rollout,
+    and their output tokens get env_mask 0 so they carry no gradient."""
 
     def rollout(prompts: list[list[dict]], trainer) -> dict:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
         replies = assistant_replies(model, trainer.processing_class, prompts, max_new_tokens,
-                                    max_tool_calls=2 if use_tools else 0, temperature=temperature, tools=tools)
+                                    max_tool_calls=2 if tools else 0, temperature=temperature, tools=tools)
         model.train(was_training)
         return {"prompt_ids": [r.prompt_ids for r in replies], "completion_ids": [r.completion_ids for r in replies],
                 "logprobs": None, "env_mask": [r.model_mask for r in replies],
@@ -161,13 +168,12 @@ def held_out(model_dir: str, limit: int, seed: int) -> dict[str, list[dict]]:
     return by_task
 
 
-def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, use_tools: bool,
+def pass_at_1(model, tokenizer, sets: dict[str, list[dict]], max_new_tokens: int, tools: dict,
               progress: bool = False) -> dict:
-    """Greedy answers with tools, scored exactly as `hfstack eval` scores them."""
+    """Greedy answers with the rollouts' tools, scored exactly as `hfstack eval` scores them."""
 
-    tools = default_tools() if use_tools else {}
     return {name: TASKS[name].accuracy(model, tokenizer, rows, max_new_tokens, tools,
-                                       max_tool_calls=2 if use_tools else 0,
+                                       max_tool_calls=2 if tools else 0,
                                        progress=f"pass@1 {name}" if progress else None)[0]
             for name, rows in sets.items() if rows}
 
@@ -190,7 +196,8 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
         raise ConfigError("rl: no training prompts; set 'tasks', 'dataset_name' or 'dataset_mixture'")
     reward_funcs = [correctness_reward, format_reward] + [load_reward_func(p) for p in cfg.reward_funcs]
     sets = held_out(folder, cfg.eval_limit, cfg.seed)
-    before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools, cfg.progress)
+    tools = rollout_tools(folder, cfg.use_tools)  # the starting model's search index, when it has one
+    before = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, tools, cfg.progress)
     print0(f"[rl] pass@1 before: {before}")
     batch = cfg.prompts_per_step * cfg.num_generations
     args = trainer_config(GRPOConfig, "rl", cfg.training_args, **common_trainer_args(cfg, out),
@@ -202,10 +209,10 @@ def run_rl(cfg: RLConfig, callbacks: list | None = None) -> Path:
     rows = [columns | row for row in rows]
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=callbacks or [],
-                          rollout_func=tool_rollout(cfg.max_completion_length, cfg.temperature, cfg.use_tools))
+                          rollout_func=tool_rollout(cfg.max_completion_length, cfg.temperature, tools))
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     model = trainer.accelerator.unwrap_model(trainer.model)
-    after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, cfg.use_tools, cfg.progress)
+    after = pass_at_1(model, tokenizer, sets, cfg.max_completion_length, tools, cfg.progress)
     print0(f"[rl] pass@1 after: {after}")
     if not main:
         return out

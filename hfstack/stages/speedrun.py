@@ -5,8 +5,9 @@
 
 Stages: crawl → data → tokenizer → pretrain (RUN/base) → generate → regurgitation → sft → eval →
 rl → rank (RUN/prefs, a scripted judge) → reward (RUN/rm) → rlhf → final-eval (the SFT model's
-held-out sets on the final model) → report; RUN/rlhf is the final model, and RUN/report the report
-card (also the final model's README.md). With `--preference dpo` the tail after rank is dpo
+held-out sets on the final model) → honesty (every model on the held-out facts: right, refused or
+hallucinated, search on and off; the alignment tax) → report; RUN/rlhf is the final model, and RUN/report
+the report card (also the final model's README.md). With `--preference dpo` the tail after rank is dpo
 (RUN/dpo, the final model) instead of reward → rlhf.
 The tiny preset runs offline on CPU. A step that finished with the same settings and inputs (its
 fingerprint, hfstack.core.rundir; its done marker, with the step's seconds, in its output folder) is
@@ -245,6 +246,11 @@ def _dpo_config(cfg: SpeedrunConfig, run: RunLayout):
         "--model_name_or_path", str(run.rl), "--dataset_name", str(run.prefs), "--output_dir", str(run.dpo)])
 
 
+def _honesty_config(cfg: SpeedrunConfig, run: RunLayout):
+    """Every model of the run so far (base, sft, rl, and the tail's) on the SFT run's held-out facts."""
+    return stage_config(cfg, "honesty", ["--run", str(run.root), "--output_dir", str(run.honesty)])
+
+
 def _report_config(cfg: SpeedrunConfig, run: RunLayout):
     return config_class("report")(run=str(run.root))  # into RUN/report, the report's own default
 
@@ -277,6 +283,8 @@ STAGES = [
     ("dpo", Step(_dpo_config, _runner("dpo"), "dpo")),
     # the final model on the SFT model's held-out sets: what RL and RLHF (or DPO) cost or gained
     ("final-eval", Step(_eval_config(None, "final-eval"), _runner("eval"), "eval", claims=False)),
+    # every model on the held-out facts (right, refused, hallucinated; search on and off) and the alignment tax
+    ("honesty", Step(_honesty_config, _runner("honesty"), "honesty")),
     ("report", Step(_report_config, _runner("report"), "report")),
 ]
 

@@ -191,7 +191,7 @@ def test_the_speedrun_takes_the_dpo_tail_when_asked(tmp_path, monkeypatch):
     # a name each stage writes
     written = {"crawl": "crawl.warc.gz", "data": "stats.json", "tokenizer": "tokenizer.json",
                "generate": "samples.json", "regurgitation": "report.json", "eval": "eval.json", "rank": "summary.json",
-               "report": "report.md", "dpo": "watch.jsonl"}
+               "honesty": "boundary.json", "report": "report.md", "dpo": "watch.jsonl"}
 
     def fake(name, step):
         def config(cfg, run: RunLayout):

@@ -124,13 +124,13 @@ STAGE_CONFIGS = {"data": "hfstack.dataprep.config:DataConfig", "tokenizer": "hfs
                  "pretrain": "hfstack.stages.pretrain:PretrainConfig", "sft": "hfstack.stages.sft:SFTStageConfig",
                  "rl": "hfstack.stages.rl:RLConfig", "rank": "hfstack.stages.rank:RankConfig",
                  "reward": "hfstack.stages.reward:RewardStageConfig", "rlhf": "hfstack.stages.rlhf:RLHFConfig",
-                 "dpo": "hfstack.stages.dpo:DPOStageConfig"}
+                 "dpo": "hfstack.stages.dpo:DPOStageConfig", "honesty": "hfstack.stages.honesty:HonestyConfig"}
 REQUIRED = {"data": ["--input", "placeholder.warc.gz"], "tokenizer": ["--input", "placeholder"]}
 
 
 @pytest.mark.parametrize("recipe", sorted(p for p in recipes_dir().glob("**/*.yaml") if p.parent.name != "accelerate"),
                          ids=lambda p: str(p.relative_to(recipes_dir())))
-def test_every_recipe_parses_with_its_stage_config(recipe):
+def test_every_recipe_parses_with_its_stage_config(recipe, tmp_path):
     import importlib
 
     stage = _stage_of(recipe)
@@ -138,8 +138,13 @@ def test_every_recipe_parses_with_its_stage_config(recipe):
     module, name = STAGE_CONFIGS[stage].split(":")
     config_cls = getattr(importlib.import_module(module), name)
     text = recipe.read_text()
-    cfg = load_config(config_cls, recipe,
-                      [] if "hub_dataset" in text or "\ninput:" in text else REQUIRED.get(stage, []))
+    required = REQUIRED.get(stage, [])
+    if stage == "honesty":  # it reads a run directory: one holding a model and the SFT run's held-out sets
+        (tmp_path / "sft").mkdir()
+        for file in ("config.json", "eval_sets.jsonl"):
+            (tmp_path / "sft" / file).write_text("{}")
+        required = ["--run", str(tmp_path)]
+    cfg = load_config(config_cls, recipe, [] if "hub_dataset" in text or "\ninput:" in text else required)
     assert isinstance(cfg, config_cls)
 
 

@@ -23,7 +23,7 @@ from hfstack.stages.speedrun import SpeedrunConfig, speedrun
 OUTPUT = {"crawl": "crawl.warc.gz", "data": "stats.json", "tokenizer": "tokenizer.json", "pretrain": "config.json",
           "generate": "samples.json", "regurgitation": "report.json", "sft": "config.json", "eval": "eval.json",
           "rl": "config.json", "rank": "summary.json", "reward": "config.json", "rlhf": "config.json",
-          "report": "report.md"}
+          "honesty": "boundary.json", "report": "report.md"}
 
 
 @dataclasses.dataclass
