@@ -20,7 +20,7 @@ from pathlib import Path
 FOLDERS = {
     "crawl": "crawl", "data": "data", "tokenizer": "tokenizer", "pretrain": "base", "generate": "generate",
     "regurgitation": "regurgitation", "sft": "sft", "eval": "eval", "rl": "rl", "rank": "prefs", "reward": "rm",
-    "rlhf": "rlhf", "final-eval": "final-eval", "report": "report",
+    "rlhf": "rlhf", "final-eval": "final-eval", "honesty": "honesty", "report": "report",
 }
 # the steps of the other tail, which a speedrun runs instead when asked (`--preference dpo`: rank → dpo)
 OPTIONAL_FOLDERS = {"dpo": "dpo"}
@@ -59,6 +59,7 @@ class RunLayout:
     rlhf = _folder_of("rlhf")
     dpo = _folder_of("dpo")
     final_eval = _folder_of("final-eval")
+    honesty = _folder_of("honesty")
     report = _folder_of("report")
 
     def __post_init__(self):

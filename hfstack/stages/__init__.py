@@ -62,6 +62,8 @@ STAGES = (
     Stage("dpo", "dpo", "dpo", "DPOStageConfig",
           "learn the rankings straight into the policy: --algo dpo|kto|orpo (TRL); held-out margins, watch",
           trains=True),
+    Stage("honesty", "honesty", "honesty", "HonestyConfig",
+          "every model of the run on held-out facts: right, refused, hallucinated, search on and off; alignment tax"),
     Stage("report", "report", "report", "ReportConfig",
           "the run's report card (Markdown + HTML + plots); it becomes the final model's card"),
     Stage("plan", "plan", "plan", "PlanConfig",

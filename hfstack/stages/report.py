@@ -25,6 +25,7 @@ from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import claim_output, finish_output, step_seconds
 from hfstack.stages import load
+from hfstack.tasks.knowledge_boundary import honesty_section
 from hfstack.ui.card import Report, number, read_json, read_jsonl_rows
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
@@ -278,7 +279,9 @@ def report(cfg: ReportConfig) -> Path:
     # always drawn afresh: report's own earlier files go, others stay; another stage's folder is refused
     out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or run.report)
     card = Report(out)
-    for section in (data_section, tokenizer_section, pretrain_section, evals_section, timing_section,
+    for section in (data_section, tokenizer_section, pretrain_section, evals_section,
+                    honesty_section,  # right, refused, hallucinated per model; the alignment tax (hfstack honesty)
+                    timing_section,
                     plan_section):
         section(card, run)
     environment_section(card)
