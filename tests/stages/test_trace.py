@@ -24,6 +24,8 @@ from hfstack.stages.trace import TraceConfig, trace
 from hfstack.tools.provenance import MANIFEST, Provenance, sources_section
 from hfstack.ui.card import Report
 
+from browser import launch_chromium, needs_chromium
+
 DOCS = [  # (url, id, text): a small crawl of unrelated pages, split over two parquet shards
     ("https://example.org/rivers", "doc-rivers", "The river runs through the old town, past the market and the "
      "school. In spring the meadows along its banks flood, and herons wait in the shallow water for fish."),
@@ -262,6 +264,42 @@ def test_serve_traces_an_answer_to_the_models_own_run_and_refuses_a_foreign_orig
     assert "start serve with --run RUN or --data DIR" in refused["error"]["message"]
 
 
+ANSWER = "Herons wait in the shallow water for fish."
+
+
+def canned_answer(route):
+    """The chat API's streamed answer, canned in the browser: the page's trace button is what is tested."""
+    chunks = [{"choices": [{"index": 0, "delta": {"content": ANSWER}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+
+@needs_chromium
+def test_the_chat_page_shows_where_an_answer_came_from_and_no_button_without_a_crawl(served):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    expect = playwright_api.expect
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        for server, has_crawl in zip(served, (True, False)):
+            page = browser.new_page()
+            page.route("**/v1/chat/completions", canned_answer)
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.fill("#question", "Where do herons wait?")
+            page.keyboard.press("Enter")
+            expect(page.locator(".assistant.final")).to_have_text(ANSWER)
+            expect(page.locator(f"body[data-crawl={'yes' if has_crawl else 'no'}]")).to_have_count(1)  # it asked
+            if not has_crawl:
+                expect(page.locator("button.trace")).to_have_count(0)
+                continue
+            page.click("button.trace")
+            first = page.locator("ol.sources li").first
+            expect(first).to_contain_text("https://example.org/rivers doc-rivers: 41 characters verbatim")
+            expect(first.locator("mark")).to_have_text("erons wait in the shallow water for fish.")
+            assert first.locator("a").get_attribute("href") == "https://example.org/rivers"
+        browser.close()
+
+
 def test_serve_refuses_a_run_without_crawl_data(tiny_base_model, tmp_path):
     from hfstack.stages.serve import ServeConfig
 
@@ -289,3 +327,12 @@ def test_the_report_lists_the_recited_sources_only_when_there_are_some(tmp_path)
     text = card.markdown()
     assert "## Where the base's recitations come from" in text
     assert "| https://example.org/owls | `<urn:uuid:1>` | 42 | `shaped like \\| dishes that` | 2 |" in text
+
+    from hfstack.stages.report import ReportConfig
+    from hfstack.stages.report import report as report_card
+
+    run.base.mkdir()
+    (run.base / "config.json").write_text("{}")  # the run's final model: the card becomes its README.md
+    report_card(ReportConfig(run=str(run.root)))
+    assert "## Where the base's recitations come from" in (run.base / "README.md").read_text()
+    assert "<h2>Where the base&#x27;s recitations come from</h2>" in (run.report / "report.html").read_text()
