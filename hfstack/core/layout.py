@@ -25,6 +25,7 @@ FOLDERS = {
 # the steps of the other tail, which a speedrun runs instead when asked (`--preference dpo`: rank → dpo)
 OPTIONAL_FOLDERS = {"dpo": "dpo"}
 LAUNCH = "launch"  # the resolved configs `accelerate launch` reads back: outside every step's folder
+TRACE = "trace"  # `hfstack trace`'s BM25 index of the data stage's documents: a folder of its own
 MODELS = ("pretrain", "sft", "rl", "reward", "rlhf")  # the steps that save a model (config.json)
 OPTIONAL_MODELS = ("dpo",)  # and those of the other tail
 PREFERENCE_STEPS = ("rlhf", "dpo")  # the two ways to the final model: the one that saved its model last wins
@@ -76,6 +77,10 @@ class RunLayout:
     @property
     def launch(self) -> Path:
         return self.root / LAUNCH
+
+    @property
+    def trace(self) -> Path:
+        return self.root / TRACE
 
     def old_marker(self, step: str) -> Path | None:
         """Where the previous layout's speedrun marked `step` done, when that was not the step's folder:
