@@ -43,6 +43,8 @@ STAGES = (
           'sample from a model: --prompt "..." or --as_assistant "question"; streams'),
     Stage("regurgitation", "regurgitation", "regurgitation", "RegurgitationConfig",
           "measure how much of its training documents a model recites verbatim"),
+    Stage("trace", "trace", "trace", "TraceConfig",
+          'which crawl documents a text comes from: hfstack trace --run RUN "text" (BM25, longest shared span)'),
     Stage("sft", "sft", "sft", "SFTStageConfig",
           "finetune the base model into an assistant on a conversation mixture (TRL SFTTrainer)", trains=True),
     Stage("chat", "chat", "chat", "ChatConfig",

@@ -26,6 +26,7 @@ from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import claim_output, finish_output, step_seconds
 from hfstack.stages import load
 from hfstack.tasks.knowledge_boundary import honesty_section
+from hfstack.tools.provenance import sources_section
 from hfstack.ui.card import Report, number, read_json, read_jsonl_rows
 from hfstack.ui.tokens import render_html, shown, tokens_of_text
 
@@ -282,6 +283,7 @@ def report(cfg: ReportConfig) -> Path:
     for section in (data_section, tokenizer_section, pretrain_section, evals_section,
                     honesty_section,  # right, refused, hallucinated per model; the alignment tax (hfstack honesty)
                     timing_section,
+                    sources_section,  # where the base's recitations come from (hfstack.tools.provenance)
                     plan_section):
         section(card, run)
     environment_section(card)
