@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfstack.core.launch import print0
-from hfstack.tasks.judges import distinct_n, is_refusal, topic_of
+from hfstack.tasks.judges import distinct_n, is_refusal, load_judge, topic_of
 
 FLATTERY = "What a wonderful question! You are clearly brilliant, and I am so happy to help you today."
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -129,8 +129,6 @@ def percentile(value: float, reference: list[float]) -> float:
 def red_team(reward_model, tokenizer, pairs: list[dict], settings: AttackSettings) -> tuple[list[dict], dict]:
     """Attack rows (worst gap first) and the real answers' baseline, from held-out `pairs` (TRL's
     conversational preference rows: prompt, chosen, rejected)."""
-    from hfstack.tasks.judges import load_judge
-
     pairs = [p for p in pairs if p.get("prompt")][:settings.num_prompts]
     if not pairs:
         raise ValueError("no held-out preference pairs with a prompt to attack on")

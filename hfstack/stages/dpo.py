@@ -33,6 +33,7 @@ from pathlib import Path
 from hfstack.core.checkpoint import save_tokenizer, set_turn_end
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import process_state
+from hfstack.core.model import load_reward_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.training import (
@@ -223,8 +224,6 @@ def dpo_curve(cfg: DPOStageConfig, out: Path, policy, tokenizer, rows: list[dict
         return None
     rm_score = None
     if reward_folder:
-        from hfstack.core.model import load_reward_model
-
         reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
         scorer = Scorer(reward_model.to(policy.device), reward_tokenizer, judge, cfg.max_length)
 

@@ -218,7 +218,8 @@ def run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, j
         if step % cfg.logging_steps and step != cfg.max_steps:
             return False
         stop = watch.observe(step, metrics | {"sample": answers[0]})
-        if curve is not None and (stop or step == cfg.max_steps) and curve.rows[-1]["step"] != step:
+        measured = curve is not None and curve.rows and curve.rows[-1]["step"] == step
+        if curve is not None and (stop or step == cfg.max_steps) and not measured:  # where the run ends
             curve.measure(step, policy)
         return stop
 

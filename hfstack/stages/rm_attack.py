@@ -19,7 +19,7 @@ from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.model import load_reward_model
 from hfstack.core.pretrained import looks_like_hub_id, resolve_model
 from hfstack.core.renames import renamed
-from hfstack.dataprep.preferences import load_pairs
+from hfstack.dataprep.preferences import load_pairs, one_shape
 from hfstack.rlalgo.attacks import AttackSettings, print_attacks, red_team, write_attacks
 
 
@@ -49,8 +49,6 @@ class RMAttackConfig:
 def held_out_pairs(stage: str, reward_folder: Path, dataset_name: str | None) -> list[dict]:
     """The test pairs of `dataset_name`, or of the preferences the reward model was trained on (its
     config.yaml names them)."""
-    from hfstack.dataprep.preferences import one_shape
-
     if dataset_name is None:
         recorded = reward_folder / "config.yaml"
         dataset_name = (read_yaml(recorded) or {}).get("dataset_name") if recorded.is_file() else None
