@@ -59,6 +59,8 @@ STAGES = (
           "rank the policy's rollouts best to worst: in the browser, or with a scripted --judge"),
     Stage("reward", "reward", "reward", "RewardStageConfig",
           "train a reward model on the rankings (TRL RewardTrainer); held-out pair accuracy", trains=True),
+    Stage("rm-attack", "rm_attack", "rm_attack", "RMAttackConfig",
+          "red-team a reward model: answers it over-scores relative to the held-out judge (--reward_model_path DIR)"),
     Stage("rlhf", "rlhf", "rlhf", "RLHFConfig",
           "RL against the reward model with a KL leash: --algo rloo|grpo|ppo; reward-hacking watch", trains=True),
     Stage("dpo", "dpo", "dpo", "DPOStageConfig",

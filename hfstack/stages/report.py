@@ -24,6 +24,8 @@ from hfstack.core.cards import eval_reports, model_card
 from hfstack.core.config import ConfigError, check_fields
 from hfstack.core.layout import RunLayout
 from hfstack.core.rundir import claim_output, finish_output, step_seconds
+from hfstack.rlalgo.attacks import attacks_section
+from hfstack.rlalgo.overopt import curve_section
 from hfstack.stages import load
 from hfstack.tasks.knowledge_boundary import honesty_section
 from hfstack.tools.provenance import sources_section
@@ -281,6 +283,7 @@ def report(cfg: ReportConfig) -> Path:
     out = claim_output("report", cfg, overwrite=True, folder=cfg.output_dir or run.report)
     card = Report(out)
     for section in (data_section, tokenizer_section, pretrain_section, evals_section,
+                    attacks_section, curve_section,  # the RM's red-team; RLHF's and DPO's over-optimisation curves
                     honesty_section,  # right, refused, hallucinated per model; the alignment tax (hfstack honesty)
                     timing_section,
                     sources_section,  # where the base's recitations come from (hfstack.tools.provenance)
