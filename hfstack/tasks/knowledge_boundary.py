@@ -68,23 +68,39 @@ def tally(rows: list[dict], answers: list[str]) -> dict[str, dict[str, int]]:
 def boundary_of_model(model, tokenizer, rows: list[dict], search_index, max_new_tokens: int,
                       progress: str | None = None) -> dict:
     """Setting (search_off, and search_on when there is an index) → the group tallies, how many answers
-    called the search tool, and a few examples."""
+    called the search tool, and a few examples.
+
+    With an index, search on is asked first; an answer that never called search is the same with it off
+    (greedy decoding, and Python answers alike), so only the conversations that searched are asked again
+    without it: half the generation when a model rarely looks anything up."""
     prompts = [prompt_of(row) for row in rows]
-    settings = {"search_off": default_tools(None)}
-    if search_index is not None:
-        settings["search_on"] = default_tools(search_index)
+    ask = lambda conversations, tools, setting: assistant_replies(  # noqa: E731
+        model, tokenizer, conversations, max_new_tokens, tools=tools,
+        progress=progress and f"{progress}, {setting.replace('_', ' ')}")
+    replies = {}
+    if search_index is None:
+        replies["search_off"] = ask(prompts, default_tools(None), "search_off")
+    else:
+        replies["search_on"] = ask(prompts, default_tools(search_index), "search_on")
+        searched = [i for i, reply in enumerate(replies["search_on"]) if called_search(reply)]
+        again = iter(ask([prompts[i] for i in searched], default_tools(None), "search_off") if searched else [])
+        replies["search_off"] = [next(again) if called_search(reply) else reply for reply in replies["search_on"]]
     measured = {}
-    for setting, tools in settings.items():
-        replies = assistant_replies(model, tokenizer, prompts, max_new_tokens, tools=tools,
-                                    progress=progress and f"{progress}, {setting.replace('_', ' ')}")
-        answers = [reply.answer for reply in replies]
+    for setting in SETTINGS:
+        if setting not in replies:
+            continue
+        answers = [reply.answer for reply in replies[setting]]
         measured[setting] = {
             "groups": tally(rows, answers),
-            "search_calls": sum(any(call["tool"] == "search" for call in reply.tool_calls) for reply in replies),
+            "search_calls": sum(called_search(reply) for reply in replies[setting]),
             "examples": [{"question": prompt[-1]["content"], "answer": answer,
                           "verdict": verdict(answer, row["answer"]), "tools": [c["tool"] for c in reply.tool_calls]}
-                         for row, prompt, answer, reply in list(zip(rows, prompts, answers, replies))[:3]]}
+                         for row, prompt, answer, reply in list(zip(rows, prompts, answers, replies[setting]))[:3]]}
     return measured
+
+
+def called_search(reply) -> bool:
+    return any(call["tool"] == "search" for call in reply.tool_calls)
 
 
 # ----------------------------------------------------------------------------- the alignment tax
@@ -135,7 +151,7 @@ def honesty_section(report: Report, run: RunLayout) -> None:
     if tax.get("rows"):
         sources = "; ".join(f"{model}: {source}" for model, source in tax.get("sources", {}).items())
         report.text("The alignment tax: every held-out task of `hfstack eval`, scored on every model after SFT "
-                    f"(the share right, or refusing where so labelled; items in brackets; from {sources}).")
+                    f"(the share right, or refusing where so labelled; items in parentheses; from {sources}).")
         names = tax["models"]
         report.table(["task", *names], [[row, *(cell_text(cells.get(m)) for m in names)]
                                         for row, cells in tax["rows"].items()])

@@ -97,6 +97,27 @@ def test_search_on_looks_facts_up_in_the_index_and_search_off_cannot(monkeypatch
     assert measured["search_off"]["groups"]["unknown"]["refused"] == 3
 
 
+def test_only_the_answers_that_searched_are_asked_again_with_search_off(monkeypatch):
+    """Greedy answers that never called search are the same without it: only the others are asked again."""
+    asked = []
+
+    def searches_for_counters(question, tools):
+        asked.append((question, "search" in tools))
+        if "Counter" in question and "search" in tools:
+            return "a dict subclass for counting hashable objects", [{"tool": "search", "input": question,
+                                                                      "output": "..."}]
+        return "A kind of list.", []
+
+    monkeypatch.setattr(boundaries, "assistant_replies", answers_by(searches_for_counters))
+    index = SearchIndex.build([row["passage"] for row in fact_rows()])
+    measured = boundaries.boundary_of_model(None, None, fact_rows(), index, 16)
+    assert [q for q, search in asked if not search] == ["What is a Counter?"]  # asked again, without search
+    assert len([q for q, search in asked if search]) == 4
+    assert measured["search_on"]["groups"]["unknown"] == {"items": 3, "right": 1, "refused": 0, "hallucinated": 2}
+    assert measured["search_off"]["groups"]["unknown"] == {"items": 3, "right": 0, "refused": 0, "hallucinated": 3}
+    assert measured["search_on"]["search_calls"] == 1 and measured["search_off"]["search_calls"] == 0
+
+
 # ----------------------------------------------------------------------------- the stage on tiny models
 
 
