@@ -40,7 +40,8 @@ from hfstack.core.splits import stable_split
 from hfstack.core.textfiles import read_jsonl
 from hfstack.tasks.judges import load_judge
 from hfstack.tasks.open_prompts import open_prompts
-from hfstack.tools.loop import assistant_replies
+from hfstack.tools.loop import assistant_replies, default_tools
+from hfstack.tools.search import index_of_model
 from hfstack.ui.rank_page import serve
 
 
@@ -213,7 +214,9 @@ def make_rollouts(cfg: RankConfig, store: RankingStore) -> list[dict]:
     model, tokenizer = load_model(folder)
     prompts = open_prompts(cfg.prompts_file, cfg.num_prompts, cfg.seed)
     conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(cfg.k)]
+    # the policy's own tools, the search index its SFT run built included: rollouts as `hfstack chat` answers
     replies = assistant_replies(model, tokenizer, conversations, cfg.max_new_tokens, temperature=cfg.temperature,
+                                tools=default_tools(index_of_model(folder)),
                                 progress="rollouts" if cfg.progress else None)
     rows = [{"prompt_id": i, "prompt": p, "completions": [r.answer for r in replies[i * cfg.k:(i + 1) * cfg.k]]}
             for i, p in enumerate(prompts)]

@@ -78,3 +78,28 @@ def test_a_judge_must_score_every_completion(tmp_path, monkeypatch):
         rank(cfg)
 
 
+
+
+def test_rollouts_get_the_policys_search_index(tiny_sft_model, tmp_path, monkeypatch):
+    """The rollouts are answered with the tools `hfstack chat` gives the policy: Python, and search over
+    the index its SFT run saved beside it."""
+    import shutil
+
+    import hfstack.stages.rank as rank_stage
+    from hfstack.tools.loop import Reply
+    from hfstack.tools.search import SearchIndex
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_sft_model, policy)
+    SearchIndex.build(["Owls hunt at night and fly without a sound."]).save(policy / "search_index")
+    seen = {}
+
+    def replies(model, tokenizer, conversations, max_new_tokens, tools=None, **options):
+        seen["tools"] = tools
+        return [Reply(answer="an answer") for _ in conversations]
+
+    monkeypatch.setattr(rank_stage, "assistant_replies", replies)
+    rank(RankConfig(model_name_or_path=str(policy), output_dir=str(tmp_path / "prefs"), num_prompts=2, k=2,
+                    judge="hfstack.tasks.judges:reference_judge", progress=False))
+    assert set(seen["tools"]) == {"python", "search"}
+    assert "Owls hunt at night" in seen["tools"]["search"]("how do owls hunt")
