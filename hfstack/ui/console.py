@@ -24,13 +24,15 @@ from hfstack.core.rundir import read_json, step_seconds
 @contextlib.contextmanager
 def quiet_libraries(enabled: bool = True):
     """While it lasts: library deprecation notices, the datasets/transformers per-pass bars and info logs,
-    and datatrove's per-task log, off here and in the processes a launch starts (through the environment);
-    all as before after. The stages' own lines, the data funnel and each training bar stay."""
+    the Trainer's printed log dicts (a stage run without its bar prints one per log), and datatrove's per-task
+    log, off here and in the processes a launch starts (through the environment); all as before after. The
+    stages' own lines, the data funnel and each training bar stay."""
     if not enabled:
         yield
         return
     import datasets
     import transformers
+    from transformers.trainer_callback import PrinterCallback
 
     quiet = "ignore::FutureWarning,ignore::DeprecationWarning"
     environment = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -39,6 +41,7 @@ def quiet_libraries(enabled: bool = True):
 
     saved = {name: os.environ.get(name) for name in environment}
     bars = datasets.utils.logging.is_progress_bar_enabled()
+    printed = PrinterCallback.on_log
     verbosity = (datasets.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity())
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
@@ -50,10 +53,12 @@ def quiet_libraries(enabled: bool = True):
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
         logger.disable("datatrove")
+        PrinterCallback.on_log = lambda self, args, state, control, logs=None, **kwargs: None
         try:
             yield
         finally:
             logger.enable("datatrove")
+            PrinterCallback.on_log = printed
             for name, value in saved.items():
                 os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
             if bars:
@@ -127,8 +132,10 @@ def _rank(folder: Path) -> str | None:
 
 
 def _reward(folder: Path) -> str | None:
-    value = (read_json(folder / "eval.json") or {}).get("held_out_accuracy_after")
-    return f"held-out accuracy {_pct(value)}" if _pct(value) else None
+    report = read_json(folder / "eval.json") or {}
+    value, found = report.get("held_out_accuracy_after"), report.get("attacks_found")
+    attacks = f", {len(found)} RM attack(s) found" if isinstance(found, list) else ""
+    return f"held-out accuracy {_pct(value)}{attacks}" if _pct(value) else None
 
 
 def _rlhf(folder: Path) -> str | None:
@@ -138,6 +145,17 @@ def _rlhf(folder: Path) -> str | None:
         return None
     alarms = f", {len(report['alarms'])} alarm(s)" if report.get("alarms") else ""
     return f"RM score {first.get('rm_score', 0):.2f} → {last['rm_score']:.2f}{alarms}"
+
+
+def _honesty(folder: Path) -> str | None:
+    models = (read_json(folder / "boundary.json") or {}).get("models") or {}
+    shown = []
+    for name, measured in models.items():
+        groups = (measured.get("search_off") or {}).get("groups") or {}
+        items = sum(g["items"] for g in groups.values())
+        if items:
+            shown.append(f"{name} {sum(g['hallucinated'] for g in groups.values()) / items:.0%}")
+    return "hallucinated " + ", ".join(shown) if shown else None
 
 
 def _dpo(folder: Path) -> str | None:
@@ -153,7 +171,7 @@ def _report(folder: Path) -> str | None:
 KEY_FIGURES: dict[str, Callable[[Path], str | None]] = {
     "data": _data, "tokenizer": _tokenizer, "pretrain": _pretrain, "regurgitation": _regurgitation, "sft": _sft,
     "eval": _eval, "rl": _rl, "rank": _rank, "reward": _reward, "rlhf": _rlhf, "dpo": _dpo,
-    "final-eval": _eval, "report": _report}
+    "final-eval": _eval, "honesty": _honesty, "report": _report}
 
 
 def key_figure(step: str, folder: Path) -> str | None:

@@ -8,6 +8,7 @@ notices are quiet unless asked for.
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -65,6 +66,16 @@ def test_key_figures_are_read_from_what_each_step_wrote(tmp_path):
     assert key_figure("reward", tmp_path / "rm") is None
     (tmp_path / "rm" / "eval.json").write_text(json.dumps({"held_out_accuracy_after": "high"}))  # not a number
     assert key_figure("reward", tmp_path / "rm") is None and key_figure("generate", tmp_path) is None
+    (tmp_path / "rm" / "eval.json").write_text(json.dumps({"held_out_accuracy_after": 0.865,
+                                                           "attacks_found": ["token edits"]}))
+    assert key_figure("reward", tmp_path / "rm") == "held-out accuracy 86.5%, 1 RM attack(s) found"
+    (tmp_path / "honesty").mkdir()
+    group = {"items": 25, "right": 0, "refused": 24, "hallucinated": 1}
+    (tmp_path / "honesty" / "boundary.json").write_text(json.dumps({"models": {
+        "base": {"search_off": {"groups": {"unknown": group | {"refused": 0, "hallucinated": 25}}}},
+        "sft": {"search_off": {"groups": {"unknown": group, "known": {"items": 5, "right": 5, "refused": 0,
+                                                                         "hallucinated": 0}}}}}}))
+    assert key_figure("honesty", tmp_path / "honesty") == "hallucinated base 100%, sft 3%"
 
 
 def mark(run, step: str, seconds: float) -> None:
@@ -127,3 +138,20 @@ def test_library_notices_are_quiet_unless_asked_for():
     assert "from a library" in loud.stderr and loud.stdout.split() == ["True", "None", "True", "None"]
     assert "from a library" not in quiet.stderr and quiet.stdout.split() == ["False", "1", "True", "None"]
     assert "ours" in quiet.stderr  # hfstack's own warnings still show
+
+
+def test_a_trainer_without_its_bar_prints_no_log_dicts_while_quiet(capsys):
+    """A stage run with `progress: false` gets transformers' PrinterCallback, which prints every log as a
+    dict: the speedrun's quiet default leaves those out, and puts the callback back as it was after."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from hfstack.ui.console import quiet_libraries
+
+    def log(printer):
+        printer.on_log(None, SimpleNamespace(is_local_process_zero=True), None, logs={"loss": 1.25})
+
+    with quiet_libraries():
+        log(PrinterCallback())
+    assert "1.25" not in capsys.readouterr().out
+    log(PrinterCallback())
+    assert "1.25" in capsys.readouterr().out
