@@ -177,19 +177,22 @@ def metric_rewards(judge, samples: list, probes: list[dict] | None = None):
     (the newest answer is kept in `samples` for the watch's log), and with `probes` (attacks found on the
     reward model: hfstack.rlalgo.attacks) whether each answer looks like one of them."""
 
-    def text_of(completion):
-        return completion[-1]["content"] if isinstance(completion, list) else completion
+    def texts(completions, reply):  # the visible answer (a tool rollout's `reply`: its tool blocks left out)
+        return reply or [c[-1]["content"] if isinstance(c, list) else c for c in completions]
 
-    def judge_score(prompts, completions, **_):
-        return [judge(p[-1]["content"] if isinstance(p, list) else p, [text_of(c)])[0]
-                for p, c in zip(prompts, completions)]
+    def question(prompt):
+        return prompt[-1]["content"] if isinstance(prompt, list) else prompt
 
-    def distinct2(prompts, completions, **_):
-        samples[:] = [text_of(completions[0])]
-        return [distinct_n(text_of(c)) for c in completions]
+    def judge_score(prompts, completions, reply=None, **_):
+        return [judge(question(p), [a])[0] for p, a in zip(prompts, texts(completions, reply))]
 
-    def attack_like(prompts, completions, **_):
-        return [float(looks_like_an_attack(p[-1]["content"] if isinstance(p, list) else p, text_of(c), probes))
-                for p, c in zip(prompts, completions)]
+    def distinct2(prompts, completions, reply=None, **_):
+        answers = texts(completions, reply)
+        samples[:] = answers[:1]
+        return [distinct_n(a) for a in answers]
+
+    def attack_like(prompts, completions, reply=None, **_):
+        answers = texts(completions, reply)
+        return [float(looks_like_an_attack(question(p), a, probes)) for p, a in zip(prompts, answers)]
 
     return [judge_score, distinct2] + ([attack_like] if probes else [])

@@ -33,9 +33,8 @@ from hfstack.core.textfiles import load_records, read_jsonl
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.rlalgo.rewards import BUILTIN_TASKS, correctness_reward, format_reward, load_reward_func
+from hfstack.rlalgo.rollouts import rollout_tools, tool_rollout
 from hfstack.tasks.registry import TASKS
-from hfstack.tools.loop import assistant_replies, default_tools
-from hfstack.tools.search import index_of_model
 
 
 @renamed(model="model_name_or_path", dataset="dataset_name")
@@ -90,33 +89,6 @@ class RLConfig(TrainConfig):
 
 
 # ------------------------------------------------------------------------------------------ rollouts
-
-
-def rollout_tools(model_dir: str | Path, use_tools: bool) -> dict:
-    """The tools a rollout (and pass@1) may call: Python, and search over the model's index when it has one;
-    none without `use_tools`."""
-    return default_tools(index_of_model(model_dir)) if use_tools else {}
-
-
-def tool_rollout(max_new_tokens: int, temperature: float, tools: dict):
-    """A TRL `rollout_func` that answers with hfstack's tool loop: the tools run inside the rollout,
-    and their output tokens get env_mask 0 so they carry no gradient."""
-
-    def rollout(prompts: list[list[dict]], trainer) -> dict:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        was_training = model.training
-        model.eval()
-        replies = assistant_replies(model, trainer.processing_class, prompts, max_new_tokens,
-                                    max_tool_calls=2 if tools else 0, temperature=temperature, tools=tools)
-        model.train(was_training)
-        return {"prompt_ids": [r.prompt_ids for r in replies], "completion_ids": [r.completion_ids for r in replies],
-                "logprobs": None, "env_mask": [r.model_mask for r in replies],
-                "reply": [r.answer for r in replies],
-                "finished": [r.finished for r in replies],
-                "tool_errors": [sum(c["output"].startswith(("Traceback", "error")) for c in r.tool_calls)
-                                for r in replies]}
-
-    return rollout
 
 
 # ------------------------------------------------------------------------------------------ data

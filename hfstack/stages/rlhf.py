@@ -9,6 +9,8 @@ the the"). Algorithms:
 - rloo, grpo: TRL's RLOOTrainer / GRPOTrainer with `reward_funcs` = the reward model; `beta` is the
   KL penalty to the starting (reference) policy;
 - ppo: hfstack's own PPO with a critic and GAE (`hfstack.rlalgo.ppo`), fixed or adaptive KL.
+With grpo the rollouts run the tool loop (`use_tools`, hfstack.rlalgo.rollouts): the policy may call Python
+and search over the index its SFT run built, as in `hfstack chat`; rloo and ppo sample plain text.
 
 The reward-hacking watch logs, at every logging step, the RM score, the KL to the reference (when
 the algorithm computes it), the answer length, repetition (distinct bigrams) and a held-out judge's
@@ -40,6 +42,7 @@ from hfstack.core.training import TrainConfig, common_trainer_args, finish_train
 from hfstack.rlalgo.attacks import Scorer, looks_like_an_attack, probes_of, read_attacks
 from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
+from hfstack.rlalgo.rollouts import rollout_tools, tool_rollout
 from hfstack.rlalgo.watch import HackingWatch, WatchCallback, metric_rewards, read_watch
 from hfstack.tasks.judges import distinct_n, load_judge
 from hfstack.tasks.open_prompts import open_prompts
@@ -65,6 +68,7 @@ class RLHFConfig(TrainConfig):
     prompts_per_step: int = bounded(4, ge=1)  # per device; a batch is prompts_per_step × num_generations answers
     max_completion_length: int = bounded(32, ge=1)  # tokens per answer
     temperature: float = bounded(1.0, gt=0, why="the policy samples its answers")  # sampling temperature
+    use_tools: bool | None = None  # rollouts run the tool loop (Python, search over the index): grpo; None: grpo only
     beta: float = bounded(0.05, ge=0, why="0 takes the KL leash off")  # KL penalty to the reference policy
     # ppo only: adapt beta towards this KL per answer (summed over tokens)
     kl_target: float | None = bounded(None, gt=0)  # ppo only: adaptive-KL target; None: beta stays fixed
@@ -99,6 +103,9 @@ class RLHFConfig(TrainConfig):
             raise ConfigError(f"rlhf: on_hack must be 'warn', 'stop' or 'rollback', got '{self.on_hack}'")
         if self.on_hack == "rollback" and not self.curve_steps:
             raise ConfigError("rlhf: on_hack 'rollback' goes back along the over-optimisation curve; set curve_steps")
+        if self.use_tools and self.algo != "grpo":
+            raise ConfigError(f"rlhf: use_tools runs the tool loop inside TRL's GRPO rollouts; algo {self.algo} "
+                              "samples plain text (use --algo grpo, or use_tools false)")
         if self.algo != "ppo" and self.kl_target is not None:
             raise ConfigError("rlhf: kl_target (adaptive KL) is for algo ppo; rloo and grpo use a fixed beta")
 
@@ -147,7 +154,10 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
         policy = run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
                          reward_folder, probes, curve)
     else:
-        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve)
+        # grpo's rollouts run the tool loop with the policy's own tools, its search index included
+        tools = rollout_tools(folder, True) if cfg.algo == "grpo" and cfg.use_tools is not False else None
+        policy = run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve,
+                         tools)
     if not main:
         return out
     rows = read_watch(out / "watch.jsonl")
@@ -164,7 +174,8 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     return out
 
 
-def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve):
+def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch, probes, curve,
+            tools: dict | None):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -175,10 +186,11 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
         temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0] + [0.0] * bool(probes))
     samples: list[str] = []
     metrics = metric_rewards(judge, samples, probes)  # zero-weight: logged, not optimised
+    rollout = {"rollout_func": tool_rollout(cfg.max_completion_length, cfg.temperature, tools)} if tools else {}
     trainer = trainer_cls(model=policy, reward_funcs=[reward_model, *metrics], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer,
-                          reward_processing_classes=[reward_tokenizer] + [None] * len(metrics))
+                          reward_processing_classes=[reward_tokenizer] + [None] * len(metrics), **rollout)
     trainer.add_callback(WatchCallback(watch, trainer.reward_func_names[0], samples))
     if curve is not None:
         trainer.add_callback(CurveCallback(curve, cfg.curve_steps, trainer))

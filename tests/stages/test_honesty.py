@@ -255,7 +255,9 @@ def test_rl_rollouts_and_pass_at_1_search_the_starting_models_index(tiny_sft_mod
         seen["tools"], seen["max_tool_calls"] = tools, max_tool_calls
         return [Reply("42", [], completion_ids=[1], model_mask=[1], finished=True) for _ in prompts]
 
-    monkeypatch.setattr(reinforcement, "assistant_replies", replies)
+    import hfstack.rlalgo.rollouts as rollouts
+
+    monkeypatch.setattr(rollouts, "assistant_replies", replies)
 
     class Trainer:  # what the rollout function reads of TRL's trainer
         model, processing_class = object(), None

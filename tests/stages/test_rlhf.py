@@ -107,3 +107,36 @@ def test_ppo_resumes_from_its_checkpoint(tiny_sft_model, tiny_reward_model, tmp_
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [json.dumps(r) for r in rows[:2]] == first_rows  # the logs from before the stop, unchanged
     assert [p.name for p in (tmp_path / "ppo" / "checkpoints").iterdir()] == ["step-4"]  # only the newest kept
+
+
+def test_grpo_rollouts_run_the_policys_tools_with_its_search_index(tiny_sft_model, tiny_reward_model, tmp_path,
+                                                                   monkeypatch):
+    """algo grpo answers through the tool loop, with Python and search over the index beside the policy;
+    the judge reads the visible answer (`reply`)."""
+    import shutil
+
+    import hfstack.rlalgo.rollouts as rollouts
+    from hfstack.tools.search import SearchIndex
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_sft_model, policy)
+    SearchIndex.build(["Owls hunt at night and fly without a sound."]).save(policy / "search_index")
+    seen = []
+    original = rollouts.assistant_replies
+
+    def spying(model, tokenizer, conversations, max_new_tokens, tools=None, **options):
+        seen.append(tools)
+        return original(model, tokenizer, conversations, max_new_tokens, tools=tools, **options)
+
+    monkeypatch.setattr(rollouts, "assistant_replies", spying)
+    out = run_rlhf(RLHFConfig(model_name_or_path=str(policy), reward_model_path=str(tiny_reward_model),
+                              output_dir=str(tmp_path / "grpo"), algo="grpo", max_steps=2, num_generations=2,
+                              prompts_per_step=2, max_completion_length=12, num_prompts=6, logging_steps=1,
+                              curve_steps=0, progress=False))
+    assert seen and all(set(tools) == {"python", "search"} for tools in seen)
+    assert "Owls hunt" in seen[0]["search"]("how do owls hunt")
+    rows = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["judge"] for r in rows)
+    assert (out / "search_index" / "passages.json").is_file()  # carried on with the policy
+    with pytest.raises(ConfigError, match="use_tools runs the tool loop"):
+        RLHFConfig(algo="rloo", use_tools=True)
