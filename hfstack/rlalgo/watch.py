@@ -164,8 +164,8 @@ class WatchCallback(TrainerCallback):
                    "length": float(logs.get("completions/mean_length", 0.0))}
         if "kl" in logs:
             metrics["kl"] = float(logs["kl"])
-        if "rewards/attack_like/mean" in logs:
-            metrics["attack_like"] = float(logs["rewards/attack_like/mean"])
+        if "attack_like" in logs:
+            metrics["attack_like"] = float(logs["attack_like"])
         if self.samples:
             metrics["sample"] = self.samples[-1]
         if self.watch.observe(state.global_step, metrics):
@@ -174,8 +174,8 @@ class WatchCallback(TrainerCallback):
 
 def metric_rewards(judge, samples: list, probes: list[dict] | None = None):
     """Zero-weight 'rewards' so TRL computes and logs them per step: the held-out judge and distinct-2
-    (the newest answer is kept in `samples` for the watch's log), and with `probes` (attacks found on the
-    reward model: hfstack.rlalgo.attacks) whether each answer looks like one of them."""
+    (the newest answer is kept in `samples` for the watch's log); with `probes` (attacks found on the reward
+    model: hfstack.rlalgo.attacks) distinct-2 also logs `attack_like`, the share of answers that look like one."""
 
     def texts(completions, reply):  # the visible answer (a tool rollout's `reply`: its tool blocks left out)
         return reply or [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -186,13 +186,12 @@ def metric_rewards(judge, samples: list, probes: list[dict] | None = None):
     def judge_score(prompts, completions, reply=None, **_):
         return [judge(question(p), [a])[0] for p, a in zip(prompts, texts(completions, reply))]
 
-    def distinct2(prompts, completions, reply=None, **_):
+    def distinct2(prompts, completions, reply=None, log_metric=None, **_):
         answers = texts(completions, reply)
         samples[:] = answers[:1]
+        if probes and log_metric:  # a metric, not a reward function: a user's reward_weights keep their length
+            log_metric("attack_like", sum(looks_like_an_attack(question(p), a, probes)
+                                          for p, a in zip(prompts, answers)) / len(answers))
         return [distinct_n(a) for a in answers]
 
-    def attack_like(prompts, completions, reply=None, **_):
-        answers = texts(completions, reply)
-        return [float(looks_like_an_attack(question(p), a, probes)) for p, a in zip(prompts, answers)]
-
-    return [judge_score, distinct2] + ([attack_like] if probes else [])
+    return [judge_score, distinct2]

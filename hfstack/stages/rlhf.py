@@ -183,7 +183,7 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     args = trainer_config(config_cls, "rlhf", cfg.training_args, **common_trainer_args(cfg, cfg.output_dir),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0] + [0.0] * bool(probes))
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, 0.0, 0.0])
     samples: list[str] = []
     metrics = metric_rewards(judge, samples, probes)  # zero-weight: logged, not optimised
     rollout = {"rollout_func": tool_rollout(cfg.max_completion_length, cfg.temperature, tools)} if tools else {}

@@ -28,6 +28,8 @@ def test_rlhf_runs_each_algorithm_and_logs_the_watch(tiny_sft_model, tiny_reward
     assert [r["step"] for r in rows] == [2, 4]
     assert {"rm_score", "judge", "distinct2", "length"} <= set(rows[0])
     assert "kl" in rows[0]  # beta > 0: every algorithm measures the KL to the reference
+    # the reward stage red-teamed its model: the watch counts answers that look like the attacks it found
+    assert (tiny_reward_model / "attacks.jsonl").is_file() and 0 <= rows[0]["attack_like"] <= 1
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)

@@ -119,10 +119,14 @@ def test_the_detectors_the_watch_counts_with():
 
 def test_the_rlhf_watch_counts_answers_that_look_like_a_found_attack(tmp_path):
     probes = [{"attack": "repetition", "example": "the the the", "gap": 0.6, "found": True}]
-    judge_score, distinct2, attack_like = metric_rewards(reference_judge, [], probes)
-    prompts = [[{"role": "user", "content": "Tell me a joke about owls."}]] * 2
-    assert attack_like(prompts, ["the " * 12, "Owls hoot at night."]) == [1.0, 0.0]
-    assert len(metric_rewards(reference_judge, [])) == 2  # no probes: no such reward
+    judge_score, distinct2 = metric_rewards(reference_judge, [], probes)
+    prompts = [[{"role": "user", "content": "Tell me a joke about owls."}]] * 4
+    logged = {}
+    distinct2(prompts, ["the " * 12, "Owls hoot at night.", "the " * 10, "Owls fly."], log_metric=logged.__setitem__)
+    assert logged == {"attack_like": 0.5}
+    logged.clear()
+    metric_rewards(reference_judge, [])[1](prompts, ["the " * 12] * 4, log_metric=logged.__setitem__)
+    assert logged == {}  # no probes: nothing to count
 
     watch = HackingWatch(RLHFConfig(attack_share=0.5), tmp_path / "watch.jsonl")
     base = {"rm_score": 0.0, "judge": 1.5, "distinct2": 1.0, "length": 20.0}
