@@ -111,6 +111,17 @@ class Curve:
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def frozen_copy(model):
+    """The curve's reference: a copy of `model` as it is now, frozen. Take it before a trainer wraps the model: a
+    forward patched onto the instance (mixed precision, trainers' own wrappers) is copied as a method bound to the
+    original, so the copy would answer with the trained weights; such an override is dropped here too."""
+    import copy
+
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference.__dict__.pop("forward", None)
+    return reference
+
+
 def answer_logprobs(model, replies) -> list[float]:
     """log π(answer | prompt) of each reply under `model`, summed over the answer's tokens."""
     import torch
@@ -157,7 +168,7 @@ class CurveCallback(TrainerCallback):
             self.measure(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):  # the last step, or where the watch stopped the run
-        if self.curve.rows and self.curve.rows[-1]["step"] != state.global_step:
+        if not self.curve.rows or self.curve.rows[-1]["step"] != state.global_step:  # (a resumed run: its first)
             self.measure(state.global_step)
 
 

@@ -47,7 +47,7 @@ from hfstack.core.training import (
 from hfstack.dataprep.dataset_mixture import DatasetMixture
 from hfstack.dataprep.preferences import preference_pairs, unpaired
 from hfstack.rlalgo.attacks import Scorer
-from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve
+from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve, frozen_copy
 from hfstack.rlalgo.watch import DPOWatch, StepWatchCallback, read_watch, sample_metrics
 from hfstack.tasks.judges import load_judge
 
@@ -215,22 +215,19 @@ def watch_prompts(rows: list[dict], count: int) -> list[list[dict]]:
     return prompts
 
 
-def dpo_curve(cfg: DPOStageConfig, out: Path, policy, tokenizer, rows: list[dict], judge, reward_folder: str | None,
-              main: bool, resuming: bool):
-    """The over-optimisation curve from the starting policy (a frozen copy: the KL's reference)."""
-    import copy
-
-    if not cfg.curve_steps:
+def dpo_curve(cfg: DPOStageConfig, out: Path, reference, tokenizer, rows: list[dict], judge,
+              reward_folder: str | None, main: bool, resuming: bool):
+    """The over-optimisation curve from the starting policy (`reference`, a frozen copy: the KL's reference)."""
+    if reference is None:
         return None
     rm_score = None
     if reward_folder:
         reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
-        scorer = Scorer(reward_model.to(policy.device), reward_tokenizer, judge, cfg.max_length)
+        scorer = Scorer(reward_model.to(reference.device), reward_tokenizer, judge, cfg.max_length)
 
         def rm_score(conversations, answers):
             return scorer.rm([c[-1]["content"] for c in conversations], answers)
 
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
     return Curve(out / "curve", reference, tokenizer, watch_prompts(rows, cfg.curve_prompts), judge, rm_score,
                  samples=cfg.curve_samples, max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main,
                  resuming=resuming)
@@ -248,6 +245,7 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=cfg.load_dtype())
+    reference = frozen_copy(policy) if cfg.curve_steps else None  # before the trainer wraps the policy
     trainer = make_trainer(cfg, policy, tokenizer, train_rows, test_rows, out)
     before = held_out(trainer, before_training=True) if trainer.eval_dataset is not None else None
     resume = newest_checkpoint(out / "checkpoints")
@@ -256,7 +254,8 @@ def run_dpo(cfg: DPOStageConfig) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainer.add_callback(StepWatchCallback(watch, cfg.watch_steps, lambda: sample_metrics(
         model, tokenizer, prompts, judge, cfg.max_completion_length)))
-    curve = dpo_curve(cfg, out, policy, tokenizer, test_rows or train_rows, judge, reward_folder, main, bool(resume))
+    curve = dpo_curve(cfg, out, reference, tokenizer, test_rows or train_rows, judge, reward_folder, main,
+                      bool(resume))
     if curve is not None:
         trainer.add_callback(CurveCallback(curve, cfg.curve_steps, trainer))
     trainer.train(resume_from_checkpoint=resume)

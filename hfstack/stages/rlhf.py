@@ -27,7 +27,6 @@ the judge and the KL to the starting policy, into `output_dir/curve.jsonl`, keep
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from hfstack.core.renames import renamed
 from hfstack.core.rundir import carry_run_files, newest_checkpoint, start_output
 from hfstack.core.training import TrainConfig, common_trainer_args, finish_training, trainer_config
 from hfstack.rlalgo.attacks import Scorer, looks_like_an_attack, probes_of, read_attacks
-from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve
+from hfstack.rlalgo.overopt import Curve, CurveCallback, finish_curve, frozen_copy
 from hfstack.rlalgo.ppo import PPOSettings, newest_ppo_checkpoint, train_ppo
 from hfstack.rlalgo.rollouts import rollout_tools, tool_rollout
 from hfstack.rlalgo.watch import HackingWatch, WatchCallback, metric_rewards, read_watch
@@ -144,7 +143,7 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     if probes and main:
         print(f"[rlhf] watching for {len(probes)} attack(s) found on the reward model: "
               + ", ".join(f"{p['attack']} (RM {p['rm']:+.2f}, judge {p['judge']:.2f})" for p in probes))
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the start: PPO's KL leash, the curve's origin
+    reference = frozen_copy(policy)  # the start: PPO's KL leash, the curve's origin
     scorer = Scorer(reward_model, reward_tokenizer, judge, 4 * cfg.max_completion_length + 256)
     curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, lambda conversations, answers: scorer.rm(
         [c[-1]["content"] for c in conversations], answers), samples=cfg.curve_samples,

@@ -50,6 +50,10 @@ def test_dpo_raises_the_held_out_margin_of_a_scripted_preference(dpo_run):
     assert [r["step"] for r in rows] == [10, 20, 30]  # every watch_steps, whatever logging_steps says
     assert {"margin", "accuracy", "logp_chosen", "logp_rejected", "judge", "distinct2", "length"} <= set(rows[0])
     assert rows[-1]["margin"] > rows[0]["margin"] and report_["watch"]["steps_logged"] == 3
+    # the over-optimisation curve: from the start (the policy is its reference: KL 0) every curve_steps; no RM
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [0, 10, 20, 30] and curve[0]["kl"] == 0 and curve[-1]["kl"] > 0
+    assert "rm" not in curve[0] and report_["curve"]["points"] == 4 and report_["curve"]["rolled_back_to"] is None
 
 
 def test_every_weight_moved_and_the_folder_loads_as_a_causal_lm(dpo_run, tiny_sft_model):
@@ -102,6 +106,8 @@ def test_a_rerun_resumes_from_the_checkpoint_and_keeps_the_watch(dpo_run, tiny_s
     rows = (out / "watch.jsonl").read_text().splitlines()
     assert rows[:2] == first and [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
     assert json.loads((out / "eval.json").read_text())["steps"] == 4
+    curve = [json.loads(line)["step"] for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert curve == [0, 4]  # the start measured before the kill, kept; the end measured after the resume
 
 
 def test_kto_rows_from_ranked_pairs():
