@@ -102,11 +102,12 @@ def test_rollback_needs_the_curve():
 @pytest.mark.slow
 def test_the_kl_off_hack_recipe_shows_the_judge_peak_and_rolls_back(tiny_sft_model, tiny_reward_model, tmp_path):
     """recipes/tiny/rlhf-hack.yaml (no KL leash, a high learning rate) with `on_hack: rollback`: the judge peaks
-    before the end, the watch alarms, and the saved model is the peak's checkpoint."""
+    before the end, the watch alarms, and the saved model is the peak's checkpoint. The suite's reward model
+    (10 steps of training) scores on about a tenth of the speedrun's scale, so its rise is watched at 0.05."""
     out = tmp_path / "hack"
     cfg = load_config(RLHFConfig, recipes_dir() / "tiny" / "rlhf-hack.yaml",
                       ["--model_name_or_path", str(tiny_sft_model), "--reward_model_path", str(tiny_reward_model),
-                       "--output_dir", str(out), "--on_hack", "rollback", "--curve_steps", "5"])
+                       "--output_dir", str(out), "--on_hack", "rollback", "--curve_steps", "5", "--rm_rise", "0.05"])
     run_rlhf(cfg)
     report = json.loads((out / "eval.json").read_text())
     rows, summary = read_curve(out), report["curve"]
