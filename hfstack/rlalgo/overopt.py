@@ -216,6 +216,9 @@ def curve_section(report, run) -> None:
             if all("rm" in r for r in rows):
                 ax.plot(x, [r["rm"] for r in rows], "o-", label="reward model")
             ax.plot(x, [r["judge"] for r in rows], "s-", label="held-out judge")
+            for r in rows:  # the points in training order: KL estimated from samples need not grow every time
+                ax.annotate(str(r["step"]), (r["sqrt_kl"], r["judge"]), textcoords="offset points", xytext=(0, -12),
+                            fontsize="x-small", ha="center")
             ax.axvline(peak["sqrt_kl"], color="grey", linestyle=":", label=f"judge peak (step {peak['step']})")
             if back is not None:
                 ax.annotate("rolled back here", (peak["sqrt_kl"], peak["judge"]))
