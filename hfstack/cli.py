@@ -16,6 +16,7 @@ import sys
 
 from hfstack import __version__
 from hfstack.core.config import ConfigError, _field_types, _type_name, field_default, load_config
+from hfstack.core.errors import StageFailed
 from hfstack.core.fields import field_range
 from hfstack.core.launch import launch_command, launch_config_file, packaged_launch_configs
 from hfstack.stages import BY_COMMAND, STAGES, load
@@ -189,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nhfstack {command}: stopped (Ctrl-C); the same command continues from the last checkpoint",
               file=sys.stderr)
         return 130
-    except user_errors() as e:
+    except (*user_errors(), StageFailed) as e:
         if os.environ.get("HFSTACK_DEBUG", "0") not in ("0", ""):
             raise  # the traceback, for whoever debugs hfstack itself
-        print(f"hfstack {command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        failed = isinstance(e, StageFailed)  # the work failed, not the config: its log says why
+        print(f"hfstack {command}: {'failed' if failed else 'error'}: {one_line(e)}", file=sys.stderr)
+        return 1 if failed else 2
     return 0
 
 
@@ -224,7 +226,7 @@ def one_line(error: BaseException) -> str:
     """The error as one line that says what and where (an OSError's own text leads with its errno)."""
     import json
 
-    if isinstance(error, ConfigError):
+    if isinstance(error, (ConfigError, StageFailed)):
         text = str(error)
     elif isinstance(error, OSError):
         text = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)

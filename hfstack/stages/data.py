@@ -25,6 +25,7 @@ from pathlib import Path
 from datatrove.pipeline.readers import JsonlReader
 
 from hfstack.core.config import ConfigError
+from hfstack.core.errors import StageFailed
 from hfstack.core.rundir import claim_output, finish_output
 from hfstack.core.textfiles import check_hub_dataset
 from hfstack.dataprep.config import DataConfig, quality_filter_classes
@@ -318,7 +319,7 @@ def run_data(cfg: DataConfig) -> dict:
             executor.run()
             failed = executor.get_incomplete_ranks(skip_completed=True) if cfg.executor == "ray" else []
             if failed:  # Ray logs failed tasks and returns; the next stage must not read a partial output
-                raise RuntimeError(f"data: stage {stage.name}: {len(failed)}/{stage.tasks} task(s) failed "
+                raise StageFailed(f"data: stage {stage.name}: {len(failed)}/{stage.tasks} task(s) failed "
                                    f"(ranks {failed[:10]}); see {out / 'logs' / stage.name / 'logs'}")
     rows = build_funnel([(out / "logs" / s.name, s.funnel_labels, s.funnel_offset) for s in stages])
     shards = sorted(str(p.name) for p in out.glob("*.parquet"))

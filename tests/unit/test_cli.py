@@ -41,6 +41,22 @@ def test_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and "unknown command" in out.stderr
 
 
+def test_failed_work_is_one_line_and_exit_1(monkeypatch, capsys):
+    """Work that failed (a data task on Ray) says where it logged why, in one line, exit 1; a config error exits 2."""
+    from hfstack import cli
+    from hfstack.core.errors import StageFailed
+    from hfstack.stages import report as report_stage
+
+    def fails(cfg):
+        raise StageFailed("data: stage filter: 1/1 task(s) failed (ranks [0]); see RUN/data/logs/filter/logs")
+
+    monkeypatch.setattr(report_stage, "run", fails)
+    assert cli.main(["report", "--run", "."]) == 1
+    err = capsys.readouterr().err
+    assert err == "hfstack report: failed: data: stage filter: 1/1 task(s) failed (ranks [0]); see " \
+                  "RUN/data/logs/filter/logs\n"
+
+
 def test_python_api_matches_cli(tmp_path):
     import hfstack
 
