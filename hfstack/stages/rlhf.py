@@ -143,12 +143,17 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
     if probes and main:
         print(f"[rlhf] watching for {len(probes)} attack(s) found on the reward model: "
               + ", ".join(f"{p['attack']} (RM {p['rm']:+.2f}, judge {p['judge']:.2f})" for p in probes))
-    reference = frozen_copy(policy)  # the start: PPO's KL leash, the curve's origin
-    scorer = Scorer(reward_model, reward_tokenizer, judge, 4 * cfg.max_completion_length + 256)
-    curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, lambda conversations, answers: scorer.rm(
-        [c[-1]["content"] for c in conversations], answers), samples=cfg.curve_samples,
-        max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main, resuming=resuming) \
-        if cfg.curve_steps else None
+    # the start, frozen: PPO's KL leash and the curve's origin (TRL's trainers keep their own for beta)
+    reference = frozen_copy(policy) if cfg.algo == "ppo" or cfg.curve_steps else None
+    curve = None
+    if cfg.curve_steps:
+        scorer = Scorer(reward_model, reward_tokenizer, judge, 4 * cfg.max_completion_length + 256)
+
+        def rm_score(conversations, answers):
+            return scorer.rm([c[-1]["content"] for c in conversations], answers)
+
+        curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, rm_score, samples=cfg.curve_samples,
+                      max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main, resuming=resuming)
     if cfg.algo == "ppo":
         policy = run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
                          reward_folder, probes, curve)
