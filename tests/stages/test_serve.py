@@ -244,9 +244,20 @@ def test_streaming_client_that_leaves_stops_its_generation(served):
 
 @served_model
 @needs_chromium
-def test_chat_page_streams_shows_tool_calls_and_errors_and_keeps_the_tool_turn(served):
+def test_chat_page_streams_shows_tool_calls_and_errors_and_keeps_the_tool_turn(served, monkeypatch):
     playwright_api = pytest.importorskip("playwright.sync_api")
     expect, (server, python) = playwright_api.expect, served
+    import time
+
+    import hfstack.stages.serve as serve_stage
+
+    status = serve_stage.trace_status
+
+    def slow_status(sources):  # a crawl index still being built: the page must not wait on it to take a question
+        time.sleep(3)
+        return status(sources)
+
+    monkeypatch.setattr(serve_stage, "trace_status", slow_status)
     with playwright_api.sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page()
