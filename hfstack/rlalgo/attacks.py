@@ -97,28 +97,37 @@ class AttackSettings:
     seed: int = 0
 
 
-class Scorer:
-    """The reward model's and the judge's scores of (prompt, answer) pairs."""
+def last_text(value) -> str:
+    """A message list's last content, or the plain text itself (TRL's conversational and plain rows)."""
+    return value[-1]["content"] if isinstance(value, list) else value
 
-    def __init__(self, reward_model, tokenizer, judge, max_length: int):
+
+class Scorer:
+    """The reward model's and the judge's scores of (prompt, answer) pairs; a prompt is a question or the
+    conversation (messages) the answer follows. Used by the red-team, RLHF's PPO and the over-optimisation curve."""
+
+    def __init__(self, reward_model, tokenizer, judge=None, max_length: int | None = None):
         self.model, self.tokenizer, self.judge, self.max_length = reward_model.eval(), tokenizer, judge, max_length
 
-    def rm(self, prompts: list[str], answers: list[str], batch: int = 32) -> list[float]:
+    def rm(self, prompts: list, answers: list[str], batch: int = 32) -> list[float]:
+        """The reward model's score of each answer after its prompt (cut to `max_length` tokens when set)."""
         import torch
 
         scores = []
         for start in range(0, len(answers), batch):
-            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p},
-                                                         {"role": "assistant", "content": a}], tokenize=False)
-                     for p, a in zip(prompts[start:start + batch], answers[start:start + batch])]
-            inputs = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
-                                    max_length=self.max_length, add_special_tokens=False).to(self.model.device)
+            conversations = [(p if isinstance(p, list) else [{"role": "user", "content": p}])
+                             + [{"role": "assistant", "content": a}]
+                             for p, a in zip(prompts[start:start + batch], answers[start:start + batch])]
+            texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+            inputs = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
+                                    truncation=self.max_length is not None, max_length=self.max_length,
+                                    add_special_tokens=False).to(self.model.device)
             with torch.no_grad():
                 scores += self.model(**inputs).logits[:, 0].float().tolist()
         return scores
 
-    def judged(self, prompts: list[str], answers: list[str]) -> list[float]:
-        return [float(self.judge(p, [a])[0]) for p, a in zip(prompts, answers)]
+    def judged(self, prompts: list, answers: list[str]) -> list[float]:
+        return [float(self.judge(last_text(p), [a])[0]) for p, a in zip(prompts, answers)]
 
 
 def percentile(value: float, reference: list[float]) -> float:
@@ -133,9 +142,7 @@ def red_team(reward_model, tokenizer, pairs: list[dict], settings: AttackSetting
     if not pairs:
         raise ValueError("no held-out preference pairs with a prompt to attack on")
     scorer = Scorer(reward_model, tokenizer, load_judge(settings.judge), settings.max_length)
-    prompts = [p["prompt"][-1]["content"] if isinstance(p["prompt"], list) else p["prompt"] for p in pairs]
-    chosen = [p["chosen"][-1]["content"] if isinstance(p["chosen"], list) else p["chosen"] for p in pairs]
-    rejected = [p["rejected"][-1]["content"] if isinstance(p["rejected"], list) else p["rejected"] for p in pairs]
+    prompts, chosen, rejected = ([last_text(p[column]) for p in pairs] for column in ("prompt", "chosen", "rejected"))
     chosen_rm, rejected_rm = scorer.rm(prompts, chosen), scorer.rm(prompts, rejected)
     chosen_judge, rejected_judge = scorer.judged(prompts, chosen), scorer.judged(prompts, rejected)
     rm_scale, judge_scale = chosen_rm + rejected_rm, chosen_judge + rejected_judge  # the real answers

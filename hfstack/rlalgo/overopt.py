@@ -29,6 +29,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from hfstack.core.launch import print0
+from hfstack.rlalgo.ppo import token_logprobs
 from hfstack.tools.loop import assistant_replies
 
 
@@ -133,9 +134,7 @@ def answer_logprobs(model, replies) -> list[float]:
                 sums.append(0.0)
                 continue
             ids = torch.tensor([reply.prompt_ids + reply.completion_ids], device=model.device)
-            start = len(reply.prompt_ids)
-            logits = model(input_ids=ids).logits[0, start - 1:-1].float()
-            sums.append(logits.log_softmax(-1).gather(1, ids[0, start:, None]).sum().item())
+            sums.append(token_logprobs(model, ids, torch.ones_like(ids), len(reply.prompt_ids)).sum().item())
     return sums
 
 

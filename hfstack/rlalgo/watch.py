@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from hfstack.core.launch import print0
 from hfstack.core.textfiles import read_jsonl
-from hfstack.rlalgo.attacks import looks_like_an_attack
+from hfstack.rlalgo.attacks import last_text, looks_like_an_attack
 from hfstack.tasks.judges import distinct_n
 from hfstack.tools.loop import assistant_replies
 
@@ -178,19 +178,16 @@ def metric_rewards(judge, samples: list, probes: list[dict] | None = None):
     model: hfstack.rlalgo.attacks) distinct-2 also logs `attack_like`, the share of answers that look like one."""
 
     def texts(completions, reply):  # the visible answer (a tool rollout's `reply`: its tool blocks left out)
-        return reply or [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-
-    def question(prompt):
-        return prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        return reply or [last_text(c) for c in completions]
 
     def judge_score(prompts, completions, reply=None, **_):
-        return [judge(question(p), [a])[0] for p, a in zip(prompts, texts(completions, reply))]
+        return [judge(last_text(p), [a])[0] for p, a in zip(prompts, texts(completions, reply))]
 
     def distinct2(prompts, completions, reply=None, log_metric=None, **_):
         answers = texts(completions, reply)
         samples[:] = answers[:1]
         if probes and log_metric:  # a metric, not a reward function: a user's reward_weights keep their length
-            log_metric("attack_like", sum(looks_like_an_attack(question(p), a, probes)
+            log_metric("attack_like", sum(looks_like_an_attack(last_text(p), a, probes)
                                           for p, a in zip(prompts, answers)) / len(answers))
         return [distinct_n(a) for a in answers]
 

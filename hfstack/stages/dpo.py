@@ -223,10 +223,7 @@ def dpo_curve(cfg: DPOStageConfig, out: Path, reference, tokenizer, rows: list[d
     rm_score = None
     if reward_folder:
         reward_model, reward_tokenizer = load_reward_model(reward_folder, cfg.load_dtype())
-        scorer = Scorer(reward_model.to(reference.device), reward_tokenizer, judge, cfg.max_length)
-
-        def rm_score(conversations, answers):
-            return scorer.rm([c[-1]["content"] for c in conversations], answers)
+        rm_score = Scorer(reward_model.to(reference.device), reward_tokenizer, max_length=cfg.max_length).rm
 
     return Curve(out / "curve", reference, tokenizer, watch_prompts(rows, cfg.curve_prompts), judge, rm_score,
                  samples=cfg.curve_samples, max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main,

@@ -145,18 +145,13 @@ def run_rlhf(cfg: RLHFConfig) -> Path:
               + ", ".join(f"{p['attack']} (RM {p['rm']:+.2f}, judge {p['judge']:.2f})" for p in probes))
     # the start, frozen: PPO's KL leash and the curve's origin (TRL's trainers keep their own for beta)
     reference = frozen_copy(policy) if cfg.algo == "ppo" or cfg.curve_steps else None
-    curve = None
-    if cfg.curve_steps:
-        scorer = Scorer(reward_model, reward_tokenizer, judge, 4 * cfg.max_completion_length + 256)
-
-        def rm_score(conversations, answers):
-            return scorer.rm([c[-1]["content"] for c in conversations], answers)
-
-        curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, rm_score, samples=cfg.curve_samples,
-                      max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main, resuming=resuming)
+    scorer = Scorer(reward_model, reward_tokenizer)  # PPO's reward and the curve's RM score
+    curve = Curve(out / "curve", reference, tokenizer, curve_prompts, judge, scorer.rm, samples=cfg.curve_samples,
+                  max_new_tokens=cfg.max_completion_length, seed=cfg.seed, record=main, resuming=resuming) \
+        if cfg.curve_steps else None
     if cfg.algo == "ppo":
-        policy = run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
-                         reward_folder, probes, curve)
+        policy = run_ppo(cfg, policy, reference, tokenizer, scorer, judge, prompts, watch, reward_folder, probes,
+                         curve)
     else:
         # grpo's rollouts run the tool loop with the policy's own tools, its search index included
         tools = rollout_tools(folder, True) if cfg.algo == "grpo" and cfg.use_tools is not False else None
@@ -202,25 +197,16 @@ def run_trl(cfg, policy, tokenizer, reward_model, reward_tokenizer, judge, promp
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, judge, prompts, watch,
-            reward_folder: str, probes, curve):
-    import torch
+def run_ppo(cfg, policy, reference, tokenizer, scorer: Scorer, judge, prompts, watch, reward_folder: str, probes,
+            curve):
     from transformers import AutoModelForTokenClassification, set_seed
 
     critic = AutoModelForTokenClassification.from_pretrained(reward_folder, num_labels=1, dtype=cfg.load_dtype())
-    reward_model.eval().requires_grad_(False)
+    scorer.model.requires_grad_(False)  # the reward model scores; only the policy and the critic train
     # a seed per process, as TRL's GRPO/RLOO trainers set (seed + process index): with run_rlhf's one seed on
     # every rank, the ranks sampled the same tokens at the same batch positions (measured: 11 of 12 answers
     # identical across 2 ranks over 3 steps, from different prompts), so N processes drew 1/N of the samples
     set_seed(cfg.seed + process_state().process_index)
-
-    def score(batch_prompts, answers):
-        texts = [reward_tokenizer.apply_chat_template(p + [{"role": "assistant", "content": a}], tokenize=False)
-                 for p, a in zip(batch_prompts, answers)]
-        inputs = reward_tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
-                                  add_special_tokens=False).to(reward_model.device)
-        with torch.no_grad():
-            return reward_model(**inputs).logits[:, 0].tolist()
 
     def answer_metrics(batch_prompts, answers):  # per process; train_ppo averages them over processes
         return {"judge": sum(judge(p[-1]["content"], [a])[0] for p, a in zip(batch_prompts, answers)) / len(answers),
@@ -247,7 +233,7 @@ def run_ppo(cfg, policy, reference, tokenizer, reward_model, reward_tokenizer, j
                            progress=cfg.progress)
     if curve is not None and not curve.earlier:  # the curve's origin (a resumed run has it already)
         curve.measure(0, policy)
-    return train_ppo(policy, reference, critic, tokenizer, prompts, score, settings, on_log,
+    return train_ppo(policy, reference, critic, tokenizer, prompts, scorer.rm, settings, on_log,
                      answer_metrics=answer_metrics, checkpoint_dir=Path(cfg.output_dir) / "checkpoints",
                      save_every=cfg.save_steps)
 
