@@ -142,3 +142,19 @@ def training_rows(tokenizer, rows: list[dict], chat_template_mode: str, max_leng
         raise ConfigError(f"sft: no conversation left to train on with the kept chat template ({dropped}); "
                           "use chat_template: hfstack")
     return tokenized, dropped
+
+
+def over_length(tokenizer, rows: list[dict], max_length: int, window: int | None = None) -> dict:
+    """How many `messages` rows render longer than `max_length` tokens (training cuts their ends off:
+    a conversation's last turns, the ones a follow-up question needs), how many run past the model's
+    context `window` when that is shorter (positions it never trained on), and the longest; {} if none."""
+    chats = [row["messages"] for row in rows if "messages" in row]  # tokenized rows were cut already
+    if not chats:
+        return {}
+    texts = tokenizer.apply_chat_template(chats, tokenize=False)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    report = {"conversations": sum(length > max_length for length in lengths), "of": len(chats),
+              "longest": max(lengths)}
+    if window and window < max_length:
+        report |= {"window": window, "past_window": sum(length > window for length in lengths)}
+    return report if report["conversations"] or report.get("past_window") else {}

@@ -20,7 +20,7 @@ from hfstack.core.model import load_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.renames import renamed
 from hfstack.core.textfiles import read_jsonl
-from hfstack.tools.loop import assistant_replies, default_tools
+from hfstack.tools.loop import assistant_replies, context_window, default_tools, fit_window
 from hfstack.tools.search import index_of_model
 
 
@@ -83,13 +83,17 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
             break
         if not question:
             break
-        history.append({"role": "user", "content": question})
+        history, dropped = fit_window(tokenizer, history + [{"role": "user", "content": question}],
+                                      context_window(model), cfg.max_new_tokens)
+        if dropped:
+            print(f"(the {dropped} oldest question(s) no longer fit the model's {context_window(model)}-token "
+                  "window and were left out)")
         print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)  # tool calls stay visible
         reply = assistant_replies(model, tokenizer, [history], cfg.max_new_tokens, cfg.max_tool_calls,
                                   cfg.temperature, tools=tools, streamer=streamer)[0]
         print()
-        history.append({"role": "assistant", "content": reply.answer})
+        history += reply.messages()  # tool calls and outputs kept, as in training and on the chat page
     return None
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from hfstack.core.adopt import adopt_protocol, training_rows, turn_end_token
+from hfstack.core.adopt import adopt_protocol, over_length, training_rows, turn_end_token
 from hfstack.core.checkpoint import save_tokenizer, set_turn_end
 from hfstack.core.config import ConfigError, bounded, check_fields, model_folder
 from hfstack.core.launch import print0, wait_for_all_ranks
@@ -48,6 +48,7 @@ from hfstack.dataprep.dataset_mixture import DatasetMixture, load_mixture
 from hfstack.dataprep.mixture import GENERATED_SOURCES, build_mixture
 from hfstack.tasks.identity import IdentityCard
 from hfstack.tasks.registry import TASKS
+from hfstack.tools.loop import context_window
 from hfstack.tools.search import SearchIndex
 
 # Mixture sources: the generated ones need only the identity card, so a first phase can use them;
@@ -240,6 +241,8 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     as_trained = dict(chat_template_mode=cfg.chat_template, max_length=cfg.max_length,
                       assistant_only=cfg.assistant_only_loss)
     train_rows, dropped = training_rows(tokenizer, train_rows, **as_trained)
+    too_long = over_length(tokenizer, train_rows, cfg.max_length, context_window(model))
+    say_over_length(too_long, cfg.max_length, "the mixture")
     test_rows = training_rows(tokenizer, chats.test, **as_trained)[0] if chats and chats.test else []
     if main:  # only the main process writes; the others train alongside it
         with (out / "eval_sets.jsonl").open("w") as handle:
@@ -271,6 +274,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
                 | {k: v for k, v in adopted.items() if k not in ("kept_template", "new_token_ids")}}
                | ({"first_phase_steps": phase_steps} if cfg.first_phase else {}) | knowledge_report
                | ({"dropped_conversations": dropped} if any(dropped.values()) else {})
+               | ({"over_max_length": too_long} if too_long else {})
                | ({"dataset_mixture": chats.report, "test_loss": test_loss} if chats else {}) | sharding)
     if cfg.freeze:
         summary["frozen_parameters"] = frozen
@@ -301,6 +305,16 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
                          callbacks=callbacks or [])
     trainer.train(resume_from_checkpoint=newest_checkpoint(out / "checkpoints"))
     return trainer
+
+
+def say_over_length(over: dict, max_length: int, which: str) -> None:
+    if over.get("conversations"):
+        print0(f"[sft] {over['conversations']:,} of {over['of']:,} conversations in {which} are longer than "
+               f"max_length {max_length} tokens (the longest {over['longest']}): training cuts their ends off")
+    if over.get("past_window"):
+        print0(f"[sft] {over['past_window']:,} of {over['of']:,} conversations in {which} run past the base model's "
+               f"{over['window']}-token context window (positions it never trained on): pretrain a longer seq_len, "
+               f"or set max_length {over['window']}")
 
 
 def to_freeze(model, parts: list[str]) -> list[str]:
@@ -341,6 +355,8 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     phase = cfg.first_phase
     rows, _ = build_mixture(phase.counts, card, [], [], -1, cfg.seed, {})
     rows, _ = training_rows(tokenizer, rows, cfg.chat_template, cfg.max_length, cfg.assistant_only_loss)
+    say_over_length(over_length(tokenizer, rows, cfg.max_length, context_window(model)), cfg.max_length,
+                    "the first phase")
     if not rows:
         raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got {phase.counts}")
     print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")

@@ -9,16 +9,19 @@ Works on token ids end to end: the chat template renders the conversation, gener
 `<|assistant_end|>` or at the end of a tool call (`<|python_end|>`, `<|search_end|>`), and the
 tool's output is appended as `<|output_start|>…<|output_end|>` tokens, exactly as in training.
 Unfinished conversations are batched together each round (left padding), so a batch of N prompts
-costs one generate call per round of tool use, not N.
+costs one generate call per round of tool use, not N. `Reply.messages()` gives the turn back as
+chat messages with its tool calls and outputs kept, and `fit_window` drops a long conversation's
+oldest questions until it fits the model's context window: what `hfstack chat` keeps between questions.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from hfstack.core import checkpoint
 from hfstack.core.launch import progress_bar
-from hfstack.core.protocol import END_OF_TURN, TOOL_CALL_TOKENS, TOOL_OUTPUT
+from hfstack.core.protocol import END_OF_TURN, SPECIAL_TOKENS, TOOL_ARGUMENT, TOOL_CALL_TOKENS, TOOL_OUTPUT
 from hfstack.core.tokens import encode_ordinary, vocab_id
 from hfstack.tools.sandbox import run_python
 
@@ -32,6 +35,49 @@ class Reply:
     completion_ids: list[int] = field(default_factory=list)  # the turn's ids, tool outputs included
     model_mask: list[int] = field(default_factory=list)  # 1 where the model wrote the token, 0 for tool output
     finished: bool = False  # the turn ended with its end token (not cut off by the token budget)
+
+    def messages(self) -> list[dict]:
+        """The turn as chat messages, each tool call and its output kept: the history a follow-up
+        question needs (the training conversations keep them, and so does the chat page)."""
+        pieces = self.text.split(TOOL_OUTPUT[1])  # a call's output ends each piece but the last
+        turn = []
+        for piece, call in zip(pieces, self.tool_calls):
+            lead = re.split(_TOOL_MARKER, piece)[0]  # the text the model wrote before the call
+            function = {"name": call["tool"], "arguments": {TOOL_ARGUMENT.get(call["tool"], "input"): call["input"]}}
+            turn += [{"role": "assistant", "content": _plain(lead), "tool_calls": [{"type": "function",
+                                                                                  "function": function}]},
+                     {"role": "tool", "content": call["output"], "name": call["tool"]}]
+        return turn + [{"role": "assistant", "content": self.answer}]
+
+
+_TOOL_MARKER = "|".join(re.escape(t) for pair in TOOL_CALL_TOKENS.values() for t in pair)
+
+
+def _plain(text: str) -> str:
+    for token in SPECIAL_TOKENS:
+        text = text.replace(token, "")
+    return text.strip()
+
+
+def context_window(model) -> int | None:
+    """The positions the model was built for (None when its config does not say)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def fit_window(tokenizer, messages: list[dict], window: int | None, room: int) -> tuple[list[dict], int]:
+    """The conversation without its oldest exchanges (a user message and the answers after it; the
+    system message stays) until it renders in `window - room` tokens, and how many were dropped. The
+    last question always stays, so a single question too long for the window is left to fail."""
+    if not window:
+        return messages, 0
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest, dropped = messages[len(system):], 0
+    while True:
+        ids = tokenizer.apply_chat_template(system + rest, add_generation_prompt=True, return_dict=True)["input_ids"]
+        starts = [i for i, m in enumerate(rest) if m["role"] == "user"]
+        if len(ids) + room <= window or len(starts) < 2:
+            return system + rest, dropped
+        rest, dropped = rest[starts[1]:], dropped + 1
 
 
 def default_tools(search_index=None) -> dict:

@@ -141,3 +141,23 @@ def test_freezing_the_embeddings_of_a_base_that_just_got_tokens_is_refused(forei
     with pytest.raises(ConfigError, match="'freeze' holds the embeddings fixed, but 14 tokens were just added"):
         run_sft(SFTStageConfig(model_name_or_path=str(foreign_base), output_dir=str(tmp_path / "o"),
                                counts={"arithmetic": 8}, freeze=["embed_tokens"], max_steps=1, progress=False))
+
+
+def test_conversations_longer_than_max_length_or_the_window_are_counted(foreign_base):
+    from hfstack.core.adopt import over_length
+
+    model, tokenizer = load(foreign_base)
+    adopt_protocol(model, tokenizer, "hfstack", "You are a test.")
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    long = {"messages": [{"role": "user", "content": "the cat sat on the mat " * 20},
+                         {"role": "assistant", "content": "and the dog sat on the log " * 20}]}
+    lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for row in (short, long)]
+    between = (lengths[0] + lengths[1]) // 2
+    assert over_length(tokenizer, [short, short], between) == {}
+    assert over_length(tokenizer, [short, long, long], between) == {"conversations": 2, "of": 3,
+                                                                      "longest": lengths[1]}
+    # max_length past the base's window: the conversations that run past it are counted too
+    report = over_length(tokenizer, [short, long], lengths[1] + 10, window=between)
+    assert report == {"conversations": 0, "of": 2, "longest": lengths[1], "window": between, "past_window": 1}
+    assert over_length(tokenizer, [{"input_ids": [1, 2, 3]}], 2) == {}  # tokenized rows were cut already

@@ -61,3 +61,44 @@ def test_a_progress_bar_counts_the_conversations_only_when_asked(capsys):
     assert "answering" in shown and "3/3" in shown  # every conversation counted, cut short or not
     assistant_replies(model, tokenizer, conversations, max_new_tokens=4, tools={})  # progress: false
     assert capsys.readouterr().err == ""
+
+
+def test_fit_window_drops_the_oldest_questions_and_keeps_the_system_message():
+    from hfstack.tools.loop import fit_window
+
+    tokenizer = foreign_tokenizer()
+    system = [{"role": "system", "content": "be brief"}]
+    exchanges = [[{"role": "user", "content": f"question {n} the cat sat"},
+                  {"role": "assistant", "content": f"answer {n} on the mat"}] for n in range(3)]
+    last = [{"role": "user", "content": "the last question"}]
+    conversation = system + [m for pair in exchanges for m in pair] + last
+
+    def size(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+    assert fit_window(tokenizer, conversation, None, 8) == (conversation, 0)  # no window known: as it is
+    assert fit_window(tokenizer, conversation, size(conversation) + 8, 8) == (conversation, 0)
+    kept = system + exchanges[2] + last  # room for one earlier exchange only
+    assert fit_window(tokenizer, conversation, size(kept) + 8, 8) == (kept, 2)
+    # even the last question alone does not fit: it stays, for the model's own limit to tell
+    assert fit_window(tokenizer, conversation, 4, 8) == (system + last, 3)
+
+
+def test_a_reply_comes_back_as_the_messages_of_its_turn():
+    from hfstack.tools.loop import Reply
+
+    reply = Reply(answer="The answer is 42.", tool_calls=[
+        {"tool": "python", "input": "print(6 * 7)", "output": "42"},
+        {"tool": "search", "input": "cats", "output": "cats sit on mats"}],
+        text="Let me compute it.<|python_start|>print(6 * 7)<|python_end|><|output_start|>42<|output_end|>"
+             "And look it up.<|search_start|>cats<|search_end|><|output_start|>cats sit on mats<|output_end|>"
+             "The answer is 42.<|assistant_end|>")
+    assert reply.messages() == [
+        {"role": "assistant", "content": "Let me compute it.",
+         "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": "print(6 * 7)"}}}]},
+        {"role": "tool", "content": "42", "name": "python"},
+        {"role": "assistant", "content": "And look it up.",
+         "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "cats"}}}]},
+        {"role": "tool", "content": "cats sit on mats", "name": "search"},
+        {"role": "assistant", "content": "The answer is 42."}]
+    assert Reply(answer="Hi.", text="Hi.<|assistant_end|>").messages() == [{"role": "assistant", "content": "Hi."}]
