@@ -22,12 +22,13 @@ def tiny_tokenizer(root: Path, docs: int = 40, vocab_size: int = 400) -> Path:
 
 
 def tiny_base(root: Path, docs: int = 40, vocab_size: int = 400, steps: int = 5) -> Path:
-    """The tokenizer above, then a depth-1 base model pretrained `steps` steps on the same prose: ROOT/base."""
+    """The tokenizer above, then a depth-1 base model pretrained `steps` steps on the same prose: ROOT/base.
+    Its 256 positions hold the conversations the stage tests train and ask (the tool loop stops at the window)."""
     from hfstack.stages.pretrain import PretrainConfig, run_pretrain
 
     tokenizer = tiny_tokenizer(root, docs, vocab_size)
     run_pretrain(PretrainConfig(data=[str(root / "docs.jsonl")], tokenizer=str(tokenizer),
-                                output_dir=str(root / "base"), depth=1, seq_len=64, per_device_train_batch_size=4,
+                                output_dir=str(root / "base"), depth=1, seq_len=256, per_device_train_batch_size=1,
                                 batch_tokens=256, max_steps=steps, eval_steps=100, save_steps=100, sample_prompts=[],
                                 progress=False))
     return root / "base"

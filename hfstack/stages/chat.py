@@ -3,10 +3,12 @@
     hfstack chat --model RUN/sft
     hfstack chat --model RUN/sft --input prompts.jsonl --output answers.jsonl
 
-Tool calls are executed (the Python sandbox) and their outputs shown. The model's default system
-message comes from its chat template; `--system` replaces it. In batch mode every input line holds a
-`messages` list (or a `prompt`), and every output line gives the final `answer` and the `tool_calls`
-made; conversations are generated together in batches, with the KV cache.
+Tool calls are executed (the Python sandbox) and their outputs shown. Interactively, the history
+keeps each answer whole (its tool calls and their outputs, as the model trained on conversations),
+and once the conversation outgrows the model's context window the oldest questions are left out.
+The model's default system message comes from its chat template; `--system` replaces it. In batch
+mode every input line holds a `messages` list (or a `prompt`), and every output line gives the final
+`answer` and the `tool_calls` made; conversations are generated together in batches, with the KV cache.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
         history, dropped = fit_window(tokenizer, history + [{"role": "user", "content": question}],
                                       context_window(model), cfg.max_new_tokens)
         if dropped:
-            print(f"(the {dropped} oldest question(s) no longer fit the model's {context_window(model)}-token "
-                  "window and were left out)")
+            print(f"({dropped} earlier question{'s' if dropped > 1 else ''} left out: the conversation no longer "
+                  f"fit the model's {context_window(model)}-token context window)")
         print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)  # tool calls stay visible
         reply = assistant_replies(model, tokenizer, [history], cfg.max_new_tokens, cfg.max_tool_calls,

@@ -43,7 +43,7 @@ from hfstack.core.model import load_model
 from hfstack.core.pretrained import resolve_model
 from hfstack.core.protocol import TOOL_CALL_TOKENS, contains_protocol_token, without_protocol_tokens
 from hfstack.core.renames import renamed
-from hfstack.tools.loop import assistant_replies, default_tools
+from hfstack.tools.loop import assistant_replies, context_window, default_tools
 from hfstack.tools.provenance import SharedIndex, parquet_files, run_of_model
 from hfstack.tools.search import index_of_model
 from hfstack.ui import openai_api as api
@@ -170,6 +170,7 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
     tools = default_tools(index_of_model(folder)) if tools is None else tools
     sources = crawl_index(cfg, folder)  # opened on the first "where did this come from?", so serving starts at once
     one_at_a_time = threading.Lock()
+    window = context_window(model)
     model_id, started = cfg.model_name_or_path, int(time.time())
 
     call_tokens = {start: name for name, (start, _) in TOOL_CALL_TOKENS.items()}
@@ -266,6 +267,8 @@ def make_server(cfg: ServeConfig, tools: dict | None = None) -> GuardedHTTPServe
                 else:
                     request = api.completions_request(body, cfg.max_new_tokens, cfg.temperature)
                     messages = request.messages
+                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+                api.check_context(len(prompt["input_ids"]), window, request and request.requested_tokens)
             except Refused as refusal:
                 self.refuse(refusal)
                 return

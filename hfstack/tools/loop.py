@@ -9,9 +9,11 @@ Works on token ids end to end: the chat template renders the conversation, gener
 `<|assistant_end|>` or at the end of a tool call (`<|python_end|>`, `<|search_end|>`), and the
 tool's output is appended as `<|output_start|>…<|output_end|>` tokens, exactly as in training.
 Unfinished conversations are batched together each round (left padding), so a batch of N prompts
-costs one generate call per round of tool use, not N. `Reply.messages()` gives the turn back as
-chat messages with its tool calls and outputs kept, and `fit_window` drops a long conversation's
-oldest questions until it fits the model's context window: what `hfstack chat` keeps between questions.
+costs one generate call per round of tool use, not N. Each turn keeps to its own token budget and
+to the model's context window (`max_position_embeddings`): at the window it stops, unfinished.
+`Reply.messages()` gives the turn back as chat messages with its tool calls and outputs kept, and
+`fit_window` drops a long conversation's oldest questions until it fits the window: what
+`hfstack chat` keeps between questions.
 """
 
 from __future__ import annotations
@@ -118,15 +120,24 @@ def assistant_replies(model, tokenizer, conversations: list[list[dict]], max_new
     call_start = {name: vocab_id(tokenizer, start) for name, (start, _) in TOOL_CALL_TOKENS.items()}
     out_start, out_end = (vocab_id(tokenizer, t) for t in TOOL_OUTPUT)
     stopped = should_stop if should_stop is not None else lambda: False
+    window = context_window(model)
+
+    def room(turn: _Turn) -> int:  # new tokens the turn may still take: its budget, within the window
+        left = max(1, max_new_tokens - (len(turn.ids) - turn.start))
+        return min(left, window - len(turn.ids)) if window else left
+
     bar = progress_bar(len(turns), progress)
     for _ in range(max_tool_calls + 1):
         if stopped():
             break
+        for turn in turns:  # a turn that reached the context window stops there, unfinished
+            if not turn.done and room(turn) < 1:
+                turn.done = True
+                bar.update(1)
         pending = [t for t in turns if not t.done]
         for begin in range(0, len(pending), batch_size):
             chunk = pending[begin:begin + batch_size]
-            budget = max(1, max_new_tokens - min(len(t.ids) - t.start for t in chunk))
-            rows = generate_batch(model, tokenizer, [t.ids for t in chunk], budget, temperature,
+            rows = generate_batch(model, tokenizer, [t.ids for t in chunk], [room(t) for t in chunk], temperature,
                                   sorted(stop_ids | set(call_end)), streamer, should_stop)
             for turn, new in zip(chunk, rows):
                 turn.ids += new
@@ -175,28 +186,37 @@ def request_ids(ids: list[int], turn_start: int, call_start: int, output_end: in
     return ids[begin:-1]
 
 
-def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-              stop_ids: list[int], streamer=None, should_stop=None) -> list[list[int]]:
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float,
+                   stop_ids: list[int], streamer=None, should_stop=None) -> list[list[int]]:
     """One batched generate call with left padding; returns each row's new ids up to its stop token.
-    `should_stop()` is asked after every token; when true, every row ends there."""
+    `max_new_tokens` per row (a list) stops each row at its own limit. `should_stop()` is asked after
+    every token; when true, every row ends there."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
+
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    width = max(len(p) for p in prompts)
 
     class StopWhenAsked(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
-    width = max(len(p) for p in prompts)
+    class StopAtLimit(StoppingCriteria):  # a row with less room than the others stops at its own limit
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor(limits, device=input_ids.device) <= input_ids.shape[1] - width
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)  # Hub bases may lack one
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    criteria = ([StopWhenAsked()] if should_stop else []) + ([StopAtLimit()] if len(set(limits)) > 1 else [])
     with torch.inference_mode():  # lighter than no_grad per op: ~15% faster cached decoding on CPU
-        out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, use_cache=True,
+        out = model.generate(input_ids, attention_mask=attention, max_new_tokens=max(limits), use_cache=True,
                              eos_token_id=stop_ids, pad_token_id=pad, streamer=streamer, **options,
-                             stopping_criteria=StoppingCriteriaList([StopWhenAsked()] if should_stop else []))
+                             stopping_criteria=StoppingCriteriaList(criteria))
     rows = []
-    for row in out[:, width:].tolist():
+    for row, limit in zip(out[:, width:].tolist(), limits):
+        row = row[:limit]  # past its own limit a row holds only what the others made it wait for
         cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
         rows.append(row[:cut])
     return rows

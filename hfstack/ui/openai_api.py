@@ -31,6 +31,9 @@ message. `max_tokens`/`max_completion_tokens` (capped at the server's `--max_new
 only). The answer's `model` is the served model's id whatever the request named. Accepted and
 ignored: `stop` (the turn ends at the model's end-of-turn token), `tools` and `tool_choice` (the
 model has its own tools and is trained to call them itself), `top_p`, `seed` and any other field.
+The model's context window (`max_position_embeddings`) bounds the turn: messages that fill it, or
+that leave less room than an explicit `max_tokens`, are a 400 error with the code
+"context_length_exceeded"; without `max_tokens` the answer stops at the window ("length").
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the HTTP status.
 
 Beside OpenAI's API, hfstack's own "where did this come from?": `POST /v1/trace {"text", "top_k": 3}`
@@ -113,6 +116,22 @@ class ChatRequest:
     temperature: float  # 0 = greedy
     stream: bool = False  # answer as Server-Sent Events
     include_usage: bool = False  # streamed: end with a usage chunk
+    requested_tokens: int | None = None  # max_tokens (or max_completion_tokens) as the client set it
+
+
+def check_context(prompt_tokens: int, window: int | None, requested_tokens: int | None = None) -> None:
+    """ApiError(400, "context_length_exceeded") when the rendered messages leave no room in the model's
+    context window, or less than the client's explicit max_tokens; without one the answer is cut at the
+    window instead (the rule vLLM's OpenAI server follows)."""
+    if not window:
+        return
+    asked = prompt_tokens + (requested_tokens or 1)
+    if asked > window:
+        completion = f", {requested_tokens} in the completion" if requested_tokens else ""
+        raise ApiError(400, f"This model's maximum context length is {window} tokens; the request takes {asked} "
+                            f"({prompt_tokens} in the messages{completion}). Leave out earlier messages"
+                            + (" or ask for fewer tokens." if requested_tokens else "."),
+                       "messages", "context_length_exceeded")
 
 
 def completions_request(body: dict, max_new_tokens: int, temperature: float) -> ChatRequest:
@@ -125,13 +144,14 @@ def completions_request(body: dict, max_new_tokens: int, temperature: float) -> 
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", "stream_options")
-    limit = max_new_tokens
+    limit, requested = max_new_tokens, None
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ApiError(400, f"'{name}' must be a whole number of at least 1", name)
             limit = min(limit, value)
+            requested = min(requested or value, value)
     chosen = body.get("temperature")
     if chosen is not None and (isinstance(chosen, bool) or not isinstance(chosen, (int, float))
                                or not 0 <= chosen <= 2):
@@ -141,7 +161,7 @@ def completions_request(body: dict, max_new_tokens: int, temperature: float) -> 
             isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
     return ChatRequest(conversation(body.get("messages")), limit, temperature if chosen is None else float(chosen),
-                       stream, flag(options or {}, "include_usage"))
+                       stream, flag(options or {}, "include_usage"), requested)
 
 
 def flag(values: dict, name: str) -> bool:

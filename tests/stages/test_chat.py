@@ -11,21 +11,25 @@ from sandbox_checks import needs_sandbox
 from tiny import QUESTION
 
 
-def ask_twice(monkeypatch, tool_model, window: int | None = None) -> list[list[dict]]:
-    """Two questions through the interactive chat (the tool's 42 from the real sandbox); the histories the
-    model was given. `window`: the model's context window made this large (the tool model was built at 64)."""
+def ask_twice(monkeypatch, tool_model, window: int) -> list[list[dict]]:
+    """Two questions through the interactive chat (the tool's 42 from the real sandbox), with the model's
+    context window set to `window` tokens; the histories the model was given."""
     import hfstack.stages.chat as chat_stage
 
     answers = iter([QUESTION, QUESTION, ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
-    seen, replies = [], chat_stage.assistant_replies
+    seen, replies, load = [], chat_stage.assistant_replies, chat_stage.load_model
+
+    def loaded(folder):
+        model, tokenizer = load(folder)
+        model.config.max_position_embeddings = window
+        return model, tokenizer
 
     def recording(model, tokenizer, conversations, *args, **kwargs):
-        if window:
-            model.config.max_position_embeddings = window
         seen.append([dict(m) for m in conversations[0]])
         return replies(model, tokenizer, conversations, *args, **kwargs)
 
+    monkeypatch.setattr(chat_stage, "load_model", loaded)
     monkeypatch.setattr(chat_stage, "assistant_replies", recording)
     chat_stage.chat(chat_stage.ChatConfig(model_name_or_path=str(tool_model), max_new_tokens=48))
     return seen
@@ -57,7 +61,7 @@ def test_the_next_question_carries_the_tool_call_and_its_output(tool_model, monk
 @pytest.mark.slow
 @needs_sandbox
 def test_questions_past_the_context_window_are_left_out_with_a_note(tool_model, monkeypatch, capsys):
-    first, second = ask_twice(monkeypatch, tool_model)  # its own 64 positions: one question barely fits
+    first, second = ask_twice(monkeypatch, tool_model, window=160)  # one question and its answer fit, not two
     assert first == second == [{"role": "user", "content": QUESTION}]
-    assert "(the 1 oldest question(s) no longer fit the model's 64-token window and were left out)" in \
-        capsys.readouterr().out
+    assert "(1 earlier question left out: the conversation no longer fit the model's 160-token context window)" \
+        in capsys.readouterr().out

@@ -298,6 +298,59 @@ def test_chat_page_streams_shows_tool_calls_and_errors_and_keeps_the_tool_turn(s
 
 
 @served_model
+def test_messages_past_the_context_window_are_an_openai_context_length_error(served, tool_model):
+    from transformers import AutoConfig
+
+    server, _ = served
+    window = AutoConfig.from_pretrained(str(tool_model)).max_position_embeddings
+    prompt = len(rendered(tool_model, ASK, prompt=True))
+    long = [{"role": "user", "content": " ".join([QUESTION] * window)}]
+    for messages, options, taken in [(long, {}, None), (ASK, {"max_tokens": window}, prompt + window)]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(server).chat.completions.create(model="hfstack", messages=messages, **options)
+        assert refused.value.code == "context_length_exceeded" and refused.value.param == "messages"
+        assert f"maximum context length is {window} tokens" in refused.value.message
+        if taken:  # an explicit max_tokens is counted: OpenAI's and vLLM's rule
+            assert f"the request takes {taken} ({prompt} in the messages, {window} in the completion)" in \
+                refused.value.message
+    fitting = client(server).chat.completions.create(model="hfstack", messages=ASK, max_tokens=window - prompt)
+    assert fitting.choices[0].message.content == "The answer is 42."
+
+
+@served_model
+@needs_chromium
+def test_chat_page_leaves_out_the_oldest_questions_past_the_context_window(tool_model, monkeypatch):
+    """With a 160-token window one question and its tool turn fit, two do not: the page sends the second
+    question alone and says so."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import hfstack.stages.serve as serve_stage
+
+    monkeypatch.setattr(serve_stage, "context_window", lambda model: 160)
+    server = serve_stage.make_server(serve_stage.ServeConfig(model_name_or_path=str(tool_model), port=0,
+                                                             max_new_tokens=96))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page()
+            sent = []
+            page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "POST" else None)
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            for answered in (1, 2):
+                page.fill("#question", QUESTION)
+                page.keyboard.press("Enter")
+                playwright_api.expect(page.locator(".assistant.final")).to_have_count(answered, timeout=WAIT * 1000)
+            assert page.inner_text(".note") == ("(1 earlier question left out: the conversation no longer fit the "
+                                                "model's context window)")
+            assert page.locator(".assistant.final").last.inner_text() == "The answer is 42."
+            browser.close()
+    finally:
+        server.shutdown()
+    assert [len(body["messages"]) for body in sent] == [1, 5, 1]  # refused whole, then sent alone
+    assert sent[-1]["messages"] == ASK
+
+
+@served_model
 def test_a_failing_generation_is_an_openai_error_streamed_or_not(served):
     server, python = served
     python.fail = True
