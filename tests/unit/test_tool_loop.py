@@ -102,3 +102,23 @@ def test_a_reply_comes_back_as_the_messages_of_its_turn():
         {"role": "tool", "content": "cats sit on mats", "name": "search"},
         {"role": "assistant", "content": "The answer is 42."}]
     assert Reply(answer="Hi.", text="Hi.<|assistant_end|>").messages() == [{"role": "assistant", "content": "Hi."}]
+
+
+def test_each_turn_stops_at_its_own_budget_and_at_the_context_window():
+    tokenizer = foreign_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=40))
+    with torch.no_grad():  # every logit 0: greedy writes token 0 forever, never a turn end
+        model.model.norm.weight.zero_()
+    short, long = [{"role": "user", "content": "the cat"}], [{"role": "user", "content": "the cat sat on the mat " * 3}]
+    sizes = [len(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"])
+             for c in (short, long)]
+    assert sizes[0] + 12 <= 40 < sizes[1] + 12 and sizes[1] < 40
+    replies = assistant_replies(model, tokenizer, [short, long], max_new_tokens=12, tools={})
+    # in one batch: the short one writes its whole budget, the long one stops at the window
+    assert [len(r.completion_ids) for r in replies] == [12, 40 - sizes[1]]
+    assert not any(r.finished for r in replies) and set(replies[0].completion_ids) == {0}
+    too_long = [{"role": "user", "content": "the cat sat on the mat " * 8}]
+    (full,) = assistant_replies(model, tokenizer, [too_long], max_new_tokens=12, tools={})
+    assert full.completion_ids == [] and not full.finished  # no room left: nothing written past the window
