@@ -320,12 +320,14 @@ def test_messages_past_the_context_window_are_an_openai_context_length_error(ser
 @served_model
 @needs_chromium
 def test_chat_page_leaves_out_the_oldest_questions_past_the_context_window(tool_model, monkeypatch):
-    """With a 160-token window one question and its tool turn fit, two do not: the page sends the second
-    question alone and says so."""
+    """With a window that holds one question and its tool turn but not a second question after them, the
+    page sends the second question alone and says so."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     import hfstack.stages.serve as serve_stage
 
-    monkeypatch.setattr(serve_stage, "context_window", lambda model: 160)
+    window = len(rendered(tool_model, ASK + TURN)) + 4
+    assert len(rendered(tool_model, ASK + TURN + ASK, prompt=True)) >= window
+    monkeypatch.setattr(serve_stage, "context_window", lambda model: window)
     server = serve_stage.make_server(serve_stage.ServeConfig(model_name_or_path=str(tool_model), port=0,
                                                              max_new_tokens=96))
     threading.Thread(target=server.serve_forever, daemon=True).start()
