@@ -33,12 +33,12 @@ def model_dims(depth: int, hidden_size: int | None = None, num_heads: int | None
             "num_key_value_heads": kv_heads, "intermediate_size": intermediate}
 
 
-def build_config(vocab_size: int, seq_len: int, dims: dict, tokenizer, tie_embeddings: bool = True,
+def build_config(vocab_size: int, context_window: int, dims: dict, tokenizer, tie_embeddings: bool = True,
                  attn_implementation: str = "sdpa"):
     from transformers import LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=vocab_size, max_position_embeddings=seq_len, tie_word_embeddings=tie_embeddings,
+        vocab_size=vocab_size, max_position_embeddings=context_window, tie_word_embeddings=tie_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5, rope_theta=10_000.0, **dims)
     config._attn_implementation = attn_implementation

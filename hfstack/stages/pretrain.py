@@ -68,6 +68,9 @@ class PretrainConfig(TrainConfig):
     spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
     init_from: str | None = model_folder(None)  # continue from a model (folder or Hub id) instead of a fresh init
     seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")  # tokens per training sequence
+    # the model's context window (None: seq_len); longer, later training (SFT's max_length) teaches the
+    # positions past seq_len, as a long-context extension does
+    max_position_embeddings: int | None = bounded(None, ge=2)
     # --- batch and steps
     per_device_train_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
     batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference
@@ -112,6 +115,10 @@ class PretrainConfig(TrainConfig):
             raise ConfigError(f"pretrain: 'batch_tokens' {self.batch_tokens} is less than one micro-batch "
                               f"(per_device_train_batch_size × seq_len = {one_micro_batch}); raise it, lower "
                               "per_device_train_batch_size, or set gradient_accumulation_steps")
+        window = self.max_position_embeddings
+        if window is not None and (window < self.seq_len or self.init_from):
+            raise ConfigError(f"pretrain: 'max_position_embeddings' {window} must be at least seq_len "
+                              f"{self.seq_len}, and is the init_from model's own when there is one")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ConfigError(f"pretrain: 'resume' must be auto, never or a checkpoint directory; "
                               f"'{self.resume}' does not exist")
@@ -161,7 +168,8 @@ def build_model(cfg: PretrainConfig, tokenizer):
         return AutoModelForCausalLM.from_pretrained(folder, attn_implementation=cfg.attn_implementation,
                                                     dtype=cfg.load_dtype())
     dims = model_dims(cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size)
-    config = build_config(len(tokenizer), cfg.seq_len, dims, tokenizer, cfg.tie_embeddings, cfg.attn_implementation)
+    config = build_config(len(tokenizer), cfg.max_position_embeddings or cfg.seq_len, dims, tokenizer,
+                          cfg.tie_embeddings, cfg.attn_implementation)
     return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
 
 

@@ -315,3 +315,17 @@ def test_the_induction_probe_credits_looking_back_and_nothing_else():
     constant = induction_probe(Stub(False, 24), vocabulary + [7], sequences=16, length=24)
     first, repeat = constant["first_copy_accuracy"], constant["repeat_accuracy"]
     assert repeat < 0.2 and abs(repeat - first) < 0.1
+
+
+def test_a_context_window_longer_than_the_training_blocks(corpus, tmp_path):
+    """max_position_embeddings past seq_len: trained on blocks of 64, the model's window is 128 (later
+    stages train the rest), and a continuation past 64 tokens works; shorter than seq_len is refused."""
+    from transformers import AutoModelForCausalLM
+
+    out = run_pretrain(tiny(corpus, tmp_path / "wide", max_position_embeddings=128, max_steps=2, eval_steps=100,
+                            save_steps=100))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.max_position_embeddings == 128
+    assert model(torch.arange(100).unsqueeze(0)).logits.shape == (1, 100, model.config.vocab_size)
+    with pytest.raises(ConfigError, match="'max_position_embeddings' 32 must be at least seq_len 64"):
+        tiny(corpus, tmp_path / "narrow", max_position_embeddings=32)

@@ -111,7 +111,8 @@ def test_each_turn_stops_at_its_own_budget_and_at_the_context_window():
                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=40))
     with torch.no_grad():  # every logit 0: greedy writes token 0 forever, never a turn end
         model.model.norm.weight.zero_()
-    short, long = [{"role": "user", "content": "the cat"}], [{"role": "user", "content": "the cat sat on the mat " * 3}]
+    short = [{"role": "user", "content": "the cat"}]
+    long = [{"role": "user", "content": "the cat sat on the mat " * 3}]
     sizes = [len(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"])
              for c in (short, long)]
     assert sizes[0] + 12 <= 40 < sizes[1] + 12 and sizes[1] < 40
