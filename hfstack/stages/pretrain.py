@@ -68,9 +68,8 @@ class PretrainConfig(TrainConfig):
     spread_unseen_tokens: bool = True  # pull the embeddings of tokens absent from training apart before saving
     init_from: str | None = model_folder(None)  # continue from a model (folder or Hub id) instead of a fresh init
     seq_len: int = bounded(256, ge=2, why="a token and the next one it predicts")  # tokens per training sequence
-    # the model's context window (None: seq_len); longer, later training (SFT's max_length) teaches the
-    # positions past seq_len, as a long-context extension does
-    max_position_embeddings: int | None = bounded(None, ge=2)
+    # past seq_len, later training (SFT's max_length) teaches the rest, as a long-context extension does
+    max_position_embeddings: int | None = bounded(None, ge=2)  # the model's context window; None: seq_len
     # --- batch and steps
     per_device_train_batch_size: int = bounded(8, ge=1)  # sequences per device per forward pass
     batch_tokens: int = bounded(4096, ge=1)  # tokens per optimizer step; gradient accumulation makes up the difference

@@ -266,9 +266,11 @@ def test_chat_client_that_leaves_stops_its_generation_and_frees_the_model(chat):
     assert 0 < left.tokens < full.tokens  # the first never wrote "The answer is 42."
 
 
-def test_chat_generation_stops_within_tokens_of_the_client_leaving(tool_model):  # noqa: F811
-    """The base model repeats a token without end; with a 20,000-token budget only the client's
-    leaving can stop it, mid-generate (transformers' stopping criteria), not between tool rounds."""
+def test_chat_generation_stops_within_tokens_of_the_client_leaving(tool_model, monkeypatch):  # noqa: F811
+    """The base model repeats a token without end; with a 20,000-token budget and a window as long,
+    only the client's leaving can stop it, mid-generate (transformers' stopping criteria), not between
+    tool rounds."""
+    import hfstack.stages.serve as serve_stage
     from hfstack.core.model import load_model
     from hfstack.stages.serve import ServeConfig, make_server
     from hfstack.tools.loop import assistant_replies
@@ -278,6 +280,13 @@ def test_chat_generation_stops_within_tokens_of_the_client_leaving(tool_model): 
     alone = assistant_replies(model, tokenizer, [[{"role": "user", "content": "hi"}]], 200, tools={})[0]
     assert len(alone.completion_ids) == 200 and not alone.finished  # it would run to its budget
     budget = 20000
+
+    def long_window(folder):  # the model's own window (256) would end the turn first
+        loaded, its_tokenizer = load_model(folder)
+        loaded.config.max_position_embeddings = 2 * budget
+        return loaded, its_tokenizer
+
+    monkeypatch.setattr(serve_stage, "load_model", long_window)
     server = make_server(ServeConfig(model_name_or_path=str(base), port=0, max_new_tokens=budget), tools={})
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
