@@ -22,6 +22,7 @@ Used by `hfstack sft`. Tests: python -m pytest -q tests/unit/test_adopt.py
 from __future__ import annotations
 
 from hfstack.core.errors import ConfigError
+from hfstack.core.launch import print0
 from hfstack.core.protocol import END_OF_TURN, PAD, SPECIAL_TOKENS, chat_template
 from hfstack.core.templates import assistant_mask, has_generation_markers, training_template
 from hfstack.core.tokens import vocab_id
@@ -144,10 +145,11 @@ def training_rows(tokenizer, rows: list[dict], chat_template_mode: str, max_leng
     return tokenized, dropped
 
 
-def over_length(tokenizer, rows: list[dict], max_length: int, window: int | None = None) -> dict:
-    """How many `messages` rows render longer than `max_length` tokens (training cuts their ends off:
-    a conversation's last turns, the ones a follow-up question needs), how many run past the model's
-    context `window` when that is shorter (positions it never trained on), and the longest; {} if none."""
+def over_length(tokenizer, rows: list[dict], max_length: int, window: int | None, which: str) -> dict:
+    """Says how many `messages` rows of `which` render longer than `max_length` tokens (training cuts
+    their ends off: a conversation's last turns, the ones a follow-up question needs) and how many run
+    past the model's context `window` when that is shorter (positions it never trained on); returns
+    those counts and the longest, or {} if none."""
     chats = [row["messages"] for row in rows if "messages" in row]  # tokenized rows were cut already
     if not chats:
         return {}
@@ -155,6 +157,13 @@ def over_length(tokenizer, rows: list[dict], max_length: int, window: int | None
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     report = {"conversations": sum(length > max_length for length in lengths), "of": len(chats),
               "longest": max(lengths)}
+    if report["conversations"]:
+        print0(f"[sft] {report['conversations']:,} of {len(chats):,} conversations in {which} are longer than "
+               f"max_length {max_length} tokens (the longest {report['longest']}): training cuts their ends off")
     if window and window < max_length:
         report |= {"window": window, "past_window": sum(length > window for length in lengths)}
+        if report["past_window"]:
+            print0(f"[sft] {report['past_window']:,} of {len(chats):,} conversations in {which} run past the base "
+                   f"model's {window}-token context window (positions it never trained on): pretrain a longer "
+                   f"seq_len, or set max_length {window}")
     return report if report["conversations"] or report.get("past_window") else {}

@@ -77,7 +77,7 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
     from transformers import TextStreamer
 
     print("hfstack chat — empty line or Ctrl-D to quit")
-    history = list(system)
+    history, window = list(system), context_window(model)
     while True:
         try:
             question = input("you> ").strip()
@@ -85,11 +85,11 @@ def chat(cfg: ChatConfig) -> list[dict] | None:
             break
         if not question:
             break
-        history, dropped = fit_window(tokenizer, history + [{"role": "user", "content": question}],
-                                      context_window(model), cfg.max_new_tokens)
+        history, dropped = fit_window(tokenizer, history + [{"role": "user", "content": question}], window,
+                                      cfg.max_new_tokens)
         if dropped:
             print(f"({dropped} earlier question{'s' if dropped > 1 else ''} left out: the conversation no longer "
-                  f"fit the model's {context_window(model)}-token context window)")
+                  f"fit the model's {window}-token context window)")
         print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)  # tool calls stay visible
         reply = assistant_replies(model, tokenizer, [history], cfg.max_new_tokens, cfg.max_tool_calls,

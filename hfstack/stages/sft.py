@@ -241,8 +241,7 @@ def run_sft(cfg: SFTStageConfig, callbacks: list | None = None) -> Path:
     as_trained = dict(chat_template_mode=cfg.chat_template, max_length=cfg.max_length,
                       assistant_only=cfg.assistant_only_loss)
     train_rows, dropped = training_rows(tokenizer, train_rows, **as_trained)
-    too_long = over_length(tokenizer, train_rows, cfg.max_length, context_window(model))
-    say_over_length(too_long, cfg.max_length, "the mixture")
+    too_long = over_length(tokenizer, train_rows, cfg.max_length, context_window(model), "the mixture")
     test_rows = training_rows(tokenizer, chats.test, **as_trained)[0] if chats and chats.test else []
     if main:  # only the main process writes; the others train alongside it
         with (out / "eval_sets.jsonl").open("w") as handle:
@@ -307,16 +306,6 @@ def train(cfg: SFTStageConfig, model, tokenizer, rows: list[dict], out: Path, ca
     return trainer
 
 
-def say_over_length(over: dict, max_length: int, which: str) -> None:
-    if over.get("conversations"):
-        print0(f"[sft] {over['conversations']:,} of {over['of']:,} conversations in {which} are longer than "
-               f"max_length {max_length} tokens (the longest {over['longest']}): training cuts their ends off")
-    if over.get("past_window"):
-        print0(f"[sft] {over['past_window']:,} of {over['of']:,} conversations in {which} run past the base model's "
-               f"{over['window']}-token context window (positions it never trained on): pretrain a longer seq_len, "
-               f"or set max_length {over['window']}")
-
-
 def to_freeze(model, parts: list[str]) -> list[str]:
     """Names of the parameters that contain one of `parts`. A part that names no parameter is an
     error (caught before any training), not a silent no-op."""
@@ -355,8 +344,7 @@ def first_phase(cfg: SFTStageConfig, model, tokenizer, card: IdentityCard, out: 
     phase = cfg.first_phase
     rows, _ = build_mixture(phase.counts, card, [], [], -1, cfg.seed, {})
     rows, _ = training_rows(tokenizer, rows, cfg.chat_template, cfg.max_length, cfg.assistant_only_loss)
-    say_over_length(over_length(tokenizer, rows, cfg.max_length, context_window(model)), cfg.max_length,
-                    "the first phase")
+    over_length(tokenizer, rows, cfg.max_length, context_window(model), "the first phase")
     if not rows:
         raise ConfigError(f"sft: the first phase's mixture is empty; set first_phase.counts, got {phase.counts}")
     print0(f"[sft] first phase: {len(rows)} conversations ({phase.counts}), {phase.max_steps} steps")

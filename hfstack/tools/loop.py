@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from hfstack.core import checkpoint
 from hfstack.core.launch import progress_bar
-from hfstack.core.protocol import END_OF_TURN, SPECIAL_TOKENS, TOOL_ARGUMENT, TOOL_CALL_TOKENS, TOOL_OUTPUT
+from hfstack.core.protocol import END_OF_TURN, TOOL_ARGUMENT, TOOL_CALL_TOKENS, TOOL_OUTPUT, without_protocol_tokens
 from hfstack.core.tokens import encode_ordinary, vocab_id
 from hfstack.tools.sandbox import run_python
 
@@ -44,21 +44,15 @@ class Reply:
         pieces = self.text.split(TOOL_OUTPUT[1])  # a call's output ends each piece but the last
         turn = []
         for piece, call in zip(pieces, self.tool_calls):
-            lead = re.split(_TOOL_MARKER, piece)[0]  # the text the model wrote before the call
-            function = {"name": call["tool"], "arguments": {TOOL_ARGUMENT.get(call["tool"], "input"): call["input"]}}
-            turn += [{"role": "assistant", "content": _plain(lead), "tool_calls": [{"type": "function",
-                                                                                  "function": function}]},
+            lead = without_protocol_tokens(re.split(_TOOL_MARKER, piece)[0]).strip()  # written before the call
+            arguments = {TOOL_ARGUMENT.get(call["tool"], "input"): call["input"]}
+            tool_call = {"type": "function", "function": {"name": call["tool"], "arguments": arguments}}
+            turn += [{"role": "assistant", "content": lead, "tool_calls": [tool_call]},
                      {"role": "tool", "content": call["output"], "name": call["tool"]}]
         return turn + [{"role": "assistant", "content": self.answer}]
 
 
 _TOOL_MARKER = "|".join(re.escape(t) for pair in TOOL_CALL_TOKENS.values() for t in pair)
-
-
-def _plain(text: str) -> str:
-    for token in SPECIAL_TOKENS:
-        text = text.replace(token, "")
-    return text.strip()
 
 
 def context_window(model) -> int | None:

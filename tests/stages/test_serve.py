@@ -80,6 +80,16 @@ def client(server, key: str | None = KEY, **options):
                          max_retries=0, timeout=WAIT, **options)
 
 
+def open_chat_page(playwright, server):
+    """Chromium on the server's chat page: (browser, page, the JSON bodies of the page's POSTs as sent)."""
+    browser = launch_chromium(playwright)
+    page = browser.new_page()
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "POST" else None)
+    page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+    return browser, page, sent
+
+
 def rendered(tool_model, messages: list[dict], prompt: bool = False) -> list[int]:
     """The token ids of `messages` under the model's chat template (`prompt`: and the next turn's start)."""
     from transformers import AutoTokenizer
@@ -259,11 +269,7 @@ def test_chat_page_streams_shows_tool_calls_and_errors_and_keeps_the_tool_turn(s
 
     monkeypatch.setattr(serve_stage, "trace_status", slow_status)
     with playwright_api.sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page()
-        sent = []
-        page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "POST" else None)
-        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        browser, page, sent = open_chat_page(p, server)
         assert KEY not in page.content()  # the page never holds the key; the person types it
         page.fill("#question", QUESTION)
         page.keyboard.press("Enter")  # no key yet: the refusal is shown
@@ -333,11 +339,7 @@ def test_chat_page_leaves_out_the_oldest_questions_past_the_context_window(tool_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with playwright_api.sync_playwright() as p:
-            browser = launch_chromium(p)
-            page = browser.new_page()
-            sent = []
-            page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "POST" else None)
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            browser, page, sent = open_chat_page(p, server)
             for answered in (1, 2):
                 page.fill("#question", QUESTION)
                 page.keyboard.press("Enter")

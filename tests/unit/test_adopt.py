@@ -154,10 +154,10 @@ def test_conversations_longer_than_max_length_or_the_window_are_counted(foreign_
     lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
                for row in (short, long)]
     between = (lengths[0] + lengths[1]) // 2
-    assert over_length(tokenizer, [short, short], between) == {}
-    assert over_length(tokenizer, [short, long, long], between) == {"conversations": 2, "of": 3,
+    assert over_length(tokenizer, [short, short], between, None, "the test") == {}
+    assert over_length(tokenizer, [short, long, long], between, None, "the test") == {"conversations": 2, "of": 3,
                                                                       "longest": lengths[1]}
     # max_length past the base's window: the conversations that run past it are counted too
-    report = over_length(tokenizer, [short, long], lengths[1] + 10, window=between)
+    report = over_length(tokenizer, [short, long], lengths[1] + 10, between, "the test")
     assert report == {"conversations": 0, "of": 2, "longest": lengths[1], "window": between, "past_window": 1}
-    assert over_length(tokenizer, [{"input_ids": [1, 2, 3]}], 2) == {}  # tokenized rows were cut already
+    assert over_length(tokenizer, [{"input_ids": [1, 2, 3]}], 2, None, "the test") == {}  # tokenized: cut already
